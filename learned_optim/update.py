@@ -37,6 +37,7 @@ output head (:math:`W_y = 0, b_y = 0`) the rule is exactly Adam(W).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
@@ -141,90 +142,112 @@ def learned_update(
     """Apply the learned rule in place to every tensor of the lists (see the module docstring).
 
     ``params`` must share a device. ``exp_avgs``, ``exp_avg_sqs`` have the shape of their
-    parameter, ``lstm_hs``/``lstm_cs`` shape ``[H, *p.shape]``, all in the compute dtype (fp64
-    for fp64 params, else fp32). ``state_steps`` are scalar float tensors, incremented here.
-    Runs without autograd.
+    parameter, ``lstm_hs``/``lstm_cs`` shape ``[H, *p.shape]``. State is normally in the compute
+    dtype (fp64 for fp64 params, else fp32); any other floating dtype (e.g. bf16 LSTM state) is
+    read and written with one rounding, the maths staying in the compute dtype. ``state_steps``
+    are scalar float tensors, incremented here. Runs without autograd.
     """
     if not params:
         return
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    lists = (grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps)
+    if any(len(lst) != len(params) for lst in lists):
+        raise ValueError(
+            "learned_update needs one entry per parameter in every list: got lengths "
+            f"params={len(params)}, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps="
+            f"{[len(lst) for lst in lists]}"
+        )
     if impl == "auto":
         impl = "torch"
         if params[0].is_cuda:
             from . import kernels
 
-            if kernels.triton_available():
+            if kernels.triton_available(params[0].device):
                 impl = "triton"
+    kw = dict(weights=weights, config=config, lr=lr, weight_decay=weight_decay, maximize=maximize)
     with torch.no_grad():
-        for s in state_steps:
-            s += 1
-        if weight_decay != 0:
-            torch._foreach_mul_(list(params), 1 - lr * weight_decay)
+        torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
-            _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps,
-                              weights=weights, config=config, lr=lr, maximize=maximize)
+            _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, **kw)
         elif impl == "torch":
             _batched_torch_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps,
-                                  weights=weights, config=config, lr=lr, maximize=maximize,
-                                  chunk_size=chunk_size)
+                                  chunk_size=chunk_size, **kw)
         else:
             from . import kernels
 
-            kernels.triton_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps,
-                                  weights=weights, config=config, lr=lr, maximize=maximize)
+            kernels.triton_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, **kw)
 
 
 def _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
-                      weights, config, lr, maximize) -> None:
+                      weights, config, lr, weight_decay, maximize) -> None:
     w = _weights_dict(weights)
     hs = config.hidden_size
+    decay = 1 - lr * weight_decay
     for p, g, m, v, h, c, step in zip(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps):
         cdt = _compute_dtype(p.dtype)
         wc = {k: t.detach().to(cdt) for k, t in w.items()}
         g = g.reshape(-1).to(cdt)
         if maximize:
             g = -g
-        out = lstm_rule(g, m.reshape(-1), v.reshape(-1), h.reshape(hs, -1), c.reshape(hs, -1),
-                        step.item(), wc, config)
+        out = lstm_rule(g, m.reshape(-1).to(cdt), v.reshape(-1).to(cdt), h.reshape(hs, -1).to(cdt),
+                        c.reshape(hs, -1).to(cdt), step.item(), wc, config)
         m.copy_(out.exp_avg.view_as(m))
         v.copy_(out.exp_avg_sq.view_as(v))
         h.copy_(out.h.view_as(h))
         c.copy_(out.c.view_as(c))
-        p.copy_((p.to(cdt) - lr * out.direction.view_as(p)).to(p.dtype))
+        # Decoupled weight decay and the step in the compute dtype, one rounding to p's dtype.
+        p.copy_((p.to(cdt) * decay - lr * out.direction.view_as(p)).to(p.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# The batched torch path.
+#
+# Tensors of at least chunk_size/2 coordinates are processed *in place*: each chunk is a set of
+# views into the tensor and its state (g, m, v, p slices, and [H, k] row-strided views of h and
+# c), so nothing is gathered or scattered. Smaller tensors are packed together into chunks
+# (copied into the chunk buffers and back), which is cheaper than paying the ~30 op dispatches of
+# a chunk per tiny tensor. The chunk work space is preallocated and reused across steps.
+# ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class _Buffers:
-    """Preallocated per-chunk work space, reused across chunks and steps (feature-major)."""
+    """Per-chunk work space, feature-major, ``k`` = chunk size."""
 
-    z: Tensor  # [(F+H) * K] LSTM input [x; h]
-    gates: Tensor  # [4H * K]
-    c: Tensor  # [H * K]
-    t: Tensor  # [H * K] tanh(c') then h'
-    y: Tensor  # [2 * K] head output
-    g: Tensor  # [K] gradient
-    m: Tensor  # [K] m_t
-    v: Tensor  # [K] v_t
-    d: Tensor  # [K] denominator sqrt(v_hat) + eps
-    a: Tensor  # [K] Adam direction, then the step u_t
+    z: Tensor  # [(F+H) * k] LSTM input [x; h]
+    gates: Tensor  # [4H * k]
+    t: Tensor  # [H * k] sigmoid(-2 c'), then h' when h is staged
+    y: Tensor  # [2 * k] head output
+    d: Tensor  # [k] denominator sqrt(v_hat) + eps
+    a: Tensor  # [k] Adam direction, then the step u_t
+    g: Tensor  # [k] staged gradient (maximize / other dtype / packed)
+    m: Tensor  # [k] staged m (other dtype / packed)
+    v: Tensor  # [k] staged v
+    p: Tensor  # [k] staged low-precision parameter
+    h: Tensor  # [H * k] packed h
+    c: Tensor  # [H * k] staged / packed c
 
 
-_BUFFER_CACHE: dict[tuple, _Buffers] = {}
+# One cache per thread: two optimizers stepping in two threads must not share work space.
+_BUFFER_CACHE = threading.local()
 
 
 def _buffers(device: torch.device, dtype: torch.dtype, f: int, hs: int, k: int) -> _Buffers:
-    key = (device, dtype, f, hs, k)
-    buf = _BUFFER_CACHE.get(key)
-    if buf is None:
+    cache = getattr(_BUFFER_CACHE, "d", None)
+    if cache is None:
+        cache = _BUFFER_CACHE.d = {}
+    key = (device, dtype, f, hs)
+    buf = cache.get(key)
+    if buf is None or buf.d.numel() < k:
         def e(n):
             return torch.empty(n * k, device=device, dtype=dtype)
 
-        buf = _Buffers(z=e(f + hs), gates=e(4 * hs), c=e(hs), t=e(hs), y=e(2), g=e(1), m=e(1),
-                       v=e(1), d=e(1), a=e(1))
-        if len(_BUFFER_CACHE) > 16:  # bounded: one entry per (device, dtype, shape) in use
-            _BUFFER_CACHE.clear()
-        _BUFFER_CACHE[key] = buf
+        buf = _Buffers(z=e(f + hs), gates=e(4 * hs), t=e(hs), y=e(2), d=e(1), a=e(1), g=e(1), m=e(1),
+                       v=e(1), p=e(1), h=e(hs), c=e(hs))
+        if len(cache) > 8:  # bounded: one entry per (device, dtype, architecture) in use
+            cache.clear()
+        cache[key] = buf
     return buf
 
 
@@ -247,129 +270,207 @@ def _chunk_plan(numels: Sequence[int], chunk_size: int) -> list[list[tuple[int, 
     return chunks
 
 
-def _gather(pieces: list[Tensor], out: Tensor) -> Tensor:
-    if len(pieces) == 1:
-        out.copy_(pieces[0])
-    else:
-        torch.cat(pieces, dim=-1, out=out)
-    return out
+class _Rule(NamedTuple):
+    """The rule's constants and weights, prepared once per step for the chunk loop."""
+
+    config: LSTMOptimizerConfig
+    cdt: torch.dtype
+    weight: Tensor  # [4H, F+H], g-gate rows x2
+    bias: Tensor  # [4H, 1], g-gate rows x2
+    head_w: Tensor  # [2, H] x2
+    head_b: Tensor  # [2, 1] x2
+    feat_rows: tuple[tuple[int, str], ...]
+    lr: float
+    decay: float  # 1 - lr * weight_decay
+    maximize: bool
 
 
-def _batched_torch_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
-                          weights, config, lr, maximize, chunk_size) -> None:
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+def _prepare_rule(weights, config, device, cdt, lr, weight_decay, maximize) -> _Rule:
+    # tanh(x) = 2 sigmoid(2x) - 1 is exact, and sigmoid is ~5x faster than tanh on the CPU we
+    # measured (NOTES-anchors.md), so the g-gate rows and the head are pre-scaled by 2 and every
+    # nonlinearity below is one in-place sigmoid.
     w = _weights_dict(weights)
-    hs, nf = config.hidden_size, config.num_features
-    b1, b2, eps, clip = config.beta1, config.beta2, config.eps, config.feature_clip
-    device = params[0].device
-    cdt = _compute_dtype(params[0].dtype)
-    if any(_compute_dtype(p.dtype) != cdt for p in params):
-        raise ValueError("learned_update(impl='torch') needs parameters of one compute dtype per call")
-
-    # Weights, prepared once per step: tanh(x) = 2*sigmoid(2x) - 1 is exact and sigmoid is
-    # ~5x faster than tanh on this CPU (NOTES-anchors.md), so the g-gate rows and the head
-    # are pre-scaled by 2 and every nonlinearity below is one in-place sigmoid.
-    weight = w["weight"].detach().to(device, cdt).clone()
-    bias = w["bias"].detach().to(device, cdt).clone()
+    hs = config.hidden_size
+    weight = w["weight"].detach().to(device, cdt, copy=True)
+    bias = w["bias"].detach().to(device, cdt, copy=True)
     weight[2 * hs : 3 * hs] *= 2
     bias[2 * hs : 3 * hs] *= 2
     head_w = w["head_weight"].detach().to(device, cdt) * 2
     head_b = (w["head_bias"].detach().to(device, cdt) * 2)[:, None]
-    bias = bias[:, None]
-    feat_rows = {name: r for r, name in enumerate(config.features)}
+    return _Rule(config, cdt, weight, bias[:, None], head_w, head_b,
+                 tuple(enumerate(config.features)), float(lr), 1.0 - lr * weight_decay, bool(maximize))
 
-    # Moments for all tensors at once (torch's foreach kernels), in place in the state.
-    g_flat = [g.reshape(-1) for g in grads]
-    if maximize:
-        g_flat = torch._foreach_neg(g_flat)
-    if any(g.dtype != cdt for g in g_flat):
-        g_flat = [g.to(cdt) for g in g_flat]
-    m_flat = [m.view(-1) for m in exp_avgs]
-    v_flat = [v.view(-1) for v in exp_avg_sqs]
-    torch._foreach_lerp_(m_flat, g_flat, 1 - b1)
-    torch._foreach_mul_(v_flat, b2)
-    torch._foreach_addcmul_(v_flat, g_flat, g_flat, 1 - b2)
-    h_flat = [h.view(hs, -1) for h in lstm_hs]
-    c_flat = [c.view(hs, -1) for c in lstm_cs]
-    p_flat = [p.view(-1) if p.is_contiguous() else None for p in params]
 
-    # Bias corrections per tensor; usually every tensor of a group is at the same step.
+def _chunk_step(rule: _Rule, buf: _Buffers, g, m, v, h, c, p, ib1, sib2) -> Tensor:
+    """The rule on one chunk of k coordinates, in place: m, v [k]; h, c [H, k] (row-strided views
+    are fine); p [k] or None. ``ib1`` = 1/(1-b1^t) and ``sib2`` = sqrt(1/(1-b2^t)) are floats or
+    [k] tensors. Returns the step u_t [k] (a view of ``buf.a``, valid until the next chunk)."""
+    cfg, cdt = rule.config, rule.cdt
+    hs, nf, k = cfg.hidden_size, cfg.num_features, g.shape[0]
+    z = buf.z[: (nf + hs) * k].view(nf + hs, k)
+    x = z[:nf]
+    gates = buf.gates[: 4 * hs * k].view(4 * hs, k)
+    t = buf.t[: hs * k].view(hs, k)
+    y = buf.y[: 2 * k].view(2, k)
+    d, a = buf.d[:k], buf.a[:k]
+
+    # Stage anything not already a compute-dtype view (other dtypes round once on the way back).
+    if rule.maximize or g.dtype != cdt:
+        buf.g[:k].copy_(g)
+        g = buf.g[:k]
+        if rule.maximize:
+            g.neg_()
+    m_dst = v_dst = c_dst = None
+    if m.dtype != cdt:
+        m_dst, m = m, buf.m[:k].copy_(m)
+    if v.dtype != cdt:
+        v_dst, v = v, buf.v[:k].copy_(v)
+    if c.dtype != cdt:
+        c_dst, c = c, buf.c[: hs * k].view(hs, k).copy_(c)
+    z[nf:].copy_(h)  # h_{t-1} into the LSTM input (before h is overwritten below)
+    h_out = h if h.dtype == cdt else t
+
+    b1, b2 = cfg.beta1, cfg.beta2
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    torch.sqrt(v, out=d)
+    d.mul_(sib2).add_(cfg.eps)  # sqrt(v_hat) + eps
+    torch.div(m, d, out=a)
+    a.mul_(ib1)  # the Adam direction
+    for row, name in rule.feat_rows:
+        if name == "g_norm":
+            torch.div(g, d, out=x[row])
+        else:  # "m_norm"
+            x[row].copy_(a)
+    x.clamp_(-cfg.feature_clip, cfg.feature_clip)
+
+    torch.addmm(rule.bias, rule.weight, z, out=gates)
+    gates.sigmoid_()
+    gi, gf, gg, go = gates[0:hs], gates[hs : 2 * hs], gates[2 * hs : 3 * hs], gates[3 * hs :]
+    c.mul_(gf).addcmul_(gi, gg, value=2).sub_(gi)  # c' = f c + i (2 sigmoid(2.) - 1)
+    torch.mul(c, -2, out=t)
+    t.sigmoid_()  # sigmoid(-2c'), so tanh(c') = 1 - 2t
+    torch.addcmul(go, go, t, value=-2, out=h_out)  # h' = o tanh(c')
+    torch.addmm(rule.head_b, rule.head_w, h_out, out=y)
+    y.sigmoid_()  # tanh(y) = 2 y - 1
+    y0, y1 = y[0], y[1]
+    s, r = cfg.log_scale_bound, cfg.direction_bound
+    y0.mul_(2 * s).sub_(s).exp_()  # exp(s tanh y_0)
+    a.mul_(y0).add_(y1, alpha=2 * r).sub_(r)  # u = a exp(s tanh y_0) + r tanh y_1
+
+    if p is not None:
+        if p.dtype == cdt:
+            if rule.decay != 1.0:
+                p.mul_(rule.decay)
+            p.add_(a, alpha=-rule.lr)
+        else:  # fp32 maths, one rounding to the parameter's dtype
+            pw = buf.p[:k].copy_(p)
+            if rule.decay != 1.0:
+                pw.mul_(rule.decay)
+            p.copy_(pw.add_(a, alpha=-rule.lr))
+    for dst, src in ((m_dst, m), (v_dst, v), (c_dst, c)):
+        if dst is not None:
+            dst.copy_(src)
+    if h_out is not h:
+        h.copy_(h_out)
+    return a
+
+
+def _batched_torch_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
+                          weights, config, lr, weight_decay, maximize, chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}; the default is {DEFAULT_CHUNK_SIZE}")
+    hs, nf = config.hidden_size, config.num_features
+    b1, b2 = config.beta1, config.beta2
+    device = params[0].device
+    cdt = _compute_dtype(params[0].dtype)
+    if any(_compute_dtype(p.dtype) != cdt for p in params):
+        raise ValueError(
+            "learned_update(impl='torch') needs parameters of one compute dtype per call: "
+            "call it separately for fp64 and for fp32/bf16/fp16 parameters"
+        )
+    rule = _prepare_rule(weights, config, device, cdt, lr, weight_decay, maximize)
+
+    # Flat views of every tensor; a non-contiguous one is updated through a contiguous copy that
+    # is written back at the end (memory proportional to that tensor only; rare in practice).
+    writebacks: list[tuple[Tensor, Tensor]] = []
+
+    def flat(t: Tensor, rows: int | None) -> Tensor:
+        shape = (-1,) if rows is None else (rows, -1)
+        if t.is_contiguous():
+            return t.view(shape)
+        tmp = t.contiguous()
+        writebacks.append((t, tmp))
+        return tmp.view(shape)
+
+    p_f = [flat(p, None) for p in params]
+    m_f = [flat(t, None) for t in exp_avgs]
+    v_f = [flat(t, None) for t in exp_avg_sqs]
+    h_f = [flat(t, hs) for t in lstm_hs]
+    c_f = [flat(t, hs) for t in lstm_cs]
+    g_f = [g.reshape(-1) for g in grads]  # read only
+
     steps = [float(s) for s in state_steps]
-    inv_bc1 = [1.0 / (1 - b1**t) for t in steps]
-    inv_bc2 = [1.0 / (1 - b2**t) for t in steps]
+    ib1 = [1.0 / (1 - b1**t) for t in steps]
+    sib2 = [(1.0 / (1 - b2**t)) ** 0.5 for t in steps]
 
-    numels = [g.numel() for g in g_flat]
+    numels = [p.numel() for p in params]
     buf = _buffers(device, cdt, nf, hs, min(chunk_size, sum(numels)))
-    for chunk in _chunk_plan(numels, chunk_size):
-        k = sum(e - s for _, s, e in chunk)
-        z = buf.z[: (nf + hs) * k].view(nf + hs, k)
-        gates = buf.gates[: 4 * hs * k].view(4 * hs, k)
-        cc = buf.c[: hs * k].view(hs, k)
-        tt = buf.t[: hs * k].view(hs, k)
-        y = buf.y[: 2 * k].view(2, k)
-        g, m, v, d, a = buf.g[:k], buf.m[:k], buf.v[:k], buf.d[:k], buf.a[:k]
+    inplace_min = max(1, chunk_size // 2)
+    small = [i for i, n in enumerate(numels) if 0 < n < inplace_min]
 
-        _gather([g_flat[i][s:e] for i, s, e in chunk], g)
-        _gather([m_flat[i][s:e] for i, s, e in chunk], m)
-        _gather([v_flat[i][s:e] for i, s, e in chunk], v)
-        _gather([h_flat[i][:, s:e] for i, s, e in chunk], z[nf:])
-        _gather([c_flat[i][:, s:e] for i, s, e in chunk], cc)
-        idx = [i for i, _, _ in chunk]
-        if len({steps[i] for i in idx}) == 1:
-            ib1, ib2 = inv_bc1[idx[0]], inv_bc2[idx[0]]
-        else:  # tensors at different steps share this chunk: per-coordinate corrections
-            lens = torch.tensor([e - s for _, s, e in chunk], device=device)
-            ib1 = torch.tensor([inv_bc1[i] for i in idx], device=device, dtype=cdt).repeat_interleave(lens)
-            ib2 = torch.tensor([inv_bc2[i] for i in idx], device=device, dtype=cdt).repeat_interleave(lens)
+    for i, n in enumerate(numels):
+        if n < inplace_min:
+            continue
+        # Equal pieces of at most chunk_size (not chunk_size + a tiny tail).
+        pieces = -(-n // chunk_size)
+        step = -(-n // pieces)
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            _chunk_step(rule, buf, g_f[i][s:e], m_f[i][s:e], v_f[i][s:e], h_f[i][:, s:e], c_f[i][:, s:e],
+                        p_f[i][s:e], ib1[i], sib2[i])
 
-        torch.mul(v, ib2, out=d)
-        d.sqrt_().add_(eps)
-        torch.mul(m, ib1, out=a)
-        a.div_(d)  # the Adam direction
-        if "g_norm" in feat_rows:
-            torch.div(g, d, out=z[feat_rows["g_norm"]])
-        if "m_norm" in feat_rows:
-            z[feat_rows["m_norm"]].copy_(a)
-        z[:nf].clamp_(-clip, clip)
+    for chunk in _chunk_plan([numels[i] for i in small], chunk_size):
+        segs = [(small[j], s, e) for j, s, e in chunk]
+        _packed_chunk(rule, buf, segs, p_f, g_f, m_f, v_f, h_f, c_f, ib1, sib2, device)
 
-        torch.addmm(bias, weight, z, out=gates)
-        gates.sigmoid_()
-        gi, gf, gg, go = gates[0:hs], gates[hs : 2 * hs], gates[2 * hs : 3 * hs], gates[3 * hs :]
-        gg.mul_(2).sub_(1)  # tanh of the cell input
-        cc.mul_(gf).addcmul_(gi, gg)  # c' = f * c + i * tanh(.)
-        torch.mul(cc, 2, out=tt)
-        tt.sigmoid_().mul_(2).sub_(1).mul_(go)  # h' = o * tanh(c')
-        torch.addmm(head_b, head_w, tt, out=y)
-        y.sigmoid_().mul_(2).sub_(1)  # tanh of the head outputs
-        y0, y1 = y[0], y[1]
-        y0.mul_(config.log_scale_bound).exp_()
-        a.mul_(y0).add_(y1, alpha=config.direction_bound)  # u_t
+    for dst, src in writebacks:
+        dst.copy_(src.view_as(dst))
 
-        # Scatter: new LSTM state and the parameter step, one foreach call each.
-        off, h_dst, c_dst, h_src, c_src, p_dst, u_src, slow = 0, [], [], [], [], [], [], []
-        for i, s, e in chunk:
-            n = e - s
-            h_dst.append(h_flat[i][:, s:e])
-            c_dst.append(c_flat[i][:, s:e])
-            h_src.append(tt[:, off : off + n])
-            c_src.append(cc[:, off : off + n])
-            if p_flat[i] is None:
-                slow.append((i, s, e, off))
-            else:
-                p_dst.append(p_flat[i][s:e])
-                u_src.append(a[off : off + n])
-            off += n
-        torch._foreach_copy_(h_dst, h_src)
-        torch._foreach_copy_(c_dst, c_src)
-        if p_dst:
-            if all(p.dtype == cdt for p in p_dst):
-                torch._foreach_add_(p_dst, u_src, alpha=-lr)
-            else:  # low-precision params: fp32 maths, one rounding to the param's dtype
-                for p, u in zip(p_dst, u_src):
-                    p.copy_(p.to(cdt).add_(u, alpha=-lr))
-        for i, s, e, o in slow:  # non-contiguous parameter: update a flat copy, write it back
-            p = params[i]
-            flat = p.reshape(-1).to(cdt)
-            flat[s:e].add_(a[o : o + e - s], alpha=-lr)
-            p.copy_(flat.view_as(p))
+
+def _packed_chunk(rule, buf, segs, p_f, g_f, m_f, v_f, h_f, c_f, ib1, sib2, device) -> None:
+    """Small tensors: gather their segments into the chunk buffers, step, scatter back."""
+    cdt, hs = rule.cdt, rule.config.hidden_size
+    k = sum(e - s for _, s, e in segs)
+    g, m, v = buf.g[:k], buf.m[:k], buf.v[:k]
+    h, c = buf.h[: hs * k].view(hs, k), buf.c[: hs * k].view(hs, k)
+    for src, out in ((g_f, g), (m_f, m), (v_f, v)):
+        torch.cat([src[i][s:e].to(cdt) for i, s, e in segs], out=out)
+    for src, out in ((h_f, h), (c_f, c)):
+        torch.cat([src[i][:, s:e].to(cdt) for i, s, e in segs], dim=1, out=out)
+    idx = [i for i, _, _ in segs]
+    if len({ib1[i] for i in idx}) == 1:
+        cb1, cb2 = ib1[idx[0]], sib2[idx[0]]
+    else:  # tensors at different steps share this chunk: per-coordinate corrections
+        lens = torch.tensor([e - s for _, s, e in segs], device=device)
+        cb1 = torch.tensor([ib1[i] for i in idx], device=device, dtype=cdt).repeat_interleave(lens)
+        cb2 = torch.tensor([sib2[i] for i in idx], device=device, dtype=cdt).repeat_interleave(lens)
+    u = _chunk_step(rule, buf, g, m, v, h, c, None, cb1, cb2)
+
+    offs, off = [], 0
+    for _, s, e in segs:
+        offs.append((off, off + e - s))
+        off += e - s
+    for dsts, src in ((m_f, m), (v_f, v)):
+        torch._foreach_copy_([dsts[i][s:e] for i, s, e in segs], [src[a:b] for a, b in offs])
+    for dsts, src in ((h_f, h), (c_f, c)):
+        torch._foreach_copy_([dsts[i][:, s:e] for i, s, e in segs], [src[:, a:b] for a, b in offs])
+    p_dst = [p_f[i][s:e] for i, s, e in segs]
+    u_src = [u[a:b] for a, b in offs]
+    if all(p.dtype == cdt for p in p_dst):
+        if rule.decay != 1.0:
+            torch._foreach_mul_(p_dst, rule.decay)
+        torch._foreach_add_(p_dst, u_src, alpha=-rule.lr)
+    else:  # low-precision params: fp32 maths, one rounding to the param's dtype
+        for p, uu in zip(p_dst, u_src):
+            p.copy_(p.to(cdt).mul_(rule.decay).add_(uu, alpha=-rule.lr))
