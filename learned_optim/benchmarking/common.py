@@ -1,0 +1,74 @@
+"""Helpers shared by the quality and speed benchmarks: output folder, machine facts, JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["check_out_dir", "machine_info", "write_json", "to_jsonable"]
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed; refuse a path that is an existing file."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a directory path (str), got {type(out).__name__} {out!r}")
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"out={str(path)!r} is a file; pass a directory, e.g. --out benchmarks/results")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What the numbers were measured on (recorded in every result file)."""
+    info = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["load_average_1min"] = os.getloadavg()[0]  # other users of a shared machine skew timings
+    except OSError:
+        pass
+    return info
+
+
+def to_jsonable(obj: Any) -> Any:
+    """NaN/inf become null (strict JSON); tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

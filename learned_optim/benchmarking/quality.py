@@ -1,0 +1,365 @@
+"""Quality benchmark: the learned optimizer against Adam-family baselines on held-out tasks.
+
+Run (from a checkout or an installed wheel; scikit-learn and matplotlib needed)::
+
+    learned-optim benchmark quality                      # full run, writes benchmarks/results/
+    learned-optim benchmark quality --quick --out /tmp/q # < 2 minutes on 2 cores
+    learned-optim benchmark quality --weights DIR_OR_NAME --out DIR
+
+Protocol. For every task of ``tasks.TASKS`` and every seed, each optimizer of ``OPTIMIZERS``
+trains a model from the same initialisation on the same minibatches. Adam is also run at every
+learning rate of ``ADAM_LR_GRID``; "Adam tuned" is, per task, the grid lr with the lowest mean
+final loss over the seeds, chosen on the very runs that are reported (an optimistic baseline: its
+tuning cost, 7 full runs per seed, is reported beside it). The loss is the full-data training
+objective, evaluated ``EVAL_POINTS`` times along the run. A run diverges when its loss becomes
+NaN/inf or ends above where it started; it is flagged, and it loses every comparison.
+
+Outputs (stable names, in ``--out``): ``quality.json`` (every curve and setting),
+``quality.md`` (the tables) and ``quality.png`` (one panel per task).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..hub import DEFAULT_WEIGHTS, from_pretrained, resolve
+from ..network import CoordinatewiseLSTM
+from ..optimizer import LearnedOptimizer
+from . import tasks as tasks_mod
+from .common import check_out_dir, machine_info, write_json
+
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "ADAM_LR_GRID", "run_quality", "summarize"]
+
+# 7-point log grid, half a decade apart (1, 3, 10, ...), from 1e-4 to 1e-1: it contains Adam's
+# default 1e-3 and reaches past the 8-30x-default optimum reported for small nets
+# (NOTES-anchors.md, "Tuned Adam is far above default").
+ADAM_LR_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default (Kingma & Ba, 2015)
+
+# Loss evaluations per run (plus one at step 0): speed-ups are resolved to 1/EVAL_POINTS of the
+# horizon.
+EVAL_POINTS = 50
+
+# Two final losses within this relative distance are a tie (run-to-run float noise of identical
+# algorithms, e.g. the untrained learned rule vs Adam, is far below it).
+TIE_RTOL = 1e-3
+
+FULL_SEEDS = 5
+QUICK_SEEDS = 2
+# --quick: horizons divided by this (at least QUICK_MIN_STEPS), so the quick run is a smoke test
+# of the whole pipeline, not a measurement.
+QUICK_STEP_DIVISOR = 20
+QUICK_MIN_STEPS = 10
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A column of the table. ``lr=None`` means "tuned over ADAM_LR_GRID"."""
+
+    key: str
+    label: str
+    make: Callable[[Any, float, CoordinatewiseLSTM], torch.optim.Optimizer]
+    lr: float | None
+
+
+def _adam(params, lr, _net):
+    return torch.optim.Adam(params, lr=lr)
+
+
+# The columns. Baseline hyperparameters are each library's defaults, except SGD's lr, which torch
+# leaves at a placeholder 1e-3: 0.01 with momentum 0.9 is Keras' SGD default lr and the usual
+# momentum (Sutskever et al., 2013).
+OPTIMIZERS: tuple[OptimizerSpec, ...] = (
+    OptimizerSpec("learned", "learned (lr 1e-3)",
+                  lambda params, lr, net: LearnedOptimizer(params, weights=net, lr=lr), 1e-3),
+    OptimizerSpec("adam", "Adam (lr 1e-3)", _adam, ADAM_DEFAULT_LR),
+    OptimizerSpec("adamw", "AdamW (lr 1e-3, wd 1e-2)",
+                  lambda params, lr, _net: torch.optim.AdamW(params, lr=lr, weight_decay=1e-2), 1e-3),
+    OptimizerSpec("sgd_momentum", "SGD+mom (lr 1e-2, 0.9)",
+                  lambda params, lr, _net: torch.optim.SGD(params, lr=lr, momentum=0.9), 1e-2),
+    OptimizerSpec("adam_tuned", "Adam tuned", _adam, None),
+)
+BASELINES = tuple(o.key for o in OPTIMIZERS if o.key != "learned")
+
+
+def _run_key(spec: OptimizerSpec, lr: float) -> str:
+    # Adam at every grid lr is stored once as "adam_lr=<lr>"; "adam" and "adam_tuned" point into it.
+    return f"adam_lr={lr:g}" if spec.make is _adam else spec.key
+
+
+def _planned_runs(spec_list: Sequence[OptimizerSpec]) -> list[tuple[str, OptimizerSpec, float]]:
+    seen: dict[str, tuple[str, OptimizerSpec, float]] = {}
+    for spec in spec_list:
+        for lr in (ADAM_LR_GRID if spec.lr is None else (spec.lr,)):
+            key = _run_key(spec, lr)
+            seen.setdefault(key, (key, spec, lr))
+    return list(seen.values())
+
+
+def train_once(problem: tasks_mod.Problem, make_opt: Callable[[Any], torch.optim.Optimizer],
+               seed: int, steps: int, batch_size: int, eval_steps: Sequence[int]) -> dict[str, Any]:
+    """One training run. Returns the loss curve at ``eval_steps`` (NaN after a divergence)."""
+    model = problem.model(seed)
+    opt = make_opt(model.parameters())
+    index = problem.batches(seed, steps, batch_size)
+    want = set(eval_steps)
+    curve = {0: problem.full_loss(model)}
+    step_time = 0.0
+    skipped = 0
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        # LearnedOptimizer warns (and skips the update) on non-finite gradients: count, don't spam.
+        warnings.simplefilter("always", RuntimeWarning)
+        for s in range(1, steps + 1):
+            opt.zero_grad(set_to_none=True)
+            loss = problem.loss(model, index[s - 1])
+            loss.backward()
+            ts = time.perf_counter()
+            opt.step()
+            step_time += time.perf_counter() - ts
+            if s in want:
+                curve[s] = problem.full_loss(model)
+                if not math.isfinite(curve[s]):
+                    break
+        skipped = sum(1 for w in caught if "non-finite" in str(w.message))
+    values = [curve.get(s, math.nan) for s in eval_steps]
+    return {
+        "curve": values,
+        "initial": values[0],
+        "final": values[-1],
+        "diverged": _diverged(values[0], values[-1]),
+        "optimizer_step_s": step_time / steps,
+        "wall_s": time.perf_counter() - t0,
+        "nonfinite_grad_warnings": skipped,
+    }
+
+
+def _diverged(initial: float, final: float) -> bool:
+    return not math.isfinite(final) or final > initial
+
+
+def _eval_steps(steps: int) -> list[int]:
+    every = max(1, steps // EVAL_POINTS)
+    pts = list(range(0, steps + 1, every))
+    if pts[-1] != steps:
+        pts.append(steps)
+    return pts
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _std(xs: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _score(x: float) -> float:
+    # A NaN final loss ranks below everything (diverged runs lose every comparison).
+    return x if math.isfinite(x) else math.inf
+
+
+def _compare(a: float, b: float) -> int:
+    """-1 if a is better (lower) than b, 0 if tied within TIE_RTOL, +1 if worse."""
+    a, b = _score(a), _score(b)
+    if a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= TIE_RTOL * max(abs(a), abs(b))):
+        return 0
+    return -1 if a < b else 1
+
+
+def _steps_to_reach(curve: Sequence[float], eval_steps: Sequence[int], target: float) -> int | None:
+    """First evaluated step at which ``curve`` is at or below ``target``; a final value tied
+    with the target (within TIE_RTOL) counts as reaching it at the last step."""
+    if not math.isfinite(target):
+        return None
+    for s, v in zip(eval_steps, curve):
+        if math.isfinite(v) and v <= target:
+            return s
+    if _compare(curve[-1], target) == 0:
+        return eval_steps[-1]
+    return None
+
+
+def summarize(task_result: dict[str, Any]) -> dict[str, Any]:
+    """Per-task statistics from the raw runs: means, spreads, tuned lr, wins, speed-ups."""
+    runs = task_result["runs"]
+    eval_steps = task_result["eval_steps"]
+    horizon = eval_steps[-1]
+    grid_keys = [f"adam_lr={lr:g}" for lr in task_result["adam_lr_grid"]]
+    tuned_key = min(grid_keys, key=lambda k: (_score(_mean([_score(x) for x in runs[k]["final"]])), k))
+    columns = {}
+    for spec in OPTIMIZERS:
+        key = tuned_key if spec.lr is None else _run_key(spec, spec.lr)
+        finals = runs[key]["final"]
+        columns[spec.key] = {
+            "run": key,
+            "lr": runs[key]["lr"],
+            "final_mean": _mean(finals),
+            "final_std": _std(finals),
+            "final_min": min(finals, key=_score),
+            "final_max": max(finals, key=_score),
+            "diverged": sum(runs[key]["diverged"]),
+            "seeds": len(finals),
+            "optimizer_step_ms": 1e3 * _mean(runs[key]["optimizer_step_s"]),
+        }
+    learned = runs[columns["learned"]["run"]]
+    learned_final = columns["learned"]["final_mean"]
+    vs = {}
+    for base in BASELINES:
+        b = runs[columns[base]["run"]]
+        per_seed = [_compare(x, y) for x, y in zip(learned["final"], b["final"])]
+        mean_curve = [_mean(vals) for vals in zip(*b["curve"])]
+        reach = _steps_to_reach(mean_curve, eval_steps, learned_final)
+        vs[base] = {
+            "task_verdict": _compare(learned_final, columns[base]["final_mean"]),
+            "seed_wins": per_seed.count(-1),
+            "seed_ties": per_seed.count(0),
+            "seed_losses": per_seed.count(1),
+            "loss_ratio": (learned_final / columns[base]["final_mean"]
+                           if math.isfinite(learned_final) and columns[base]["final_mean"] > 0 else math.nan),
+            # Steps the baseline (mean curve) needs to reach the learned optimizer's mean final
+            # loss, over the learned optimizer's steps: > 1 means the learned one is faster.
+            # None: not reached within the horizon (speed-up > 1, a lower bound).
+            "steps_to_reach": reach,
+            "speedup": (reach / horizon) if reach is not None else None,
+        }
+    tuned_lr = runs[tuned_key]["lr"]
+    return {
+        "columns": columns,
+        "vs": vs,
+        "adam_tuned_lr": tuned_lr,
+        "adam_tuned_at_grid_edge": tuned_lr in (min(task_result["adam_lr_grid"]), max(task_result["adam_lr_grid"])),
+    }
+
+
+def _weights_info(weights: str | None, network: CoordinatewiseLSTM) -> dict[str, Any]:
+    name = weights if weights is not None else DEFAULT_WEIGHTS
+    return {
+        "name": str(name),
+        "is_default": weights is None or str(weights) == DEFAULT_WEIGHTS,
+        "path": str(resolve(weights)),
+        "config": network.config.to_dict(),
+        "provenance": network.provenance,
+    }
+
+
+def run_quality(*, weights: str | None = None, quick: bool = False, out: str | Path = "benchmarks/results",
+                seeds: int | None = None, task_filter: Sequence[str] | None = None, threads: int = 1,
+                progress: bool = True, command: str = "") -> dict[str, Any]:
+    """Run the quality benchmark and write quality.json / .md / .png into ``out``.
+
+    Args:
+        weights: learned-optimizer weights (shipped name, directory or Hub id); None = default.
+        quick: horizons / QUICK_STEP_DIVISOR and QUICK_SEEDS seeds (a pipeline check).
+        out: output directory (created).
+        seeds: number of seeds (default FULL_SEEDS, or QUICK_SEEDS with ``quick``); >= 1.
+        task_filter: task names to run (default: all of ``tasks.TASKS``).
+        threads: torch intra-op threads during the runs (1: the machine is shared).
+        progress: show a tqdm progress bar (on stderr).
+        command: the command line, recorded in the outputs.
+    Returns:
+        The results dict that was written to quality.json.
+    """
+    from tqdm.auto import tqdm
+
+    from .report import write_quality_report
+
+    if seeds is None:
+        seeds = QUICK_SEEDS if quick else FULL_SEEDS
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int, got {seeds!r}; e.g. --seeds 3")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}; e.g. --threads 1")
+    specs = [tasks_mod.get_task(n) for n in task_filter] if task_filter else list(tasks_mod.TASKS)
+    out = check_out_dir(out)
+    network = from_pretrained(weights)
+
+    plan = _planned_runs(OPTIMIZERS)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {
+        "benchmark": "quality",
+        "schema_version": 1,
+        "command": command,
+        "machine": machine_info(threads),
+        "weights": _weights_info(weights, network),
+        "settings": {
+            "quick": quick, "seeds": list(range(seeds)), "adam_lr_grid": list(ADAM_LR_GRID),
+            "eval_points": EVAL_POINTS, "tie_rtol": TIE_RTOL, "threads": threads,
+            "optimizers": {o.key: {"label": o.label, "lr": o.lr} for o in OPTIMIZERS},
+            "tuning": "Adam tuned = grid lr with the lowest mean final loss over the reported seeds",
+        },
+        "tasks": {},
+    }
+    total = len(specs) * len(plan) * seeds
+    try:
+        with tqdm(total=total, desc="quality", unit="run", disable=not progress, mininterval=1.0) as bar:
+            for spec in specs:
+                problem = spec.problem()
+                steps = max(QUICK_MIN_STEPS, spec.steps // QUICK_STEP_DIVISOR) if quick else spec.steps
+                eval_steps = _eval_steps(steps)
+                task_runs: dict[str, Any] = {}
+                for key, ospec, lr in plan:
+                    rec = {"lr": lr, "optimizer": ospec.key if ospec.make is not _adam else "adam",
+                           "curve": [], "final": [], "initial": [], "diverged": [],
+                           "optimizer_step_s": [], "wall_s": [], "nonfinite_grad_warnings": []}
+                    for seed in range(seeds):
+                        bar.set_postfix_str(f"{spec.name} {key} seed {seed}")
+                        r = train_once(problem, lambda p, m=ospec.make, lr=lr: m(p, lr, network),
+                                       seed, steps, spec.batch_size, eval_steps)
+                        for k in ("curve", "final", "initial", "diverged", "optimizer_step_s", "wall_s",
+                                  "nonfinite_grad_warnings"):
+                            rec[k].append(r[k])
+                        bar.update(1)
+                    task_runs[key] = rec
+                tr = {"description": spec.description, "steps": steps, "batch_size": spec.batch_size,
+                      "long_horizon": spec.long_horizon, "eval_steps": eval_steps,
+                      "adam_lr_grid": list(ADAM_LR_GRID), "runs": task_runs}
+                tr["summary"] = summarize(tr)
+                grid_runs = len(ADAM_LR_GRID) * seeds
+                tr["tuning_cost"] = {"adam_runs": grid_runs, "optimizer_steps": grid_runs * steps,
+                                     "wall_s": sum(sum(task_runs[f"adam_lr={lr:g}"]["wall_s"]) for lr in ADAM_LR_GRID)}
+                if spec.name == "char_gru_lm":
+                    tr["corpus"] = tasks_mod.corpus_info()
+                results["tasks"][spec.name] = tr
+    finally:
+        torch.set_num_threads(old_threads)
+    results["wall_s"] = time.perf_counter() - t_start
+    results["machine"]["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    results["totals"] = _totals(results)
+    write_json(out / "quality.json", results)
+    write_quality_report(results, out)
+    return results
+
+
+def _totals(results: dict[str, Any]) -> dict[str, Any]:
+    """Across tasks: learned vs each baseline (task verdicts by mean final loss, seed pairs)."""
+    tot = {}
+    for base in BASELINES:
+        verdicts = [t["summary"]["vs"][base] for t in results["tasks"].values()]
+        ratios = sorted(v["loss_ratio"] for v in verdicts if math.isfinite(v["loss_ratio"]))
+        tot[base] = {
+            "tasks_won": sum(v["task_verdict"] == -1 for v in verdicts),
+            "tasks_tied": sum(v["task_verdict"] == 0 for v in verdicts),
+            "tasks_lost": sum(v["task_verdict"] == 1 for v in verdicts),
+            "seed_wins": sum(v["seed_wins"] for v in verdicts),
+            "seed_ties": sum(v["seed_ties"] for v in verdicts),
+            "seed_losses": sum(v["seed_losses"] for v in verdicts),
+            "median_loss_ratio": (ratios[len(ratios) // 2] if len(ratios) % 2
+                                  else 0.5 * (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]))
+            if ratios else math.nan,
+        }
+    tot["learned_diverged_runs"] = sum(t["summary"]["columns"]["learned"]["diverged"] for t in results["tasks"].values())
+    return tot

@@ -1,0 +1,234 @@
+"""Tests of the benchmarks: both ``--quick`` modes end to end, and the bookkeeping they rely on.
+
+Run: ``python -m pytest tests/test_benchmarks.py`` (about 1-2 minutes on 2 cores: the two quick
+runs). The end-to-end tests check that the outputs are well formed, never how fast or how good
+the numbers are (timed assertions would be flaky and are not allowed here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a checkout that is not pip-installed
+
+from learned_optim.benchmarking import quality, speed, tasks  # noqa: E402
+from learned_optim.network import LSTMOptimizerConfig  # noqa: E402
+
+
+def _run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _check_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])  # IHDR, the first chunk
+    assert width > 100 and height > 100
+
+
+def _strict_json(path: Path) -> dict:
+    def no_constants(name):  # NaN / Infinity are not JSON; the writer must have replaced them
+        raise AssertionError(f"{path} contains {name}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constants)
+
+
+@pytest.fixture(scope="module")
+def quality_quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quality")
+    proc = _run_script("quality", "--quick", "--no-progress", "--out", str(out), cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def speed_quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speed")
+    proc = _run_script("speed", "--quick", "--no-progress", "--out", str(out), cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_quality_quick_outputs_are_well_formed(quality_quick):
+    res = _strict_json(quality_quick / "quality.json")
+    assert res["benchmark"] == "quality" and res["settings"]["quick"] is True
+    assert "learned-optim benchmark quality --quick" in res["command"]
+    assert res["machine"]["cpu_count"] >= 1 and res["machine"]["torch"]
+    seeds = len(res["settings"]["seeds"])
+    assert seeds == quality.QUICK_SEEDS
+    assert list(res["tasks"]) == tasks.task_names()
+    for name, t in res["tasks"].items():
+        eval_steps = t["eval_steps"]
+        assert eval_steps[0] == 0 and eval_steps[-1] == t["steps"] and eval_steps == sorted(set(eval_steps))
+        expected_runs = {"learned", "adamw", "sgd_momentum"} | {f"adam_lr={lr:g}" for lr in quality.ADAM_LR_GRID}
+        assert set(t["runs"]) == expected_runs
+        for key, run in t["runs"].items():
+            assert len(run["curve"]) == len(run["final"]) == len(run["diverged"]) == seeds, (name, key)
+            for curve, final, diverged in zip(run["curve"], run["final"], run["diverged"]):
+                assert len(curve) == len(eval_steps)
+                assert curve[-1] == final
+                # A diverged run (null = NaN) must be flagged as such.
+                if final is None:
+                    assert diverged
+        cols = t["summary"]["columns"]
+        assert set(cols) == {o.key for o in quality.OPTIMIZERS}
+        assert t["summary"]["adam_tuned_lr"] in quality.ADAM_LR_GRID
+        assert t["tuning_cost"]["adam_runs"] == len(quality.ADAM_LR_GRID) * seeds
+        for base in quality.BASELINES:
+            v = t["summary"]["vs"][base]
+            assert v["seed_wins"] + v["seed_ties"] + v["seed_losses"] == seeds
+            assert v["task_verdict"] in (-1, 0, 1)
+    assert "corpus" in res["tasks"]["char_gru_lm"]
+    for base in quality.BASELINES:
+        tot = res["totals"][base]
+        assert tot["tasks_won"] + tot["tasks_tied"] + tot["tasks_lost"] == len(res["tasks"])
+
+    md = (quality_quick / "quality.md").read_text(encoding="utf-8")
+    assert "QUICK RUN" in md and res["command"] in md
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "±" in line]
+    assert len(table_rows) == len(res["tasks"])
+    for name in res["tasks"]:
+        assert any(row.startswith(f"| {name}") for row in table_rows)
+    _check_png(quality_quick / "quality.png")
+
+
+def test_untrained_default_weights_tie_adam(quality_quick):
+    """Same seeds, same batches: weights that are Adam by construction must tie Adam (lr 1e-3)
+    on every task. This fails if the optimizers saw different data or initialisations."""
+    res = _strict_json(quality_quick / "quality.json")
+    if res["weights"]["provenance"].get("trained") is not False:
+        pytest.skip("the default weights are trained; the tie only holds for the Adam-equivalent ones")
+    assert res["totals"]["adam"]["tasks_tied"] == len(res["tasks"])
+    for t in res["tasks"].values():
+        assert t["summary"]["vs"]["adam"]["speedup"] == pytest.approx(1.0)
+
+
+def test_speed_quick_outputs_are_well_formed(speed_quick):
+    res = _strict_json(speed_quick / "speed.json")
+    assert res["benchmark"] == "speed" and res["settings"]["quick"] is True
+    keys = {c.key for c in speed.CONFIGS}
+    assert [e["n_params"] for e in res["sizes"]] == sorted(e["n_params"] for e in res["sizes"])
+    assert len(res["sizes"]) == len(speed.QUICK_SIZES)
+    mp = res["machine_peaks"]
+    assert mp["best_matmul_flops_per_s"] > 0 and mp["copy_bytes_per_s"] > 0
+    for e in res["sizes"]:
+        assert set(e["timing"]) == keys and set(e["memory"]) == keys
+        for k in keys:
+            t = e["timing"][k]
+            assert 0 < t["min_s"] <= t["median_s"] <= t["max_s"] and t["repeats"] >= speed.MIN_REPEATS
+            m = e["memory"][k]
+            assert m["state_bytes"] > 0 and m["peak_extra_bytes"] >= 0
+        # The learned state is m, v, h, c in fp32: (2 + 2H) * 4 bytes per parameter.
+        h = res["weights"]["config"]["hidden_size"]
+        assert e["memory"]["learned"]["state_bytes_per_param"] == pytest.approx((2 + 2 * h) * 4, rel=1e-3)
+        assert e["memory"]["adam_fused"]["state_bytes_per_param"] == pytest.approx(8, rel=1e-3)
+        f = e["floor"]
+        assert f["floor_s"] == max(f["compute_s"], f["bytes_s"]) > 0
+        assert f["measured_over_floor"] == pytest.approx(e["timing"]["learned"]["median_s"] / f["floor_s"])
+    assert set(res["training_step"]["timing"]) == keys
+    md = (speed_quick / "speed.md").read_text(encoding="utf-8")
+    assert "QUICK RUN" in md and res["command"] in md
+    for heading in ("Optimizer step time", "against its floor", "Memory", "Whole training step"):
+        assert heading in md
+    _check_png(speed_quick / "speed.png")
+
+
+# ---------------------------------------------------------------- bookkeeping, no training
+
+def test_floor_counts_for_the_default_config():
+    f = speed.step_floor(LSTMOptimizerConfig(hidden_size=4))
+    assert f["flops_matmul"] == 2 * 4 * 4 * (2 + 4) == 192
+    assert f["flops_head"] == 16
+    # p r+w (8) + g r (4) + m, v, h (4), c (4) r+w in fp32 (2 * 4 * 10 = 80)
+    assert f["bytes"] == 92
+    assert speed.step_floor(LSTMOptimizerConfig(hidden_size=8))["bytes"] == 12 + 8 * 18
+
+
+def _fake_task(finals: dict[str, list[float]], curves: dict[str, list[list[float]]] | None = None) -> dict:
+    eval_steps = [0, 5, 10]
+    runs = {}
+    for key, fs in finals.items():
+        cs = curves[key] if curves and key in curves else [[1.0, (1.0 + f) / 2, f] for f in fs]
+        runs[key] = {"lr": float(key.split("=")[1]) if "=" in key else 1e-3, "final": fs, "curve": cs,
+                     "diverged": [quality._diverged(c[0], c[-1]) for c in cs], "optimizer_step_s": [1e-3] * len(fs)}
+    return {"eval_steps": eval_steps, "adam_lr_grid": list(quality.ADAM_LR_GRID), "runs": runs}
+
+
+def _grid(values: dict[float, list[float]], default: list[float]) -> dict[str, list[float]]:
+    out = {f"adam_lr={lr:g}": default for lr in quality.ADAM_LR_GRID}
+    out.update({f"adam_lr={lr:g}": v for lr, v in values.items()})
+    return out
+
+
+def test_summary_picks_the_best_grid_lr_and_treats_nan_as_worst():
+    finals = {"learned": [0.5, 0.5], "adamw": [0.6, 0.6], "sgd_momentum": [math.nan, 0.1],
+              **_grid({1e-2: [0.2, 0.3], 1e-1: [math.nan, 0.01]}, [0.9, 0.9])}
+    s = quality.summarize(_fake_task(finals))
+    assert s["adam_tuned_lr"] == 1e-2  # 1e-1 has a NaN seed: its mean is NaN, never "best"
+    assert s["columns"]["adam_tuned"]["final_mean"] == pytest.approx(0.25)
+    assert s["vs"]["adamw"]["task_verdict"] == -1 and s["vs"]["adamw"]["seed_wins"] == 2
+    assert s["vs"]["adam_tuned"]["task_verdict"] == 1
+    # SGD: one NaN seed (a learned win) and one better seed (a learned loss).
+    assert (s["vs"]["sgd_momentum"]["seed_wins"], s["vs"]["sgd_momentum"]["seed_losses"]) == (1, 1)
+    assert s["columns"]["sgd_momentum"]["diverged"] == 1
+
+
+def test_speedup_counts_the_steps_adam_needs():
+    # Adam's mean curve reaches the learned final loss 0.5 at step 5 of 10: learned is 2x slower.
+    finals = {"learned": [0.5], "adamw": [0.5], "sgd_momentum": [0.5], **_grid({}, [0.2])}
+    curves = {f"adam_lr={lr:g}": [[1.0, 0.5, 0.2]] for lr in quality.ADAM_LR_GRID}
+    s = quality.summarize(_fake_task(finals, curves))
+    assert s["vs"]["adam"]["steps_to_reach"] == 5 and s["vs"]["adam"]["speedup"] == pytest.approx(0.5)
+    # Adam never gets down to 0.1 in 10 steps: "not reached", a speed-up above 1.
+    finals["learned"] = [0.1]
+    s = quality.summarize(_fake_task(finals, curves))
+    assert s["vs"]["adam"]["speedup"] is None
+
+
+def test_divergence_rule():
+    assert quality._diverged(1.0, math.nan)
+    assert quality._diverged(1.0, 1.5)
+    assert not quality._diverged(1.0, 0.9)
+
+
+def test_compare_ties_within_tolerance():
+    assert quality._compare(1.0, 1.0 + 0.5 * quality.TIE_RTOL) == 0
+    assert quality._compare(1.0, 1.1) == -1
+    assert quality._compare(math.nan, 1.0) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["quality", "--seeds", "0"], "--seeds"),
+    (["quality", "--tasks", "no_such_task"], "no_such_task"),
+    (["quality", "--weights", "no_such_weights_here"], "--weights"),
+    (["speed", "--sizes", "3"], "--sizes"),
+    (["speed", "--seeds", "2"], "--seeds"),
+])
+def test_bad_options_are_refused_with_a_readable_error(args, needle, tmp_path):
+    proc = _run_script(args[0], *args[1:], "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_out_must_not_be_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        quality.run_quality(quick=True, out=f, progress=False)
+
+
+def test_task_table_is_held_out_and_long():
+    names = tasks.task_names()
+    assert len(names) >= 8 and len(set(names)) == len(names)
+    # Meta-training's inner horizons stop at 200 steps; one task runs 10x that.
+    assert any(t.long_horizon and t.steps >= 2000 for t in tasks.TASKS)
+    assert all(t.steps > 200 for t in tasks.TASKS)
