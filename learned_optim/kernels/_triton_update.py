@@ -1,0 +1,218 @@
+"""The fused learned update as one Triton kernel launch per group (imported only when Triton is).
+
+One program handles ``BLOCK`` consecutive coordinates of one tensor. The launch covers every
+tensor of the group through three small tables (a multi-tensor launch, as apex's
+``multi_tensor_apply`` does, but with no per-chunk host loop):
+
+* ``ptrs`` int64 ``[6, T]``: the addresses of p, g, m, v, h, c of each tensor (read, cast to
+  typed pointers in the kernel), so no tensor is copied or packed;
+* ``blocks`` int64 ``[2, NB]``: for each program, its tensor index and first coordinate;
+* ``coefs`` ``[2 + 8 ... ]`` in the compute dtype: per tensor the bias corrections
+  1/(1-b1^t) and sqrt(1/(1-b2^t)) (tensors may be at different steps), then the constants.
+
+All maths is in the compute dtype (fp32, or fp64 for fp64 parameters); p, g, m, v, h, c are read
+and written in their own dtypes (fp32 / bf16 / fp16 parameters, bf16 LSTM state). Offsets are
+int64, so tensors above 2^31 elements are addressed correctly. The launch goes on the current
+stream (Triton's default) and nothing in here waits for the device: the tables are built on the
+host and copied from pinned memory with ``non_blocking=True``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# Coordinates per program. 1024 fp32 lanes is a common choice for bandwidth-bound elementwise
+# Triton kernels (the vector-add tutorial uses 1024); it also keeps the block table at
+# N/1024 entries. The interpreter runs one program per Python loop iteration, so larger blocks
+# would make CPU tests faster but these tests use small tensors anyway.
+BLOCK = 1024
+
+_TL_DTYPES = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.bfloat16: tl.bfloat16,
+    torch.float16: tl.float16,
+}
+
+# Constant slots after the 2*T per-tensor corrections.
+_B1, _B2, _EPS, _CLIP, _LR, _DECAY, _SCALE, _DIRB = range(8)
+_FEATURE_KIND = {"g_norm": 0, "m_norm": 1}
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 2 sigmoid(2x) - 1, exact, and avoids relying on a tanh intrinsic per backend.
+    return 2.0 * _sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _feature(kind: tl.constexpr, g, d, a, clip):
+    if kind == 0:
+        x = g / d
+    else:
+        x = a
+    return tl.minimum(tl.maximum(x, -clip), clip)
+
+
+@triton.jit
+def _gate_col(w_ptr, gate: tl.constexpr, col: tl.constexpr, rows, rmask, H: tl.constexpr, FH: tl.constexpr):
+    # Column `col` of gate block `gate` of the [4H, F+H] weight, as an [HP, 1] tile.
+    return tl.load(w_ptr + (gate * H + rows) * FH + col, mask=rmask, other=0.0)[:, None]
+
+
+@triton.jit
+def lstm_update_kernel(
+    ptrs, blocks, coefs, w_ptr, b_ptr, hw_ptr, hb_ptr, numels, T, NB,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr, S_DT: tl.constexpr,
+    CDT: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, F: tl.constexpr,
+    KIND0: tl.constexpr, KIND1: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tid = tl.load(blocks + pid)
+    start = tl.load(blocks + NB + pid)
+    n = tl.load(numels + tid)
+    p_ptr = tl.load(ptrs + tid).to(tl.pointer_type(P_DT))
+    g_ptr = tl.load(ptrs + T + tid).to(tl.pointer_type(G_DT))
+    m_ptr = tl.load(ptrs + 2 * T + tid).to(tl.pointer_type(M_DT))
+    v_ptr = tl.load(ptrs + 3 * T + tid).to(tl.pointer_type(M_DT))
+    h_ptr = tl.load(ptrs + 4 * T + tid).to(tl.pointer_type(S_DT))
+    c_ptr = tl.load(ptrs + 5 * T + tid).to(tl.pointer_type(S_DT))
+
+    ib1 = tl.load(coefs + tid)
+    sib2 = tl.load(coefs + T + tid)
+    cst = coefs + 2 * T
+    b1 = tl.load(cst + 0)
+    b2 = tl.load(cst + 1)
+    eps = tl.load(cst + 2)
+    clip = tl.load(cst + 3)
+    lr = tl.load(cst + 4)
+    decay = tl.load(cst + 5)
+    scale = tl.load(cst + 6)
+    dirb = tl.load(cst + 7)
+
+    offs = start + tl.arange(0, BLOCK).to(tl.int64)  # int64: tensors may exceed 2^31 elements
+    mask = offs < n
+
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CDT)
+    if MAXIMIZE:
+        g = -g
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CDT)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(CDT)
+    m = b1 * m + (1.0 - b1) * g
+    v = b2 * v + (1.0 - b2) * g * g
+    d = tl.sqrt(v) * sib2 + eps
+    a = m * ib1 / d
+    x0 = _feature(KIND0, g, d, a, clip)
+
+    FH: tl.constexpr = F + H
+    rows = tl.arange(0, HP)
+    rmask = rows < H
+    # Gate pre-activations as [HP, BLOCK] tiles: bias + W[:, :F] x + W[:, F:] h.
+    gi = tl.load(b_ptr + rows, mask=rmask, other=0.0)[:, None] + _gate_col(w_ptr, 0, 0, rows, rmask, H, FH) * x0[None, :]
+    gf = tl.load(b_ptr + H + rows, mask=rmask, other=0.0)[:, None] + _gate_col(w_ptr, 1, 0, rows, rmask, H, FH) * x0[None, :]
+    gg = tl.load(b_ptr + 2 * H + rows, mask=rmask, other=0.0)[:, None] + _gate_col(w_ptr, 2, 0, rows, rmask, H, FH) * x0[None, :]
+    go = tl.load(b_ptr + 3 * H + rows, mask=rmask, other=0.0)[:, None] + _gate_col(w_ptr, 3, 0, rows, rmask, H, FH) * x0[None, :]
+    if F == 2:
+        x1 = _feature(KIND1, g, d, a, clip)
+        gi += _gate_col(w_ptr, 0, 1, rows, rmask, H, FH) * x1[None, :]
+        gf += _gate_col(w_ptr, 1, 1, rows, rmask, H, FH) * x1[None, :]
+        gg += _gate_col(w_ptr, 2, 1, rows, rmask, H, FH) * x1[None, :]
+        go += _gate_col(w_ptr, 3, 1, rows, rmask, H, FH) * x1[None, :]
+    for q in tl.static_range(H):
+        hq = tl.load(h_ptr + q * n + offs, mask=mask, other=0.0).to(CDT)[None, :]
+        gi += _gate_col(w_ptr, 0, F + q, rows, rmask, H, FH) * hq
+        gf += _gate_col(w_ptr, 1, F + q, rows, rmask, H, FH) * hq
+        gg += _gate_col(w_ptr, 2, F + q, rows, rmask, H, FH) * hq
+        go += _gate_col(w_ptr, 3, F + q, rows, rmask, H, FH) * hq
+
+    tile = rows[:, None].to(tl.int64) * n + offs[None, :]
+    tmask = rmask[:, None] & mask[None, :]
+    c = tl.load(c_ptr + tile, mask=tmask, other=0.0).to(CDT)
+    c = _sigmoid(gf) * c + _sigmoid(gi) * _tanh(gg)
+    h = _sigmoid(go) * _tanh(c)  # padded rows: zero weights and c = 0, so h = 0 there
+    tl.store(c_ptr + tile, c.to(S_DT), mask=tmask)
+    tl.store(h_ptr + tile, h.to(S_DT), mask=tmask)
+
+    y0 = tl.sum(tl.load(hw_ptr + rows, mask=rmask, other=0.0)[:, None] * h, axis=0) + tl.load(hb_ptr)
+    y1 = tl.sum(tl.load(hw_ptr + H + rows, mask=rmask, other=0.0)[:, None] * h, axis=0) + tl.load(hb_ptr + 1)
+    u = a * tl.exp(scale * _tanh(y0)) + dirb * _tanh(y1)
+
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
+    tl.store(p_ptr + offs, (p * decay - lr * u).to(P_DT), mask=mask)
+    tl.store(m_ptr + offs, m.to(M_DT), mask=mask)
+    tl.store(v_ptr + offs, v.to(M_DT), mask=mask)
+
+
+def _host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-built table on ``device`` without waiting: pinned memory, non-blocking copy."""
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+_BLOCK_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+def _block_table(numels: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """[2, NB] int64: tensor index and first coordinate of every program. Depends only on the
+    sizes, so it is built once per model and cached."""
+    key = (numels, str(device))
+    tab = _BLOCK_TABLES.get(key)
+    if tab is None:
+        counts = torch.tensor([math.ceil(n / BLOCK) for n in numels], dtype=torch.int64)
+        tid = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int64), counts)
+        first = torch.cumsum(counts, 0) - counts
+        start = (torch.arange(int(counts.sum()), dtype=torch.int64) - first[tid]) * BLOCK
+        tab = _host_to(torch.stack([tid, start]).contiguous(), device)
+        if len(_BLOCK_TABLES) > 64:  # bounded: one entry per (model, device) in use
+            _BLOCK_TABLES.clear()
+        _BLOCK_TABLES[key] = tab
+    return tab
+
+
+def launch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
+           weights, config, lr, weight_decay, maximize, cdt) -> None:
+    """Launch the kernel over tensors that are contiguous and of one dtype per role."""
+    device = params[0].device
+    hs, nf = config.hidden_size, config.num_features
+    numels = tuple(p.numel() for p in params)
+    t = len(params)
+    ptrs = torch.tensor(
+        [[x.data_ptr() for x in lst] for lst in (params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs)],
+        dtype=torch.int64,
+    )
+    b1, b2 = config.beta1, config.beta2
+    steps = [float(s) for s in state_steps]  # CPU step tensors (as torch.optim.Adam): no sync
+    coefs = torch.tensor(
+        [1.0 / (1 - b1**s) for s in steps] + [(1.0 / (1 - b2**s)) ** 0.5 for s in steps]
+        + [b1, b2, config.eps, config.feature_clip, lr, 1 - lr * weight_decay,
+           config.log_scale_bound, config.direction_bound],
+        dtype=cdt,
+    )
+    w = {k: v.detach().to(device=device, dtype=cdt).contiguous() for k, v in weights.items()}
+    blocks = _block_table(numels, device)
+    nb = blocks.shape[1]
+    kinds = [_FEATURE_KIND[f] for f in config.features] + [0]
+    lstm_update_kernel[(nb,)](
+        _host_to(ptrs, device), blocks, _host_to(coefs, device),
+        w["weight"], w["bias"], w["head_weight"], w["head_bias"],
+        _host_to(torch.tensor(numels, dtype=torch.int64), device), t, nb,
+        P_DT=_TL_DTYPES[params[0].dtype], G_DT=_TL_DTYPES[grads[0].dtype],
+        M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[cdt],
+        H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[1],
+        MAXIMIZE=bool(maximize), BLOCK=BLOCK,
+    )
+    # The host tables above may be freed now: pinned blocks are recycled only after the copy
+    # that used them completes (torch's caching host allocator records the stream).
+
+
+INTERPRETED = type(lstm_update_kernel).__name__ == "InterpretedFunction"
