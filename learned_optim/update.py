@@ -103,7 +103,12 @@ def lstm_rule(
     v = exp_avg_sq * b2 + grad * grad * (1 - b2)
     bc1 = 1 - b1**step
     bc2 = 1 - b2**step
-    denom = torch.sqrt(v / bc2) + config.eps
+    # sqrt has an infinite derivative at 0, and a coordinate whose gradient is exactly 0 (a dead
+    # ReLU, an always-zero input pixel) has v = 0: backpropagating through the inner gradient
+    # (second-order meta-gradients) would then give inf * 0 = NaN. The double `where` keeps the
+    # forward value exact and makes that derivative 0.
+    pos = v > 0
+    denom = torch.where(pos, torch.sqrt(torch.where(pos, v, 1.0) / bc2), 0.0) + config.eps
     adam = (m / bc1) / denom
     named = {"g_norm": grad / denom, "m_norm": adam}
     clip = config.feature_clip
