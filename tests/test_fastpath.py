@@ -1,0 +1,337 @@
+"""The batched torch path (``learned_update(impl="torch")``) against the reference path.
+
+Every case draws fresh random data (the seed is in the failure message): parameters, gradients,
+moments, LSTM state and step counts are random and non-zero, and the network has a random output
+head so the LSTM changes the step (a zero head would reduce the rule to Adam). Parity is checked
+in float64, where both paths compute the same maths and must agree to rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learned_optim import CoordinatewiseLSTM, LearnedOptimizer
+from learned_optim import update as upd
+from learned_optim.network import LSTMOptimizerConfig
+from learned_optim.update import learned_update
+
+SHAPES = [(), (1,), (7,), (3, 5, 2, 2), (16, 3, 3, 3), (97, 131), (2500,), (5,)]
+
+
+def fresh_seed() -> int:
+    return random.SystemRandom().randrange(2**31)
+
+
+def random_net(gen: torch.Generator, config: LSTMOptimizerConfig | None = None) -> CoordinatewiseLSTM:
+    net = CoordinatewiseLSTM(config, seed=int(torch.randint(0, 2**31, (), generator=gen)))
+    with torch.no_grad():
+        net.head_weight.copy_(torch.randn(net.head_weight.shape, generator=gen) * 0.5)
+        net.head_bias.copy_(torch.randn(net.head_bias.shape, generator=gen) * 0.3)
+    return net
+
+
+def make_case(shapes, gen, *, hs=4, dtype=torch.float64, state_dtype=None, max_step=20, noncontig=False):
+    """Random parameters and state. Steps differ per tensor (0..max_step). With ``noncontig``,
+    every parameter, gradient and state tensor is a non-contiguous view of a larger tensor."""
+    sdt = state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+
+    def rnd(shape, dt, positive=False, scale=1.0):
+        if noncontig and len(shape) >= 1:
+            # a transposed view for >= 2-D, every other element for 1-D
+            if len(shape) >= 2:
+                base = torch.randn(*shape[:-2], shape[-1], shape[-2], generator=gen, dtype=torch.float64)
+                t = base.transpose(-1, -2)
+            else:
+                t = torch.randn(shape[0] * 2, generator=gen, dtype=torch.float64)[::2]
+        else:
+            t = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if positive:
+            t.abs_().add_(0.01)
+        t.mul_(scale)
+        return t.to(dt) if t.dtype != dt else t
+
+    case = []
+    for shape in shapes:
+        case.append(dict(
+            p=rnd(shape, dtype),
+            m=rnd(shape, sdt if sdt != torch.bfloat16 else torch.float32, scale=0.1),
+            v=rnd(shape, sdt if sdt != torch.bfloat16 else torch.float32, positive=True, scale=0.1),
+            h=rnd((hs, *shape), sdt, scale=0.3),
+            c=rnd((hs, *shape), sdt),
+            step=torch.tensor(float(torch.randint(0, max_step + 1, (), generator=gen))),
+        ))
+    return case
+
+
+def grads_for(case, gen, dtype=None):
+    out = []
+    for e in case:
+        g = torch.randn(e["p"].shape, generator=gen, dtype=torch.float64)
+        out.append(g.to(dtype or e["p"].dtype))
+    return out
+
+
+def run(case, grads_seq, net, *, impl, chunk_size=upd.DEFAULT_CHUNK_SIZE, **kw):
+    """Apply len(grads_seq) steps to a deep copy of the case; returns the copy."""
+    case = copy.deepcopy(case)
+    opts = dict(lr=0.01, weight_decay=0.0, maximize=False)
+    opts.update(kw)
+    for grads in grads_seq:
+        learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
+                       [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
+                       weights=net, config=net.config, impl=impl, chunk_size=chunk_size, **opts)
+    return case
+
+
+def assert_same(got, want, *, rtol, atol, msg):
+    for i, (a, b) in enumerate(zip(got, want)):
+        for key in ("p", "m", "v", "h", "c", "step"):
+            x, y = a[key], b[key]
+            assert x.dtype == y.dtype and x.shape == y.shape, f"{msg}: {key}[{i}] dtype/shape"
+            torch.testing.assert_close(x.double(), y.double(), rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{msg}: {key} of tensor {i} {tuple(x.shape)}: {m}")
+
+
+@pytest.mark.parametrize("chunk_size", [5, 64, 1000, upd.DEFAULT_CHUNK_SIZE])
+@pytest.mark.parametrize("maximize, weight_decay", [(False, 0.0), (True, 0.1)])
+def test_torch_matches_reference_fp64(chunk_size, maximize, weight_decay):
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case(SHAPES, gen)
+    grads_seq = [grads_for(case, gen) for _ in range(3)]
+    want = run(case, grads_seq, net, impl="reference", maximize=maximize, weight_decay=weight_decay)
+    got = run(case, grads_seq, net, impl="torch", chunk_size=chunk_size, maximize=maximize,
+              weight_decay=weight_decay)
+    assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+    # the step did something: parameters and LSTM state moved
+    assert all(not torch.equal(a["p"], b["p"]) for a, b in zip(got, case) if a["p"].numel())
+    assert all(not torch.equal(a["h"], b["h"]) for a, b in zip(got, case) if a["p"].numel())
+
+
+@pytest.mark.parametrize("chunk_size", [64, upd.DEFAULT_CHUNK_SIZE])
+def test_noncontiguous_params_grads_and_state(chunk_size):
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case(SHAPES, gen, noncontig=True)
+    assert any(not e["p"].is_contiguous() for e in case) and any(not e["h"].is_contiguous() for e in case)
+    grads_seq = [[g.t() if g.dim() == 2 else g for g in grads_for(case, gen)] for _ in range(2)]
+    want = run(case, grads_seq, net, impl="reference", weight_decay=0.05)
+    got = run(case, grads_seq, net, impl="torch", chunk_size=chunk_size, weight_decay=0.05)
+    assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=8),
+    chunk_size=st.integers(1, 400),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_chunk_boundaries_across_tensors(sizes, chunk_size, seed):
+    """Any split of any list of tensors into chunks (packed across tensors or in place) gives the
+    reference result, with tensors at different steps sharing a chunk."""
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case([(n,) for n in sizes], gen, max_step=5)
+    grads_seq = [grads_for(case, gen)]
+    want = run(case, grads_seq, net, impl="reference")
+    got = run(case, grads_seq, net, impl="torch", chunk_size=chunk_size)
+    assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"sizes={sizes} chunk={chunk_size} seed={seed}")
+
+
+@pytest.mark.parametrize("hs, features", [(1, ("g_norm",)), (3, ("m_norm", "g_norm")), (8, ("m_norm",))])
+def test_other_architectures(hs, features):
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    cfg = LSTMOptimizerConfig(hidden_size=hs, features=features, log_scale_bound=2.0, direction_bound=0.3)
+    net = random_net(gen, cfg)
+    case = make_case(SHAPES[:5], gen, hs=hs)
+    grads_seq = [grads_for(case, gen) for _ in range(2)]
+    want = run(case, grads_seq, net, impl="reference")
+    got = run(case, grads_seq, net, impl="torch", chunk_size=100)
+    assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+
+
+def test_trajectory_60_steps_fp64():
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case([(3, 5, 2, 2), (20, 15), (7,), ()], gen)
+    grads_seq = [grads_for(case, gen) for _ in range(60)]
+    want = run(case, grads_seq, net, impl="reference", weight_decay=0.01)
+    got = run(case, grads_seq, net, impl="torch", chunk_size=300, weight_decay=0.01)
+    assert_same(got, want, rtol=1e-9, atol=1e-11, msg=f"seed={seed}")
+
+
+def test_optimizer_trajectory_conv_model_torch_equals_reference():
+    """Through LearnedOptimizer on a conv model (conv kernels, biases, a linear layer), 50 steps."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 3)).double()
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(16, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 3, (16,), generator=gen)
+    opts = [LearnedOptimizer(m.parameters(), weights=net, lr=1e-2, weight_decay=0.01, impl=impl, chunk_size=64)
+            for m, impl in ((model, "reference"), (twin, "torch"))]
+    for _ in range(50):
+        for m, opt in zip((model, twin), opts):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=lambda m: f"seed={seed}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_params_match_reference(dtype):
+    """fp32 maths on fp32/bf16/fp16 parameters; bf16/fp16 parameters are rounded once per step,
+    so both paths agree to one ulp of the parameter's dtype."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case(SHAPES, gen, dtype=dtype)
+    grads_seq = [grads_for(case, gen)]
+    want = run(case, grads_seq, net, impl="reference", weight_decay=0.1)
+    got = run(case, grads_seq, net, impl="torch", chunk_size=500, weight_decay=0.1)
+    ulp = torch.finfo(dtype).eps
+    for a, b in zip(got, want):
+        assert a["p"].dtype == dtype and a["m"].dtype == torch.float32
+        torch.testing.assert_close(a["p"].double(), b["p"].double(), rtol=ulp, atol=ulp,
+                                   msg=lambda m: f"seed={seed}: {m}")
+        for key in ("m", "v", "h", "c"):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=lambda m: f"seed={seed} {key}: {m}")
+
+
+def test_bf16_lstm_state_matches_reference():
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case(SHAPES, gen, dtype=torch.float32, state_dtype=torch.bfloat16)
+    assert case[2]["h"].dtype == torch.bfloat16 and case[2]["m"].dtype == torch.float32
+    grads_seq = [grads_for(case, gen)]
+    want = run(case, grads_seq, net, impl="reference")
+    got = run(case, grads_seq, net, impl="torch", chunk_size=200)
+    ulp = torch.finfo(torch.bfloat16).eps
+    for a, b in zip(got, want):
+        assert a["h"].dtype == a["c"].dtype == torch.bfloat16
+        for key in ("h", "c"):
+            torch.testing.assert_close(a[key].double(), b[key].double(), rtol=ulp, atol=ulp,
+                                       msg=lambda m: f"seed={seed} {key}: {m}")
+        torch.testing.assert_close(a["p"], b["p"], rtol=1e-5, atol=1e-6, msg=lambda m: f"seed={seed}: {m}")
+
+
+def test_optimizer_state_dtype_bf16_halves_lstm_state_and_roundtrips(tmp_path):
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    model = torch.nn.Linear(30, 20)
+    full = LearnedOptimizer(model.parameters(), weights=net)
+    half = LearnedOptimizer(model.parameters(), weights=net, state_dtype=torch.bfloat16)
+    x = torch.randn(8, 30, generator=gen)
+    for opt in (full, half):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+    def lstm_bytes(opt):
+        return sum(s[k].numel() * s[k].element_size() for s in opt.state.values() for k in ("lstm_h", "lstm_c"))
+
+    assert lstm_bytes(half) * 2 == lstm_bytes(full)
+    s = half.state[model.weight]
+    assert s["lstm_h"].dtype == s["lstm_c"].dtype == torch.bfloat16
+    assert s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.float32
+
+    path = tmp_path / "opt.pt"
+    torch.save(half.state_dict(), path)
+    again = LearnedOptimizer(model.parameters(), weights=net, state_dtype=torch.bfloat16)
+    again.load_state_dict(torch.load(path))
+    for key in ("lstm_h", "lstm_c", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(again.state[model.weight][key], s[key]) and again.state[model.weight][key].dtype == s[key].dtype
+
+
+def test_state_dtype_rejects_other_dtypes():
+    with pytest.raises(ValueError, match="state_dtype must be None, torch.float32 or torch.bfloat16"):
+        LearnedOptimizer(torch.nn.Linear(2, 2).parameters(), weights=CoordinatewiseLSTM(), state_dtype=torch.float16)
+
+
+def test_nonfinite_gradient_skips_only_that_tensor_on_the_torch_path():
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    a, b = torch.nn.Parameter(torch.randn(50, generator=gen)), torch.nn.Parameter(torch.randn(70, generator=gen))
+    opt = LearnedOptimizer([a, b], weights=net, impl="torch", chunk_size=16)
+    a.grad = torch.randn(50, generator=gen)
+    a.grad[3] = float("nan")
+    b.grad = torch.randn(70, generator=gen)
+    a0, b0 = a.detach().clone(), b.detach().clone()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        opt.step()
+    assert torch.equal(a.detach(), a0)
+    sa = opt.state[a]  # untouched: never created, or still at its initial (zero) values
+    assert len(sa) == 0 or (float(sa["step"]) == 0 and all(not sa[k].any() for k in ("exp_avg", "lstm_h")))
+    assert not torch.equal(b.detach(), b0)
+    assert sum(issubclass(x.category, RuntimeWarning) for x in w) == 1
+
+
+def test_chunk_buffers_do_not_grow_with_the_model():
+    """Work space is bounded by the chunk size, not by the number of coordinates."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(300, 200), (1000,), (7,)], gen, dtype=torch.float32)
+    upd._BUFFER_CACHE.d = {}  # the cache keeps the largest work space earlier tests asked for
+    run(case, [grads_for(case, gen)], net, impl="torch", chunk_size=256)
+    buf = upd._buffers(torch.device("cpu"), torch.float32, 2, 4, 1)
+    assert buf.d.numel() == 256
+    assert buf.gates.numel() == 16 * 256
+
+
+def test_zero_sized_tensor_is_fine():
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(0,), (5,), (0, 3)], gen)
+    grads_seq = [grads_for(case, gen)]
+    got = run(case, grads_seq, net, impl="torch", chunk_size=4)
+    want = run(case, grads_seq, net, impl="reference")
+    assert_same(got, want, rtol=1e-10, atol=1e-12, msg="zero-sized")
+
+
+def test_argument_errors_name_the_fix():
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(3,)], gen)
+    p, m, v, h, c, s = ([e[k] for e in case] for k in ("p", "m", "v", "h", "c", "step"))
+    kw = dict(weights=net, config=net.config, lr=0.1, weight_decay=0.0, maximize=False)
+    with pytest.raises(ValueError, match="one entry per parameter"):
+        learned_update(p, [], m, v, h, c, s, **kw)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        learned_update(p, p, m, v, h, c, s, impl="cuda", **kw)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        learned_update(p, p, m, v, h, c, s, impl="torch", chunk_size=0, **kw)
+    p32 = [torch.randn(3), p[0]]
+    with pytest.raises(ValueError, match="one compute dtype per call"):
+        learned_update(p32, p32, m + m, v + v, h + h, c + c, [torch.tensor(0.0)] * 2, impl="torch", **kw)
+
+
+def test_auto_uses_torch_on_cpu(monkeypatch):
+    from learned_optim import kernels
+
+    def boom(*a, **k):
+        raise AssertionError("the Triton path must not be chosen for CPU tensors by impl='auto'")
+
+    monkeypatch.setattr(kernels, "triton_update", boom)
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(10,)], gen)
+    grads_seq = [grads_for(case, gen)]
+    got = run(case, grads_seq, net, impl="auto")
+    want = run(case, grads_seq, net, impl="reference")
+    assert_same(got, want, rtol=1e-10, atol=1e-12, msg="auto")
