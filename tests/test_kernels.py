@@ -1,0 +1,130 @@
+"""The Triton kernel (``learned_update(impl="triton")``) against the reference path.
+
+Without a GPU these tests run the kernel on CPU tensors in Triton's interpreter, which must be
+switched on before the kernel module is imported: this module sets ``TRITON_INTERPRET=1`` at
+collection time when it is not set. They skip when the ``triton`` package is not installed. The
+interpreter is slow (one Python iteration per program), so sizes stay small.
+
+Not testable here, only on a GPU (``benchmarks/gpu_check.py``): the compiled kernel itself,
+round-to-nearest bf16/fp16 stores (the interpreter truncates: tolerances below allow one ulp),
+tensors above 2^31 elements (int64 offsets), stream ordering and the absence of host syncs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from learned_optim import kernels
+from test_fastpath import assert_same, fresh_seed, grads_for, make_case, random_net, run
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+if HAVE_TRITON:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="the triton package is not installed")
+
+# Sizes that cross the kernel's 1024-coordinate blocks, scalars, odd sizes and a conv kernel.
+SHAPES = [(), (1,), (7,), (3, 5, 2, 2), (1025,), (33, 40)]
+
+
+def _interpreting() -> bool:
+    return HAVE_TRITON and kernels.triton_available("cpu")
+
+
+needs_interpreter = pytest.mark.skipif(
+    not _interpreting(),
+    reason="Triton's interpreter is off (TRITON_INTERPRET was set to something other than 1, "
+           "or triton was imported before this module)",
+)
+
+
+def test_triton_available_is_false_without_a_backend():
+    assert kernels.triton_available("meta") is False
+    if not torch.cuda.is_available():
+        assert kernels.triton_available("cuda") is False
+    if not HAVE_TRITON:
+        assert kernels.triton_available("cpu") is False
+
+
+def test_triton_update_without_triton_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(kernels, "_module", lambda: None)
+    assert kernels.triton_available("cpu") is False
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(4,)], gen)
+    with pytest.raises(RuntimeError, match="impl='triton' cannot run on cpu.*use impl='torch'"):
+        run(case, [grads_for(case, gen)], net, impl="triton")
+
+
+@needs_triton
+@needs_interpreter
+@pytest.mark.parametrize("maximize, weight_decay", [(False, 0.0), (True, 0.1)])
+def test_triton_matches_reference_fp64(maximize, weight_decay):
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case(SHAPES, gen)
+    grads_seq = [grads_for(case, gen) for _ in range(2)]
+    want = run(case, grads_seq, net, impl="reference", maximize=maximize, weight_decay=weight_decay)
+    got = run(case, grads_seq, net, impl="triton", maximize=maximize, weight_decay=weight_decay)
+    assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+    assert all(not torch.equal(a["p"], b["p"]) for a, b in zip(got, case))
+
+
+@needs_triton
+@needs_interpreter
+def test_triton_noncontiguous_and_trajectory_50_steps():
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case([(), (6, 9), (5,)], gen, noncontig=True)
+    grads_seq = [grads_for(case, gen) for _ in range(50)]
+    want = run(case, grads_seq, net, impl="reference", weight_decay=0.01)
+    got = run(case, grads_seq, net, impl="triton", weight_decay=0.01)
+    assert_same(got, want, rtol=1e-9, atol=1e-11, msg=f"seed={seed}")
+
+
+@needs_triton
+@needs_interpreter
+@pytest.mark.parametrize("dtype, state_dtype", [
+    (torch.float32, None), (torch.bfloat16, None), (torch.float16, None), (torch.float32, torch.bfloat16),
+])
+def test_triton_low_precision(dtype, state_dtype):
+    """fp32 maths on fp32/bf16/fp16 parameters and bf16 LSTM state; low-precision values agree
+    with the reference to one ulp of their dtype (the interpreter rounds toward zero)."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case([(3, 5, 2, 2), (1100,)], gen, dtype=dtype, state_dtype=state_dtype)
+    grads_seq = [grads_for(case, gen)]
+    want = run(case, grads_seq, net, impl="reference", weight_decay=0.1)
+    got = run(case, grads_seq, net, impl="triton", weight_decay=0.1)
+    for a, b in zip(got, want):
+        for key in ("p", "m", "v", "h", "c"):
+            assert a[key].dtype == b[key].dtype, key
+            # one ulp of the value's own dtype; fp32 values: the maths' rounding, which the
+            # LSTM's cancellations (c = f c + i g) amplify to a few 1e-6 (exactness: fp64 tests)
+            tol = max(torch.finfo(a[key].dtype).eps, 1e-5)
+            torch.testing.assert_close(a[key].double(), b[key].double(), rtol=tol, atol=tol,
+                                       msg=lambda m: f"seed={seed} {key}: {m}")
+
+
+@needs_triton
+@needs_interpreter
+def test_triton_mixed_param_dtypes_in_one_call():
+    """bf16 and fp32 parameters share a compute dtype: one call, one launch per dtype combination."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case([(17,), (9, 3)], gen, dtype=torch.float32)
+    case[0]["p"] = case[0]["p"].bfloat16()
+    grads_seq = [[g.to(e["p"].dtype) for g, e in zip(grads_for(case, gen), case)]]
+    want = run(case, grads_seq, net, impl="reference")
+    got = run(case, grads_seq, net, impl="triton")
+    torch.testing.assert_close(got[1]["p"], want[1]["p"], rtol=2e-6, atol=2e-6)
+    eps = torch.finfo(torch.bfloat16).eps
+    torch.testing.assert_close(got[0]["p"].double(), want[0]["p"].double(), rtol=eps, atol=eps)
