@@ -159,12 +159,13 @@ def _host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-_BLOCK_TABLES: dict[tuple, torch.Tensor] = {}
+_BLOCK_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_WEIGHTS: dict[tuple, tuple[dict, dict[str, torch.Tensor]]] = {}
 
 
-def _block_table(numels: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """[2, NB] int64: tensor index and first coordinate of every program. Depends only on the
-    sizes, so it is built once per model and cached."""
+def _block_table(numels: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """([2, NB] int64 tensor index and first coordinate of every program, [T] int64 sizes).
+    They depend only on the sizes, so they are built once per model and cached."""
     key = (numels, str(device))
     tab = _BLOCK_TABLES.get(key)
     if tab is None:
@@ -172,11 +173,27 @@ def _block_table(numels: tuple[int, ...], device: torch.device) -> torch.Tensor:
         tid = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int64), counts)
         first = torch.cumsum(counts, 0) - counts
         start = (torch.arange(int(counts.sum()), dtype=torch.int64) - first[tid]) * BLOCK
-        tab = _host_to(torch.stack([tid, start]).contiguous(), device)
+        tab = (_host_to(torch.stack([tid, start]).contiguous(), device),
+               _host_to(torch.tensor(numels, dtype=torch.int64), device))
         if len(_BLOCK_TABLES) > 64:  # bounded: one entry per (model, device) in use
             _BLOCK_TABLES.clear()
         _BLOCK_TABLES[key] = tab
     return tab
+
+
+def _device_weights(weights: dict[str, torch.Tensor], device: torch.device, cdt: torch.dtype) -> dict[str, torch.Tensor]:
+    """The network's weights on ``device`` in ``cdt``, re-copied only when a weight changed
+    (its ``_version`` counts in-place updates): a pageable CPU->GPU copy each step would block."""
+    key = (str(device), cdt) + tuple((k, id(t), t._version) for k, t in sorted(weights.items()))
+    hit = _WEIGHTS.get(key)
+    if hit is None:
+        w = {k: _host_to(t.detach().to(dtype=cdt).contiguous(), device) if t.device.type == "cpu"
+             else t.detach().to(device=device, dtype=cdt).contiguous() for k, t in weights.items()}
+        if len(_WEIGHTS) > 8:  # bounded: stale versions are dropped wholesale
+            _WEIGHTS.clear()
+        # keep the source tensors alive so that their ids in the key cannot be reused
+        hit = _WEIGHTS[key] = (dict(weights), w)
+    return hit[1]
 
 
 def launch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
@@ -198,14 +215,14 @@ def launch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, 
            config.log_scale_bound, config.direction_bound],
         dtype=cdt,
     )
-    w = {k: v.detach().to(device=device, dtype=cdt).contiguous() for k, v in weights.items()}
-    blocks = _block_table(numels, device)
+    w = _device_weights(weights, device, cdt)
+    blocks, numels_t = _block_table(numels, device)
     nb = blocks.shape[1]
     kinds = [_FEATURE_KIND[f] for f in config.features] + [0]
     lstm_update_kernel[(nb,)](
         _host_to(ptrs, device), blocks, _host_to(coefs, device),
         w["weight"], w["bias"], w["head_weight"], w["head_bias"],
-        _host_to(torch.tensor(numels, dtype=torch.int64), device), t, nb,
+        numels_t, t, nb,
         P_DT=_TL_DTYPES[params[0].dtype], G_DT=_TL_DTYPES[grads[0].dtype],
         M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[cdt],
         H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[1],

@@ -1,0 +1,263 @@
+"""GPU check for issue 5: parity of every path on CUDA against the reference, then speed.
+
+    python benchmarks/gpu_check.py                # parity + speed at 1e6, 1e7, 1e8 + training step
+    python benchmarks/gpu_check.py --int64        # also a > 2^31-element tensor (~70 GB of memory)
+    python benchmarks/gpu_check.py --sizes 1e6 --no-train
+
+Prints one table: each row is a check (PASS/FAIL with its worst error) or a timing. Timings use
+CUDA events, medians over --reps steps. The bytes-moved floor is the bytes the update must read
+and write per coordinate (p, g, m, v, h, c in; p, m, v, h, c out) over the copy bandwidth measured
+here with a large device-to-device copy; issue 5's target is <= 1.5x that floor at 1e8.
+
+Without CUDA it says so and exits 0 after a CPU smoke run of the torch path (the parity tests for
+CPU live in tests/test_fastpath.py and tests/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+try:
+    import learned_optim  # noqa: F401
+except ImportError:  # a checkout that is not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from learned_optim import LearnedOptimizer, kernels  # noqa: E402
+from learned_optim.network import CoordinatewiseLSTM  # noqa: E402
+from learned_optim.update import learned_update  # noqa: E402
+
+ROWS: list[tuple[str, str, str]] = []
+
+
+def row(check: str, result: str, detail: str = "") -> None:
+    ROWS.append((check, result, detail))
+    print(f"  {check:58s} {result:>10s}  {detail}", flush=True)
+
+
+def random_net(seed: int) -> CoordinatewiseLSTM:
+    gen = torch.Generator().manual_seed(seed)
+    net = CoordinatewiseLSTM(seed=seed)
+    with torch.no_grad():
+        net.head_weight.copy_(torch.randn(net.head_weight.shape, generator=gen) * 0.5)
+        net.head_bias.copy_(torch.randn(net.head_bias.shape, generator=gen) * 0.3)
+    return net
+
+
+def make_state(shapes, device, dtype, state_dtype, gen, noncontig=False):
+    hs = 4
+    sdt = state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+    mdt = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def rnd(shape, dt, scale=1.0, positive=False):
+        t = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if noncontig and len(shape) >= 2:
+            t = t.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, transposed strides
+        if positive:
+            t = t.abs() + 0.01
+        return (t * scale).to(device=device, dtype=dt)
+
+    return [dict(p=rnd(s, dtype), m=rnd(s, mdt, 0.1), v=rnd(s, mdt, 0.1, True), h=rnd((hs, *s), sdt, 0.3),
+                 c=rnd((hs, *s), sdt), step=torch.tensor(float(i % 7))) for i, s in enumerate(shapes)]
+
+
+def apply(case, grads_seq, net, impl, **kw):
+    case = copy.deepcopy(case)
+    for grads in grads_seq:
+        learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
+                       [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
+                       weights=net, config=net.config, impl=impl, **kw)
+    return case
+
+
+def worst_rel(got, want) -> float:
+    worst = 0.0
+    for a, b in zip(got, want):
+        for k in ("p", "m", "v", "h", "c"):
+            x, y = a[k].double(), b[k].double()
+            worst = max(worst, float(((x - y).abs() / (y.abs() + 1e-3)).max()) if x.numel() else 0.0)
+    return worst
+
+
+def parity(device) -> None:
+    shapes = [(), (1,), (7,), (3, 5, 2, 2), (64, 3, 3, 3), (1025,), (333, 517), (4097,)]
+    net = random_net(0)
+    paths = ["torch"] + (["triton"] if kernels.triton_available(device) else [])
+    if "triton" not in paths:
+        row("triton kernel available", "FAIL", "triton not importable: pip install triton")
+    # (param dtype, state dtype, allowed relative error): fp64 is exact maths; others one ulp-ish
+    for dtype, sdt, tol in [(torch.float64, None, 1e-10), (torch.float32, None, 1e-4),
+                            (torch.bfloat16, None, 2 * 2**-8), (torch.float16, None, 2 * 2**-11),
+                            (torch.float32, torch.bfloat16, 2 * 2**-8)]:
+        gen = torch.Generator().manual_seed(1)
+        for noncontig in (False, True):
+            case = make_state(shapes, device, dtype, sdt, gen, noncontig)
+            steps = 3 if dtype != torch.float64 else 55
+            grads_seq = [[torch.randn(e["p"].shape, generator=gen, dtype=torch.float64).to(device, dtype)
+                          for e in case] for _ in range(steps)]
+            kw = dict(lr=1e-2, weight_decay=0.1, maximize=noncontig)
+            want = apply(case, grads_seq, net, "reference", **kw)
+            for impl in paths:
+                err = worst_rel(apply(case, grads_seq, net, impl, **kw), want)
+                name = f"parity {impl} {str(dtype)[6:]} state={str(sdt)[6:] if sdt else 'default'}" \
+                       f"{' noncontig' if noncontig else ''} {steps} steps"
+                row(name, "PASS" if err <= tol else "FAIL", f"max rel err {err:.2e} (tol {tol:.0e})")
+
+
+def int64_check(device) -> None:
+    """One fp32 tensor of 2^31 + 4099 elements, bf16 LSTM state (~70 GB): the kernel's last
+    coordinates against the reference rule applied to the same slice."""
+    n = 2**31 + 4099
+    net = random_net(2)
+    gen = torch.Generator(device=device).manual_seed(3)
+    p = torch.randn(n, device=device, generator=gen)
+    g = torch.randn(n, device=device, generator=gen)
+    m, v = torch.zeros(n, device=device), torch.zeros(n, device=device)
+    h = torch.zeros(4, n, device=device, dtype=torch.bfloat16)
+    c = torch.zeros(4, n, device=device, dtype=torch.bfloat16)
+    tail = slice(n - 5000, n)
+    ref = [t[..., tail].clone() for t in (p, g, m, v, h, c)]
+    step, step_ref = torch.tensor(0.0), torch.tensor(0.0)
+    learned_update([p], [g], [m], [v], [h], [c], [step], weights=net, config=net.config, lr=1e-2,
+                   weight_decay=0.0, maximize=False, impl="triton")
+    learned_update([ref[0]], [ref[1]], [ref[2]], [ref[3]], [ref[4]], [ref[5]], [step_ref], weights=net,
+                   config=net.config, lr=1e-2, weight_decay=0.0, maximize=False, impl="reference")
+    err = float((p[tail] - ref[0]).abs().max())
+    row("int64 indexing: tensor of 2^31+4099 elements", "PASS" if err < 1e-5 else "FAIL", f"max abs err {err:.1e}")
+
+
+def cuda_ms(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def speed(device, sizes, reps) -> None:
+    net = random_net(4)
+    big = torch.empty(2**28, device=device)  # 1 GiB: far beyond L2
+    dst = torch.empty_like(big)
+    bw = 2 * big.numel() * 4 / (cuda_ms(lambda: dst.copy_(big), reps) * 1e-3)
+    row("copy bandwidth (read+write)", f"{bw / 1e9:.0f} GB/s", "1 GiB device-to-device copy_")
+    del big, dst
+    hs = net.config.hidden_size
+    bytes_per = (4 * 4 + 2 * hs * 4) + (3 * 4 + 2 * hs * 4)  # fp32: p g m v h c in, p m v h c out
+    for n_f in sizes:
+        n = int(n_f)
+        # a transformer-like mix: one big matrix, many rows of 4096, a few small tensors
+        shapes = [(n // 2,)] + [(4096,)] * ((n // 2) // 4096) + [(7,), (3, 3)]
+        params = [torch.randn(s, device=device) for s in shapes]
+        grads = [torch.randn_like(p) for p in params]
+        total = sum(p.numel() for p in params)
+        for kind in ("fused", "foreach"):
+            ps = [p.clone().requires_grad_() for p in params]
+            for p, g in zip(ps, grads):
+                p.grad = g
+            opt = torch.optim.AdamW(ps, **{kind: True})
+            ms = cuda_ms(opt.step, reps)
+            row(f"AdamW {kind} step, {n_f:.0e} params", f"{ms:.3f} ms")
+            del opt, ps
+        for impl in ["triton", "torch"] if kernels.triton_available(device) else ["torch"]:
+            ps = [p.clone().requires_grad_() for p in params]
+            for p, g in zip(ps, grads):
+                p.grad = g
+            opt = LearnedOptimizer(ps, weights=net, impl=impl)
+            opt.step()
+            torch.cuda.synchronize()
+            if impl == "triton":
+                # any host-device synchronisation inside step() raises in "error" mode
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    learned_update(*_lists(opt), weights=net, config=net.config, lr=1e-3, weight_decay=0.0,
+                                   maximize=False, impl="triton")
+                    row(f"no host sync in learned_update(triton), {n_f:.0e}", "PASS")
+                except RuntimeError as e:
+                    row(f"no host sync in learned_update(triton), {n_f:.0e}", "FAIL", str(e)[:60])
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            ms = cuda_ms(opt.step, reps)
+            floor = total * bytes_per / bw * 1e3
+            row(f"learned {impl} step, {n_f:.0e} params", f"{ms:.3f} ms", f"{ms / floor:.2f}x bytes floor ({floor:.3f} ms)")
+            del opt, ps
+
+
+def _lists(opt):
+    ps = [p for g in opt.param_groups for p in g["params"]]
+    st = [opt.state[p] for p in ps]
+    return (ps, [p.grad for p in ps], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+            [s["lstm_h"] for s in st], [s["lstm_c"] for s in st], [s["step"] for s in st])
+
+
+def train_step(device, reps) -> None:
+    """Whole training step (forward, backward, step) of a GPT-2-small-sized transformer encoder
+    (12 layers, d=768, ~85M parameters; batch 8 x 512 tokens, bf16 autocast)."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True, norm_first=True)
+    base = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).to(device)
+    x = torch.randn(8, 512, 768, device=device)
+    results = {}
+    for name in ("AdamW fused", "learned triton"):
+        model = copy.deepcopy(base)
+        opt = (torch.optim.AdamW(model.parameters(), fused=True) if name.startswith("AdamW")
+               else LearnedOptimizer(model.parameters(), weights=random_net(5), impl="triton"))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x).float().square().mean()
+            loss.backward()
+            opt.step()
+
+        results[name] = cuda_ms(step, reps)
+        row(f"training step, {name} (~85M params)", f"{results[name]:.2f} ms")
+    over = results["learned triton"] / results["AdamW fused"] - 1
+    row("training-step overhead of the learned optimizer vs AdamW fused", f"{100 * over:+.1f}%")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7, 1e8])
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--int64", action="store_true", help="also check a > 2^31-element tensor (~70 GB)")
+    ap.add_argument("--no-train", action="store_true", help="skip the whole-training-step comparison")
+    args = ap.parse_args()
+
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; nothing GPU-side was checked.")
+        net = random_net(0)
+        case = make_state([(3, 4), (5,)], torch.device("cpu"), torch.float64, None, torch.Generator().manual_seed(0))
+        grads = [[torch.randn(e["p"].shape, dtype=torch.float64) for e in case]]
+        err = worst_rel(apply(case, grads, net, "torch", lr=1e-2, weight_decay=0.0, maximize=False),
+                        apply(case, grads, net, "reference", lr=1e-2, weight_decay=0.0, maximize=False))
+        print(f"CPU smoke: torch path vs reference, max rel err {err:.1e}")
+        return 0 if err < 1e-10 else 1
+
+    device = torch.device("cuda")
+    print(f"gpu_check on {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+          f"triton available: {kernels.triton_available(device)}")
+    print(f"  {'check':58s} {'result':>10s}  detail")
+    parity(device)
+    if args.int64:
+        int64_check(device)
+    speed(device, args.sizes, args.reps)
+    if not args.no_train:
+        train_step(device, args.reps)
+    failed = [r for r in ROWS if r[1] == "FAIL"]
+    print(f"{len(ROWS)} rows, {len(failed)} FAIL")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
