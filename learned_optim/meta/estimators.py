@@ -1,0 +1,310 @@
+r"""Meta-gradient estimators: truncated backpropagation through time and antithetic PES.
+
+Both estimate the gradient of the *meta-objective* with respect to the meta-parameters
+:math:`\theta` (the tensors of a ``CoordinatewiseLSTM``), from partial unrolls ("truncations")
+of inner trajectories that continue across meta-steps.
+
+**Meta-objective.** For a truncation of :math:`n` inner steps with losses :math:`L_1..L_n`
+(the loss *after* each update, on that step's minibatch):
+
+.. math::
+    J = \frac{1}{n}\sum_{i=1}^n \min\big(\log L_i,\ \log L_{cap}\big),
+    \qquad L_{cap} = \texttt{loss\_cap} \cdot L_{init}
+
+where :math:`L_{init}` is the task's loss at the start of its trajectory. The log makes tasks of
+any loss scale count alike and rewards progress late in training as much as early on; the cap
+(default 1.5, the "clip at 1.5x the initial loss" of learned_optimization, see
+NOTES-anchors.md) bounds what one exploding task contributes, and a non-finite loss counts as
+the cap with no gradient, so one divergent task cannot poison a meta-step with NaN.
+
+**Truncated BPTT** (``TruncatedBPTT``): unroll :math:`n` steps with the parameters carrying
+autograd graph back to :math:`\theta` and backpropagate :math:`J`. The inner state (parameters,
+moments, LSTM state) is cut with an explicit ``.detach()`` at every truncation boundary, so no
+graph survives from one meta-step to the next. With ``second_order=False`` (default) the inner
+gradients are treated as constants (the first-order approximation of Andrychowicz et al. 2016);
+the meta-gradient still flows through the parameter trajectory and the LSTM state.
+
+**Antithetic PES** (``AntitheticPES``, Vicol et al. 2021, "Unbiased Gradient Estimation in
+Unrolled Computation Graphs with Persistent Evolution Strategies"): each trajectory runs twice,
+with :math:`\theta+\epsilon_k` and :math:`\theta-\epsilon_k` in truncation :math:`k`, on the same
+minibatches, and keeps the running sum :math:`\xi = \sum_{j \le k}\epsilon_j` of the perturbations
+it has seen since it started. The estimate
+
+.. math::
+    \hat g = \frac{\xi\,(J^+ - J^-)}{2\sigma^2}
+
+is unbiased for the gradient of the Gaussian-smoothed objective over the whole trajectory
+(truncated ES, which uses :math:`\epsilon_k` instead of :math:`\xi`, is biased toward short
+horizons). It needs no backward pass through the unroll, so it is cheap and memory-flat.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
+from ..update import lstm_rule
+from .tasks import Task, flatten_params, unflatten_params
+
+__all__ = [
+    "WEIGHT_NAMES",
+    "InnerState",
+    "Trajectory",
+    "meta_objective",
+    "TruncatedBPTT",
+    "AntitheticPES",
+    "flat_weights",
+    "weights_from_flat",
+]
+
+# The meta-parameters of a CoordinatewiseLSTM, in the order used for flat vectors.
+WEIGHT_NAMES = ("weight", "bias", "head_weight", "head_bias")
+
+
+def flat_weights(net: CoordinatewiseLSTM) -> Tensor:
+    """The meta-parameters as one flat (detached) vector, in ``WEIGHT_NAMES`` order."""
+    return torch.cat([getattr(net, n).detach().reshape(-1) for n in WEIGHT_NAMES])
+
+
+def weights_from_flat(flat: Tensor, net: CoordinatewiseLSTM) -> dict[str, Tensor]:
+    """The mapping ``lstm_rule`` accepts, as views of ``flat`` shaped like ``net``'s tensors."""
+    shapes = [getattr(net, n).shape for n in WEIGHT_NAMES]
+    return dict(zip(WEIGHT_NAMES, unflatten_params(flat, shapes)))
+
+
+@dataclass
+class InnerState:
+    """The state of one inner optimisation: flat parameters and the rule's per-coordinate state."""
+
+    params: Tensor  # [N]
+    exp_avg: Tensor  # [N]
+    exp_avg_sq: Tensor  # [N]
+    h: Tensor  # [H, N]
+    c: Tensor  # [H, N]
+
+    @classmethod
+    def fresh(cls, params: Tensor, hidden_size: int) -> "InnerState":
+        n = params.numel()
+        z = torch.zeros(n, dtype=params.dtype)
+        return cls(params.detach().clone(), z.clone(), z.clone(),
+                   torch.zeros(hidden_size, n, dtype=params.dtype), torch.zeros(hidden_size, n, dtype=params.dtype))
+
+    def detached(self) -> "InnerState":
+        """A copy cut from any autograd graph: the truncation boundary."""
+        return InnerState(*(t.detach() for t in (self.params, self.exp_avg, self.exp_avg_sq, self.h, self.c)))
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
+                "h": self.h, "c": self.c}
+
+    def clone(self) -> "InnerState":
+        return InnerState(*(t.detach().clone() for t in self.tensors().values()))
+
+
+@dataclass
+class Trajectory:
+    """One inner training run in flight across meta-steps.
+
+    Attributes:
+        task: the task being optimised; ``shapes``: its parameter shapes.
+        task_seed: seed that rebuilt ``task`` from the family (for checkpoints).
+        horizon: total inner steps of this trajectory; ``step``: steps done so far.
+        data_gen: generator for minibatches (and the initial parameters).
+        init_loss: full-batch loss at step 0 (the reference for ``loss_cap``).
+        states: one ``InnerState`` (BPTT) or two (PES: +, -).
+        pes_acc: PES's accumulated perturbation (None for BPTT).
+        first_truncation: length of the first truncation (randomised to de-synchronise workers).
+        done: set when the horizon is reached or the run diverged.
+    """
+
+    task: Task
+    shapes: list
+    task_seed: int
+    horizon: int
+    data_gen: torch.Generator
+    init_loss: float
+    states: list[InnerState]
+    step: int = 0
+    pes_acc: Tensor | None = None
+    first_truncation: int = 0
+    done: bool = False
+
+    def truncation_length(self, k: int) -> int:
+        if self.step == 0 and self.first_truncation > 0:
+            k = self.first_truncation
+        return max(0, min(k, self.horizon - self.step))
+
+
+def meta_objective(losses: Sequence[Tensor], log_cap: float) -> tuple[Tensor, bool]:
+    """Mean over the truncation of ``min(log L_i, log_cap)``; non-finite losses count as the cap.
+
+    Returns ``(J, diverged)``. Terms that are non-finite or above the cap enter as the constant
+    ``log_cap`` (no gradient); ``diverged`` says whether any did.
+    """
+    terms, diverged = [], False
+    for loss in losses:
+        val = loss.detach()
+        if not torch.isfinite(val) or val <= 0 or math.log(float(val)) >= log_cap:
+            diverged = diverged or not torch.isfinite(val) or math.log(max(float(val), 1e-300)) >= log_cap
+            if torch.isfinite(val) and val <= 0:  # exact zero loss: floor it, no gradient
+                terms.append(torch.tensor(math.log(1e-30), dtype=loss.dtype))
+            else:
+                terms.append(torch.tensor(log_cap, dtype=loss.dtype))
+        else:
+            terms.append(torch.log(loss))
+    return torch.stack(terms).mean(), diverged
+
+
+def _unroll(
+    task: Task,
+    shapes: list,
+    state: InnerState,
+    step0: int,
+    batches: Sequence[Any],
+    weights,
+    config: LSTMOptimizerConfig,
+    lr: float,
+    *,
+    differentiable: bool,
+    second_order: bool = False,
+    log_cap: float,
+) -> tuple[list[Tensor], InnerState]:
+    """Run ``len(batches) - 1`` inner steps from ``state`` (cut from its graph first).
+
+    Returns the losses after each update (the last one on the extra final batch) and the new
+    state. With ``differentiable=True`` the returned losses and state carry graph to ``weights``.
+    """
+    st = state.detached()  # the truncation boundary: nothing before this point is reachable
+    p = st.params.requires_grad_(True)
+    m, v, h, c = st.exp_avg, st.exp_avg_sq, st.h, st.c
+    losses: list[Tensor] = []
+    n = len(batches) - 1
+    for i in range(n + 1):
+        with torch.enable_grad():
+            loss = task.loss(unflatten_params(p, shapes), batches[i])
+            if i > 0:
+                losses.append(loss)
+            if i == n:
+                break
+            val = loss.detach()
+            if not torch.isfinite(val) or math.log(max(float(val), 1e-300)) >= log_cap + 5.0:
+                # Far past the cap: the rest of this truncation cannot contribute gradient;
+                # stop early and report the cap for the remaining steps.
+                losses.extend([torch.tensor(float("inf"))] * (n - i))
+                break
+            (g,) = torch.autograd.grad(loss, p, retain_graph=differentiable, create_graph=second_order)
+        if not second_order:
+            g = g.detach()
+        with torch.set_grad_enabled(differentiable):
+            out = lstm_rule(g, m, v, h, c, float(step0 + i + 1), weights, config)
+            p_new = p - lr * out.direction
+        m, v, h, c = out.exp_avg, out.exp_avg_sq, out.h, out.c
+        if not differentiable:
+            p_new = p_new.detach().requires_grad_(True)
+        p = p_new
+    return losses, InnerState(p, m, v, h, c)
+
+
+def _batches(traj: Trajectory, n: int) -> list[Any]:
+    return [traj.task.sample_batch(traj.data_gen) for _ in range(n + 1)]
+
+
+@dataclass
+class TruncatedBPTT:
+    """Truncated backpropagation through the unrolled inner optimisation.
+
+    Args:
+        truncation_length: inner steps per truncation. Default 20 (Andrychowicz et al. 2016).
+        second_order: backpropagate through the inner gradients too (``create_graph``). Default
+            False: first-order, ~2x cheaper and stabler on these tasks.
+    """
+
+    truncation_length: int = 20
+    second_order: bool = False
+    n_states: int = field(default=1, init=False)
+
+    def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
+                 lr: float, log_cap_factor: float) -> tuple[Tensor, dict[str, float]]:
+        """Advance every trajectory by one truncation; return the mean meta-gradient (flat)."""
+        params = [getattr(net, n) for n in WEIGHT_NAMES]
+        total = torch.zeros(sum(p.numel() for p in params))
+        objs, used, bad = [], 0, 0
+        for traj in trajs:
+            n = traj.truncation_length(self.truncation_length)
+            if n == 0:
+                traj.done = True
+                continue
+            log_cap = math.log(traj.init_loss * log_cap_factor)
+            losses, new = _unroll(traj.task, traj.shapes, traj.states[0], traj.step, _batches(traj, n), net,
+                                  net.config, lr, differentiable=True, second_order=self.second_order,
+                                  log_cap=log_cap)
+            obj, diverged = meta_objective(losses, log_cap)
+            if obj.requires_grad:
+                grads = torch.autograd.grad(obj, params, allow_unused=True)
+                flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                                  for g, p in zip(grads, params)])
+                if torch.isfinite(flat).all():
+                    total += flat
+                    used += 1
+                else:
+                    bad += 1
+            traj.states[0] = new.detached()  # explicit truncation: drop the graph here
+            traj.step += n
+            traj.done = diverged or traj.step >= traj.horizon
+            objs.append(float(obj.detach()) - math.log(traj.init_loss))
+        stats = {"meta_loss": sum(objs) / max(1, len(objs)), "nonfinite_grads": float(bad)}
+        return total / max(1, used), stats
+
+
+@dataclass
+class AntitheticPES:
+    """Persistent evolution strategies with antithetic pairs sharing minibatches.
+
+    Args:
+        truncation_length: inner steps per truncation. Default 20.
+        sigma: standard deviation of the perturbation of each meta-parameter. Default 0.01
+            (learned_optimization's PES default std).
+    """
+
+    truncation_length: int = 20
+    sigma: float = 0.01
+    n_states: int = field(default=2, init=False)
+
+    def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
+                 lr: float, log_cap_factor: float) -> tuple[Tensor, dict[str, float]]:
+        theta = flat_weights(net)
+        total = torch.zeros_like(theta)
+        objs, used = [], 0
+        with torch.no_grad():
+            for traj in trajs:
+                n = traj.truncation_length(self.truncation_length)
+                if n == 0:
+                    traj.done = True
+                    continue
+                eps = torch.randn(theta.shape, generator=meta_gen) * self.sigma
+                if traj.pes_acc is None:
+                    traj.pes_acc = torch.zeros_like(theta)
+                traj.pes_acc += eps
+                log_cap = math.log(traj.init_loss * log_cap_factor)
+                batches = _batches(traj, n)  # shared by both members of the pair
+                js, div = [], False
+                for k, sign in enumerate((1.0, -1.0)):
+                    w = weights_from_flat(theta + sign * eps, net)
+                    losses, new = _unroll(traj.task, traj.shapes, traj.states[k], traj.step, batches, w, net.config,
+                                          lr, differentiable=False, log_cap=log_cap)
+                    j, d = meta_objective(losses, log_cap)
+                    js.append(float(j))
+                    div = div or d
+                    traj.states[k] = new.detached()
+                total += traj.pes_acc * ((js[0] - js[1]) / (2 * self.sigma**2))
+                used += 1
+                traj.step += n
+                traj.done = div or traj.step >= traj.horizon
+                objs.append(0.5 * (js[0] + js[1]) - math.log(traj.init_loss))
+        stats = {"meta_loss": sum(objs) / max(1, len(objs)), "nonfinite_grads": 0.0}
+        return total / max(1, used), stats

@@ -1,0 +1,139 @@
+"""The meta-training loop: a tiny run, determinism, resume after kill -9, fine-tuning."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from learned_optim import LearnedOptimizer, from_pretrained
+from learned_optim.meta import MetaTrainConfig, meta_train
+from learned_optim.meta.trainer import CHECKPOINT_NAME, LOG_NAME, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _weights(d):
+    return load_file(str(Path(d) / "model.safetensors"))
+
+
+def test_tiny_meta_training_run(tmp_path):
+    net = meta_train("tiny", out=tmp_path, progress=False)
+    # saved in the hub format, loadable, usable by the optimizer
+    loaded = from_pretrained(tmp_path)
+    prov = loaded.provenance
+    assert prov["trained"] is True and prov["meta_train_config"] == load_config("tiny").to_dict()
+    assert prov["meta_steps_done"] == 6
+    assert all(torch.equal(getattr(loaded, n), getattr(net, n)) for n in ("weight", "head_weight"))
+    # training changed the rule: the head is no longer the zero (Adam-equivalent) head
+    assert loaded.head_weight.abs().sum() > 0 or loaded.head_bias.abs().sum() > 0
+    model = torch.nn.Linear(3, 1)
+    opt = LearnedOptimizer(model.parameters(), weights=tmp_path)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    events = [json.loads(line) for line in (tmp_path / LOG_NAME).read_text().splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "done"
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    ck = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert ck["step"] == 6
+
+
+def test_runs_are_deterministic_and_refuse_to_overwrite(tmp_path):
+    meta_train("tiny", out=tmp_path / "a", progress=False)
+    meta_train("tiny", out=tmp_path / "b", progress=False)
+    meta_train("tiny", out=tmp_path / "c", progress=False, seed=1)
+    a, b, c = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ValueError, match="pass resume=True"):
+        meta_train("tiny", out=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        meta_train("tiny", out=tmp_path / "a", progress=False, resume=True, meta_steps=7)
+
+
+_SCRIPT = """
+import sys
+from learned_optim.meta import meta_train
+meta_train("tiny", out=sys.argv[1], progress=False, resume=True, meta_steps=20, checkpoint_every=1, eval_every=10)
+"""
+
+
+def test_resume_after_kill_9_loses_nothing(tmp_path):
+    ref = tmp_path / "ref"
+    meta_train("tiny", out=ref, progress=False, meta_steps=20, checkpoint_every=1, eval_every=10)
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / LOG_NAME
+    deadline = time.monotonic() + 120
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file():
+            steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if x.endswith("}")]
+            if steps and max(steps) >= 6:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = max(steps)
+                break
+        time.sleep(0.005)
+    proc.wait()
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    ck = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert 0 < ck["step"] < 20
+
+    # resume (here, in this process: the state comes only from what the killed one left on disk)
+    meta_train("tiny", out=out, progress=False, resume=True, meta_steps=20, checkpoint_every=1, eval_every=10)
+    a, b = _weights(ref), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ca = torch.load(ref / CHECKPOINT_NAME, weights_only=True)
+    cb = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert all(torch.equal(ca["net"][k], cb["net"][k]) for k in ca["net"])
+
+    def steps(d):
+        return [(e["step"], e["meta_loss"]) for e in map(json.loads, (d / LOG_NAME).read_text().splitlines())
+                if e["event"] == "step"]
+
+    assert steps(ref) == steps(out)  # the log reads as one uninterrupted run
+
+
+def test_fine_tune_from_shipped_weights_on_a_user_model(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(64, 5)
+    y = (x[:, 0] - x[:, 1] > 0).long()
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    base = from_pretrained("adam-equivalent")
+    net = meta_train("tiny", out=tmp_path, init="adam-equivalent", tasks=[(model, (x, y))], progress=False,
+                     val_tasks=[((model, (x, y)), 20)])
+    assert net.config == base.config
+    assert net.provenance["init"] == "adam-equivalent" and net.provenance["custom_tasks"] is True
+    assert not torch.equal(net.head_weight, base.head_weight) or not torch.equal(net.head_bias, base.head_bias)
+    # the shipped weights are untouched
+    assert torch.equal(from_pretrained("adam-equivalent").head_weight, base.head_weight)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        MetaTrainConfig(estimator="sgd")
+    with pytest.raises(ValueError, match="unknown meta-training config field"):
+        MetaTrainConfig.from_dict({"meta_stepz": 3})
+    with pytest.raises(ValueError, match="horizon_max"):
+        MetaTrainConfig(horizon_min=50, horizon_max=10)
+    with pytest.raises(ValueError, match="meta_steps must be a positive int"):
+        MetaTrainConfig(meta_steps=0)
+    with pytest.raises(ValueError, match="network is not a valid"):
+        MetaTrainConfig(network={"hidden_size": -1})
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_config("no-such-preset")
+    assert MetaTrainConfig.from_dict(MetaTrainConfig().to_dict()) == MetaTrainConfig()
+    with pytest.raises(ValueError, match="out must be given"):
+        meta_train("tiny", out=None)
