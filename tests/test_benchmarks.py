@@ -194,6 +194,16 @@ def test_speedup_counts_the_steps_adam_needs():
     assert s["vs"]["adam"]["speedup"] is None
 
 
+def test_identical_curves_give_a_speedup_of_one_even_when_noisy():
+    # The curve dips below its final value before the end (minibatch noise): both optimizers
+    # first reach the target at step 5, so the speed-up is exactly 1.
+    curve = [[1.0, 0.4, 0.5]]
+    finals = {"learned": [0.5], "adamw": [0.5], "sgd_momentum": [0.5], **_grid({}, [0.5])}
+    curves = {k: curve for k in finals}
+    s = quality.summarize(_fake_task(finals, curves))
+    assert s["vs"]["adam"]["speedup"] == 1.0 and s["vs"]["adam"]["steps_to_reach"] == 5
+
+
 def test_divergence_rule():
     assert quality._diverged(1.0, math.nan)
     assert quality._diverged(1.0, 1.5)

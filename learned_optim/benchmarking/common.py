@@ -38,6 +38,23 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _git_commit() -> str | None:
+    """The checkout's commit (+ "-dirty" if the package differs from it); None for a wheel."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "learned_optim"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) or None
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     """What the numbers were measured on (recorded in every result file)."""
     info = {
@@ -49,6 +66,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": _git_commit(),
     }
     try:
         info["load_average_1min"] = os.getloadavg()[0]  # other users of a shared machine skew timings

@@ -36,7 +36,7 @@ from ..optimizer import LearnedOptimizer
 from . import tasks as tasks_mod
 from .common import check_out_dir, machine_info, write_json
 
-__all__ = ["OptimizerSpec", "OPTIMIZERS", "ADAM_LR_GRID", "run_quality", "summarize"]
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "ADAM_LR_GRID", "run_quality", "summarize", "finish", "rerender"]
 
 # 7-point log grid, half a decade apart (1, 3, 10, ...), from 1e-4 to 1e-1: it contains Adam's
 # default 1e-3 and reaches past the 8-30x-default optimum reported for small nets
@@ -195,7 +195,6 @@ def summarize(task_result: dict[str, Any]) -> dict[str, Any]:
     """Per-task statistics from the raw runs: means, spreads, tuned lr, wins, speed-ups."""
     runs = task_result["runs"]
     eval_steps = task_result["eval_steps"]
-    horizon = eval_steps[-1]
     grid_keys = [f"adam_lr={lr:g}" for lr in task_result["adam_lr_grid"]]
     tuned_key = min(grid_keys, key=lambda k: (_score(_mean([_score(x) for x in runs[k]["final"]])), k))
     columns = {}
@@ -215,6 +214,9 @@ def summarize(task_result: dict[str, Any]) -> dict[str, Any]:
         }
     learned = runs[columns["learned"]["run"]]
     learned_final = columns["learned"]["final_mean"]
+    # Steps the learned optimizer itself needs (mean curve) to first reach its mean final loss:
+    # the denominator of the speed-up, so that two identical curves give exactly 1.
+    learned_reach = _steps_to_reach([_mean(v) for v in zip(*learned["curve"])], eval_steps, learned_final)
     vs = {}
     for base in BASELINES:
         b = runs[columns[base]["run"]]
@@ -229,10 +231,12 @@ def summarize(task_result: dict[str, Any]) -> dict[str, Any]:
             "loss_ratio": (learned_final / columns[base]["final_mean"]
                            if math.isfinite(learned_final) and columns[base]["final_mean"] > 0 else math.nan),
             # Steps the baseline (mean curve) needs to reach the learned optimizer's mean final
-            # loss, over the learned optimizer's steps: > 1 means the learned one is faster.
-            # None: not reached within the horizon (speed-up > 1, a lower bound).
+            # loss, over the steps the learned optimizer needs: > 1 means the learned one is
+            # faster. None: the baseline does not get there within the horizon (speed-up above
+            # horizon / learned steps, a lower bound) or the learned runs diverged.
             "steps_to_reach": reach,
-            "speedup": (reach / horizon) if reach is not None else None,
+            "learned_steps_to_reach": learned_reach,
+            "speedup": (reach / learned_reach) if reach is not None and learned_reach else None,
         }
     tuned_lr = runs[tuned_key]["lr"]
     return {
@@ -327,7 +331,6 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
                 tr = {"description": spec.description, "steps": steps, "batch_size": spec.batch_size,
                       "long_horizon": spec.long_horizon, "eval_steps": eval_steps,
                       "adam_lr_grid": list(ADAM_LR_GRID), "runs": task_runs}
-                tr["summary"] = summarize(tr)
                 grid_runs = len(ADAM_LR_GRID) * seeds
                 tr["tuning_cost"] = {"adam_runs": grid_runs, "optimizer_steps": grid_runs * steps,
                                      "wall_s": sum(sum(task_runs[f"adam_lr={lr:g}"]["wall_s"]) for lr in ADAM_LR_GRID)}
@@ -338,9 +341,48 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
         torch.set_num_threads(old_threads)
     results["wall_s"] = time.perf_counter() - t_start
     results["machine"]["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    results["totals"] = _totals(results)
+    finish(results)
     write_json(out / "quality.json", results)
     write_quality_report(results, out)
+    return results
+
+
+def finish(results: dict[str, Any]) -> dict[str, Any]:
+    """Compute every task's summary and the totals from the raw runs (in place)."""
+    for tr in results["tasks"].values():
+        tr["summary"] = summarize(tr)
+    results["totals"] = _totals(results)
+    return results
+
+
+def _nan_from_null(x: Any) -> Any:
+    if x is None:
+        return math.nan
+    if isinstance(x, list):
+        return [_nan_from_null(v) for v in x]
+    return x
+
+
+def rerender(path: str | Path) -> dict[str, Any]:
+    """Recompute the summaries of a saved quality.json from its raw curves and rewrite it and its
+    .md/.png beside it (no training). Use after a change to how results are summarized.
+
+    Run: ``python -c "from learned_optim.benchmarking.quality import rerender; rerender('benchmarks/results/quality.json')"``
+    """
+    import json
+
+    from .report import write_quality_report
+
+    path = Path(path)
+    results = json.loads(path.read_text(encoding="utf-8"))
+    for tr in results["tasks"].values():
+        for run in tr["runs"].values():
+            for key in ("curve", "final", "initial"):
+                run[key] = _nan_from_null(run[key])
+    finish(results)
+    results["summary_recomputed_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    write_json(path, results)
+    write_quality_report(results, path.parent)
     return results
 
 

@@ -22,12 +22,17 @@ def _num(x: float | None, digits: int = 4) -> str:
 def _machine_line(m: dict[str, Any]) -> str:
     return (f"{m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}), {m['platform']}, "
             f"Python {m['python']}, torch {m['torch']}" + (f", CUDA {m['cuda']}" if m.get("cuda") else "")
-            + (f"; 1-min load average at start {m['load_average_1min']:.2f}" if "load_average_1min" in m else ""))
+            + (f"; 1-min load average at start {m['load_average_1min']:.2f}" if "load_average_1min" in m else "")
+            + (f", at end {m['load_average_1min_end']:.2f}" if m.get("load_average_1min_end") is not None else "")
+            + (f"; code at commit `{m['git_commit'][:12]}{'-dirty' if m['git_commit'].endswith('-dirty') else ''}`"
+               if m.get("git_commit") else ""))
 
 
 def _speedup(v: dict[str, Any], horizon: int) -> str:
     if v["speedup"] is None:
-        return f"> 1 (not reached in {horizon})"
+        if not v.get("learned_steps_to_reach"):
+            return "n/a (learned diverged)"
+        return f"> {horizon / v['learned_steps_to_reach']:.2f}x (not reached in {horizon})"
     return f"{v['speedup']:.2f}x"
 
 
@@ -50,14 +55,16 @@ def quality_markdown(res: dict[str, Any]) -> str:
         "",
         f"Command: `{res['command']}`  ",
         f"Machine: {_machine_line(res['machine'])}  ",
+        *([f"Tables recomputed from the saved curves (`quality.rerender`) at {res['summary_recomputed_utc']} UTC.  "]
+          if res.get("summary_recomputed_utc") else []),
         f"Date (UTC): {res['machine']['date_utc']}; wall time {res['wall_s']:.0f} s; {seeds} seeds per optimizer "
         f"and lr; Adam lr grid {', '.join(f'{x:g}' for x in res['settings']['adam_lr_grid'])}.",
         "",
         f"Final full-data training loss, mean ± std over {seeds} seeds (same initialisations and minibatches for "
         "every optimizer; lower is better). **Adam tuned** takes, per task, the grid lr with the lowest mean final "
         "loss on these same seeds (optimistic for Adam); its tuning cost is the grid's runs. "
-        "Speed-up = steps Adam needs (mean curve) to reach the learned optimizer's mean final loss / the learned "
-        f"optimizer's steps (> 1: learned is faster). Ties: within {res['settings']['tie_rtol']:g} relative. "
+        "Speed-up = steps Adam needs (mean curve) to first reach the learned optimizer's mean final loss / steps the "
+        f"learned optimizer needs to first reach it (> 1: learned is faster). Ties: within {res['settings']['tie_rtol']:g} relative. "
         "⚠ marks runs that diverged (NaN, or final loss above initial).",
         "",
     ]
