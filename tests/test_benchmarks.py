@@ -229,6 +229,29 @@ def test_bad_options_are_refused_with_a_readable_error(args, needle, tmp_path):
     assert needle in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_quality_takes_a_weights_directory(tmp_path):
+    """The meta-training workflow: --weights DIR --out DIR on a subset of tasks."""
+    import torch
+
+    from learned_optim import CoordinatewiseLSTM
+
+    net = CoordinatewiseLSTM(seed=3, provenance={"note": "test weights", "trained": True})
+    with torch.no_grad():
+        net.head_weight.normal_(0, 0.5)  # a non-Adam rule
+    wdir = tmp_path / "my-weights"
+    net.save_pretrained(wdir)
+    out = tmp_path / "out"
+    proc = _run_script("quality", "--quick", "--no-progress", "--weights", str(wdir), "--out", str(out),
+                       "--tasks", "wine_mlp", "diabetes_mse", "--seeds", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = _strict_json(out / "quality.json")
+    assert res["weights"]["path"] == str(wdir) and res["weights"]["is_default"] is False
+    assert res["weights"]["provenance"]["trained"] is True
+    assert list(res["tasks"]) == ["wine_mlp", "diabetes_mse"]
+    md = (out / "quality.md").read_text(encoding="utf-8")
+    assert "untrained" not in md and str(wdir) in md
+
+
 def test_out_must_not_be_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

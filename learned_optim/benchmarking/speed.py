@@ -539,10 +539,20 @@ def speed_markdown(res: dict[str, Any]) -> str:
             lines.append(row)
     ts = res["training_step"]
     lines += ["", f"## Whole training step: {ts['model']} ({ts['params'] / 1e6:.2f}M params)", "",
-              "zero_grad + forward + backward + step, ms (median), and the learned optimizer's step-time ratio.", "",
-              "| optimizer | ms | learned / this |", "|---|---|---|"]
+              "zero_grad + forward + backward + step: median and minimum over the repeats (ms), and the learned "
+              "optimizer's median over this one's.", "",
+              "| optimizer | median ms | min ms | learned / this (medians) |", "|---|---|---|---|"]
     for k, v in ts["timing"].items():
-        lines.append(f"| {labels[k]} | {_ms(v['median_s'])} | {ts['ratio_learned_to'][k]:.2f}x |")
+        lines.append(f"| {labels[k]} | {_ms(v['median_s'])} | {_ms(v['min_s'])} | {ts['ratio_learned_to'][k]:.2f}x |")
+    # Adam (fused) and AdamW (fused) do nearly the same work, so their gap is a gauge of timing
+    # noise on this machine (other processes, frequency changes).
+    gaps = [abs(e["timing"]["adam_fused"]["median_s"] - e["timing"]["adamw_fused"]["median_s"])
+            / e["timing"]["adam_fused"]["median_s"] for e in res["sizes"]]
+    tgap = abs(ts["timing"]["adam_fused"]["median_s"] - ts["timing"]["adamw_fused"]["median_s"]) \
+        / ts["timing"]["adam_fused"]["median_s"]
+    lines += ["", f"Noise gauge: Adam (fused) and AdamW (fused) do nearly the same work; their medians differ by "
+              f"{', '.join(f'{100 * g:.0f}%' for g in gaps)} over the step sizes above and by {100 * tgap:.0f}% on the "
+              "training step. Differences of that order are not signal."]
     lines += ["", "Targets of issue 5 (CPU, 1e6 and 1e7 params): measured / compute floor <= 2; peak extra / state "
               "<= 25%. Raw numbers: `speed.json`; figure: `speed.png`.", ""]
     return "\n".join(lines)
