@@ -37,6 +37,7 @@ output head (:math:`W_y = 0, b_y = 0`) the rule is exactly Adam(W).
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
@@ -420,11 +421,32 @@ def _batched_torch_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs
     sib2 = [(1.0 / (1 - b2**t)) ** 0.5 for t in steps]
 
     numels = [p.numel() for p in params]
-    buf = _buffers(device, cdt, nf, hs, min(chunk_size, sum(numels)))
-    inplace_min = max(1, chunk_size // 2)
-    small = [i for i, n in enumerate(numels) if 0 < n < inplace_min]
+    todo = [i for i, n in enumerate(numels) if n > 0]
+    if device.type == "cpu" and os.environ.get("LEARNED_OPTIM_C_KERNEL", "1") != "0":
+        from .kernels import cpu as cpu_kernel
 
-    for i, n in enumerate(numels):
+        fused = [i for i in todo if cpu_kernel.supports(p_f[i], g_f[i], m_f[i], v_f[i], h_f[i], c_f[i], hs)]
+        if fused and cpu_kernel.available():
+            cpu_kernel.run(*([lst[i] for i in fused] for lst in (p_f, g_f, m_f, v_f, h_f, c_f)),
+                           [ib1[i] for i in fused], [sib2[i] for i in fused], rule=rule, cdt=cdt)
+            done = set(fused)
+            todo = [i for i in todo if i not in done]
+
+    if todo:
+        _chunked_torch(rule, todo, numels, p_f, g_f, m_f, v_f, h_f, c_f, ib1, sib2, device, chunk_size)
+    for dst, src in writebacks:
+        dst.copy_(src.view_as(dst))
+
+
+def _chunked_torch(rule, todo, numels, p_f, g_f, m_f, v_f, h_f, c_f, ib1, sib2, device, chunk_size) -> None:
+    """The eager chunk loop over the tensors ``todo`` (indices into the flat lists)."""
+    hs, nf, cdt = rule.config.hidden_size, rule.config.num_features, rule.cdt
+    buf = _buffers(device, cdt, nf, hs, min(chunk_size, sum(numels[i] for i in todo)))
+    inplace_min = max(1, chunk_size // 2)
+    small = [i for i in todo if numels[i] < inplace_min]
+
+    for i in todo:
+        n = numels[i]
         if n < inplace_min:
             continue
         # Equal pieces of at most chunk_size (not chunk_size + a tiny tail).
@@ -438,9 +460,6 @@ def _batched_torch_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs
     for chunk in _chunk_plan([numels[i] for i in small], chunk_size):
         segs = [(small[j], s, e) for j, s, e in chunk]
         _packed_chunk(rule, buf, segs, p_f, g_f, m_f, v_f, h_f, c_f, ib1, sib2, device)
-
-    for dst, src in writebacks:
-        dst.copy_(src.view_as(dst))
 
 
 def _packed_chunk(rule, buf, segs, p_f, g_f, m_f, v_f, h_f, c_f, ib1, sib2, device) -> None:
