@@ -222,6 +222,8 @@ def test_compare_ties_within_tolerance():
     (["quality", "--weights", "no_such_weights_here"], "--weights"),
     (["speed", "--sizes", "3"], "--sizes"),
     (["speed", "--seeds", "2"], "--seeds"),
+    (["speed", "--learned-kwargs", '{"no_such_option": 1}'], "no_such_option"),
+    (["quality", "--learned-kwargs", "not json"], "--learned-kwargs"),
 ])
 def test_bad_options_are_refused_with_a_readable_error(args, needle, tmp_path):
     proc = _run_script(args[0], *args[1:], "--out", str(tmp_path / "o"), cwd=tmp_path)

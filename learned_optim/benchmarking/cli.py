@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"output directory for <which>.json/.md/.png (default: {DEFAULT_OUT})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads during the runs (default 1)")
+    parser.add_argument("--learned-kwargs", default=None, metavar="JSON",
+                        help='extra LearnedOptimizer keyword arguments as a JSON object, e.g. \'{"impl": "torch"}\' '
+                             'or \'{"state_dtype": "bfloat16"}\' (if this build accepts it)')
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     q = parser.add_argument_group("quality only")
     q.add_argument("--seeds", type=int, default=None, help="seeds per optimizer (default 5; 2 with --quick)")
@@ -46,21 +49,21 @@ def _command(args: argparse.Namespace) -> str:
         if getattr(args, flag, False):
             parts.append("--" + flag.replace("_", "-"))
     relevant = ("seeds", "tasks") if args.which == "quality" else ("device", "sizes")
-    for opt in ("weights", "out", "threads") + relevant[:1]:
+    for opt in ("weights", "out", "threads", "learned_kwargs") + relevant[:1]:
         val = getattr(args, opt, None)
         if val is not None:
-            parts += [f"--{opt}", str(val)]
+            parts += [f"--{opt.replace('_', '-')}", str(val)]
     for opt in relevant[1:]:
         val = getattr(args, opt, None)
         if val:
-            parts += [f"--{opt}", *map(str, val)]
+            parts += [f"--{opt}", *(f"{v:g}" if isinstance(v, float) else str(v) for v in val)]
     return shlex.join(parts)
 
 
 def _validate(args: argparse.Namespace) -> None:
     """Check the user's options before any work starts (errors name the option and the fix)."""
     from ..hub import WeightsError, WeightsNotFoundError, resolve
-    from .common import check_out_dir
+    from .common import check_out_dir, parse_learned_kwargs
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}; e.g. --threads 1")
@@ -69,6 +72,7 @@ def _validate(args: argparse.Namespace) -> None:
     except (WeightsError, WeightsNotFoundError) as e:
         raise ValueError(f"--weights {args.weights!r}: {e}") from None
     check_out_dir(args.out)
+    args.learned_kwargs_dict = parse_learned_kwargs(args.learned_kwargs)
     if args.which == "quality":
         if args.sizes is not None or args.device != "cpu" or args.no_rss:
             raise ValueError("--sizes, --device and --no-rss apply to the speed benchmark only; drop them for 'quality'")
@@ -103,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         from .quality import run_quality
 
         res = run_quality(weights=args.weights, quick=args.quick, out=args.out, seeds=args.seeds,
-                          task_filter=args.tasks, threads=args.threads, progress=not args.no_progress,
+                          task_filter=args.tasks, threads=args.threads, learned_kwargs=args.learned_kwargs_dict,
+                          progress=not args.no_progress,
                           command=command)
         print(f"wrote {args.out}/quality.json, quality.md, quality.png ({res['wall_s']:.0f} s)")
     else:
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
         res = run_speed(weights=args.weights, quick=args.quick, out=args.out, sizes=args.sizes,
                         threads=args.threads, device=args.device, rss_check=not args.no_rss,
+                        learned_kwargs=args.learned_kwargs_dict,
                         progress=not args.no_progress, command=command)
         print(f"wrote {args.out}/speed.json, speed.md, speed.png ({res['wall_s']:.0f} s)")
     return 0

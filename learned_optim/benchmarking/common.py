@@ -8,12 +8,13 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["check_out_dir", "machine_info", "write_json", "to_jsonable"]
+__all__ = ["check_out_dir", "machine_info", "write_json", "to_jsonable", "LearnedSetup", "parse_learned_kwargs"]
 
 
 def check_out_dir(out: str | os.PathLike) -> Path:
@@ -90,3 +91,61 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(to_jsonable(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _convert_kwargs(raw: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in raw.items():
+        if k.endswith("dtype") and isinstance(v, str):  # JSON has no dtypes: "bfloat16" -> torch.bfloat16
+            dt = getattr(torch, v.removeprefix("torch."), None)
+            if not isinstance(dt, torch.dtype):
+                raise ValueError(f"--learned-kwargs: {k}={v!r} is not a torch dtype; e.g. \"bfloat16\" or \"float32\"")
+            v = dt
+        out[k] = v
+    return out
+
+
+def parse_learned_kwargs(text: str | None) -> dict[str, Any]:
+    """Parse ``--learned-kwargs`` (a JSON object of extra LearnedOptimizer keyword arguments,
+    e.g. ``'{"impl": "torch", "chunk_size": 4096}'``) and check that LearnedOptimizer accepts it.
+    Returns the JSON-able dict (dtype values stay strings; ``LearnedSetup`` converts them)."""
+    if text is None or text == "":
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--learned-kwargs must be a JSON object, got {text!r} ({e}); "
+                         f"e.g. --learned-kwargs '{{\"impl\": \"torch\"}}'") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"--learned-kwargs must be a JSON object, got {text!r}; e.g. '{{\"chunk_size\": 4096}}'")
+    for bad in ("weights", "params"):
+        if bad in raw:
+            raise ValueError(f"--learned-kwargs may not set {bad!r}; use --weights for the weights")
+    from ..optimizer import LearnedOptimizer
+
+    probe = torch.nn.Parameter(torch.zeros(2))
+    try:
+        LearnedOptimizer([probe], **_convert_kwargs(raw))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--learned-kwargs {text!r}: LearnedOptimizer refused it: {e}") from None
+    return raw
+
+
+@dataclass(frozen=True)
+class LearnedSetup:
+    """What every benchmark needs to build the learned optimizer: its network (loaded once) and
+    the extra keyword arguments of ``--learned-kwargs``."""
+
+    network: Any
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def make(self, params, lr: float) -> torch.optim.Optimizer:
+        from ..optimizer import LearnedOptimizer
+
+        return LearnedOptimizer(params, weights=self.network, **{"lr": lr, **_convert_kwargs(self.kwargs)})
+
+    def label(self, base: str) -> str:
+        if not self.kwargs:
+            return base
+        extra = ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
+        return f"{base} [{extra}]"

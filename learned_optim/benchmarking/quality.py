@@ -32,9 +32,8 @@ import torch
 
 from ..hub import DEFAULT_WEIGHTS, from_pretrained, resolve
 from ..network import CoordinatewiseLSTM
-from ..optimizer import LearnedOptimizer
 from . import tasks as tasks_mod
-from .common import check_out_dir, machine_info, write_json
+from .common import LearnedSetup, check_out_dir, machine_info, write_json
 
 __all__ = ["OptimizerSpec", "OPTIMIZERS", "ADAM_LR_GRID", "run_quality", "summarize", "finish", "rerender"]
 
@@ -66,11 +65,11 @@ class OptimizerSpec:
 
     key: str
     label: str
-    make: Callable[[Any, float, CoordinatewiseLSTM], torch.optim.Optimizer]
+    make: Callable[[Any, float, LearnedSetup], torch.optim.Optimizer]
     lr: float | None
 
 
-def _adam(params, lr, _net):
+def _adam(params, lr, _setup):
     return torch.optim.Adam(params, lr=lr)
 
 
@@ -79,12 +78,12 @@ def _adam(params, lr, _net):
 # momentum (Sutskever et al., 2013).
 OPTIMIZERS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec("learned", "learned (lr 1e-3)",
-                  lambda params, lr, net: LearnedOptimizer(params, weights=net, lr=lr), 1e-3),
+                  lambda params, lr, setup: setup.make(params, lr), 1e-3),
     OptimizerSpec("adam", "Adam (lr 1e-3)", _adam, ADAM_DEFAULT_LR),
     OptimizerSpec("adamw", "AdamW (lr 1e-3, wd 1e-2)",
-                  lambda params, lr, _net: torch.optim.AdamW(params, lr=lr, weight_decay=1e-2), 1e-3),
+                  lambda params, lr, _setup: torch.optim.AdamW(params, lr=lr, weight_decay=1e-2), 1e-3),
     OptimizerSpec("sgd_momentum", "SGD+mom (lr 1e-2, 0.9)",
-                  lambda params, lr, _net: torch.optim.SGD(params, lr=lr, momentum=0.9), 1e-2),
+                  lambda params, lr, _setup: torch.optim.SGD(params, lr=lr, momentum=0.9), 1e-2),
     OptimizerSpec("adam_tuned", "Adam tuned", _adam, None),
 )
 BASELINES = tuple(o.key for o in OPTIMIZERS if o.key != "learned")
@@ -260,7 +259,8 @@ def _weights_info(weights: str | None, network: CoordinatewiseLSTM) -> dict[str,
 
 def run_quality(*, weights: str | None = None, quick: bool = False, out: str | Path = "benchmarks/results",
                 seeds: int | None = None, task_filter: Sequence[str] | None = None, threads: int = 1,
-                progress: bool = True, command: str = "") -> dict[str, Any]:
+                learned_kwargs: dict[str, Any] | None = None, progress: bool = True,
+                command: str = "") -> dict[str, Any]:
     """Run the quality benchmark and write quality.json / .md / .png into ``out``.
 
     Args:
@@ -270,6 +270,8 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
         seeds: number of seeds (default FULL_SEEDS, or QUICK_SEEDS with ``quick``); >= 1.
         task_filter: task names to run (default: all of ``tasks.TASKS``).
         threads: torch intra-op threads during the runs (1: the machine is shared).
+        learned_kwargs: extra LearnedOptimizer keyword arguments (JSON-able; e.g.
+            ``{"state_dtype": "bfloat16"}``), from ``--learned-kwargs``.
         progress: show a tqdm progress bar (on stderr).
         command: the command line, recorded in the outputs.
     Returns:
@@ -288,6 +290,7 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
     specs = [tasks_mod.get_task(n) for n in task_filter] if task_filter else list(tasks_mod.TASKS)
     out = check_out_dir(out)
     network = from_pretrained(weights)
+    setup = LearnedSetup(network, dict(learned_kwargs or {}))
 
     plan = _planned_runs(OPTIMIZERS)
     old_threads = torch.get_num_threads()
@@ -302,7 +305,9 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
         "settings": {
             "quick": quick, "seeds": list(range(seeds)), "adam_lr_grid": list(ADAM_LR_GRID),
             "eval_points": EVAL_POINTS, "tie_rtol": TIE_RTOL, "threads": threads,
-            "optimizers": {o.key: {"label": o.label, "lr": o.lr} for o in OPTIMIZERS},
+            "learned_kwargs": setup.kwargs,
+            "optimizers": {o.key: {"label": setup.label(o.label) if o.key == "learned" else o.label, "lr": o.lr}
+                           for o in OPTIMIZERS},
             "tuning": "Adam tuned = grid lr with the lowest mean final loss over the reported seeds",
         },
         "tasks": {},
@@ -321,7 +326,7 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
                            "optimizer_step_s": [], "wall_s": [], "nonfinite_grad_warnings": []}
                     for seed in range(seeds):
                         bar.set_postfix_str(f"{spec.name} {key} seed {seed}")
-                        r = train_once(problem, lambda p, m=ospec.make, lr=lr: m(p, lr, network),
+                        r = train_once(problem, lambda p, m=ospec.make, lr=lr: m(p, lr, setup),
                                        seed, steps, spec.batch_size, eval_steps)
                         for k in ("curve", "final", "initial", "diverged", "optimizer_step_s", "wall_s",
                                   "nonfinite_grad_warnings"):

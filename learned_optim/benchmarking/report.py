@@ -68,7 +68,7 @@ def quality_markdown(res: dict[str, Any]) -> str:
         "⚠ marks runs that diverged (NaN, or final loss above initial).",
         "",
     ]
-    labels = {o.key: o.label for o in OPTIMIZERS}
+    labels = {o.key: res["settings"]["optimizers"][o.key]["label"] for o in OPTIMIZERS}
     head = ["task", "steps"] + [labels[o.key] for o in OPTIMIZERS] + [
         "speed-up vs Adam", "speed-up vs Adam tuned", "tuning cost (runs / steps)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -144,7 +144,8 @@ def _plot_quality(res: dict[str, Any], path: Path) -> None:
             lo = [min(v) for v in per_step if v]
             hi = [max(v) for v in per_step if v]
             positive &= all(v > 0 for v in lo)
-            label = o.label if o.lr is not None else f"{o.label} (lr {col['lr']:g})"
+            base = res["settings"]["optimizers"][o.key]["label"]
+            label = base if o.lr is not None else f"{base} (lr {col['lr']:g})"
             lw, ls = (2.2, "-") if o.key == "learned" else (1.2, "--" if o.key == "adam" else "-")
             ax.plot(xs, mean, color=_COLORS.get(o.key), lw=lw, ls=ls, label=label,
                     zorder=3 if o.key == "adam" else 2)  # dashed Adam on top: a tie stays visible

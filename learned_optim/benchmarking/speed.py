@@ -46,10 +46,9 @@ import torch
 from torch import nn
 
 from ..hub import DEFAULT_WEIGHTS, from_pretrained, resolve
-from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
-from ..optimizer import LearnedOptimizer
+from ..network import LSTMOptimizerConfig
 from ..update import DEFAULT_CHUNK_SIZE
-from .common import check_out_dir, machine_info, write_json
+from .common import LearnedSetup, check_out_dir, machine_info, write_json
 
 __all__ = ["SpeedConfig", "CONFIGS", "run_speed", "step_floor", "speed_markdown", "plot_speed"]
 
@@ -70,17 +69,17 @@ RSS_MIN_SIZE = 1e6
 class SpeedConfig:
     key: str
     label: str
-    make: Callable[[list[torch.Tensor], CoordinatewiseLSTM], torch.optim.Optimizer]
+    make: Callable[[list[torch.Tensor], LearnedSetup], torch.optim.Optimizer]
 
 
 # The optimizers compared. Adam foreach/fused are torch's two fast Adam paths; fused AdamW is the
 # baseline issue 5 names for whole-training-step overhead.
 CONFIGS: tuple[SpeedConfig, ...] = (
-    SpeedConfig("adam_foreach", "Adam (foreach)", lambda p, net: torch.optim.Adam(p, lr=1e-3, foreach=True)),
-    SpeedConfig("adam_fused", "Adam (fused)", lambda p, net: torch.optim.Adam(p, lr=1e-3, fused=True)),
+    SpeedConfig("adam_foreach", "Adam (foreach)", lambda p, _setup: torch.optim.Adam(p, lr=1e-3, foreach=True)),
+    SpeedConfig("adam_fused", "Adam (fused)", lambda p, _setup: torch.optim.Adam(p, lr=1e-3, fused=True)),
     SpeedConfig("adamw_fused", "AdamW (fused)",
-                lambda p, net: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, fused=True)),
-    SpeedConfig("learned", "learned (impl=auto)", lambda p, net: LearnedOptimizer(p, weights=net, lr=1e-3)),
+                lambda p, _setup: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, fused=True)),
+    SpeedConfig("learned", "learned", lambda p, setup: setup.make(p, lr=1e-3)),
 )
 _BY_KEY = {c.key: c for c in CONFIGS}
 
@@ -252,13 +251,13 @@ def _read_status(field: str) -> int | None:
     return None
 
 
-def _rss_probe(key: str, n: int, weights_dir: str, threads: int) -> None:
+def _rss_probe(key: str, n: int, weights_dir: str, threads: int, learned_kwargs_json: str = "{}") -> None:
     """Subprocess entry: one optimizer at one size; prints the RSS high-water growth of a
     steady-state step (bytes) as JSON. Linux only (``/proc/self/clear_refs``)."""
     torch.set_num_threads(threads)
-    net = from_pretrained(weights_dir)
+    setup = LearnedSetup(from_pretrained(weights_dir), json.loads(learned_kwargs_json))
     params = make_params(n, torch.device("cpu"))
-    opt = _BY_KEY[key].make(params, net)
+    opt = _BY_KEY[key].make(params, setup)
     for _ in range(2):  # state and any cached buffers exist after these
         opt.step()
     rss = _read_status("VmRSS")
@@ -273,11 +272,11 @@ def _rss_probe(key: str, n: int, weights_dir: str, threads: int) -> None:
     print(json.dumps({"rss_extra": None if rss is None or hwm is None else max(0, hwm - rss)}))
 
 
-def _rss_extra(key: str, n: int, weights_dir: str, threads: int) -> int | None:
+def _rss_extra(key: str, n: int, weights_dir: str, threads: int, learned_kwargs: dict[str, Any]) -> int | None:
     if not sys.platform.startswith("linux"):
         return None
     code = ("from learned_optim.benchmarking.speed import _rss_probe; "
-            f"_rss_probe({key!r}, {n}, {weights_dir!r}, {threads})")
+            f"_rss_probe({key!r}, {n}, {weights_dir!r}, {threads}, {json.dumps(learned_kwargs)!r})")
     try:
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                              env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
@@ -312,7 +311,7 @@ TRAIN_MODEL_FULL = (256, 128, 4, 16, 64)
 TRAIN_MODEL_QUICK = (256, 64, 2, 4, 32)
 
 
-def _training_step_bench(net: CoordinatewiseLSTM, device: torch.device, quick: bool,
+def _training_step_bench(setup: LearnedSetup, device: torch.device, quick: bool,
                          budget_s: float) -> dict[str, Any]:
     vocab, d, layers, batch, seq = TRAIN_MODEL_QUICK if quick else TRAIN_MODEL_FULL
     gen = torch.Generator().manual_seed(0)
@@ -323,7 +322,7 @@ def _training_step_bench(net: CoordinatewiseLSTM, device: torch.device, quick: b
     for cfg in CONFIGS:
         model = _TinyTransformerLM(vocab, d, layers, seq).to(device)
         model.load_state_dict(base.state_dict())
-        opt = cfg.make(list(model.parameters()), net)
+        opt = cfg.make(list(model.parameters()), setup)
 
         def step(model=model, opt=opt):
             opt.zero_grad(set_to_none=True)
@@ -356,7 +355,8 @@ def _parse_sizes(sizes: Sequence[float] | None, quick: bool, device: torch.devic
 
 def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Path = "benchmarks/results",
               sizes: Sequence[float] | None = None, threads: int = 1, device: str = "cpu",
-              rss_check: bool = True, progress: bool = True, command: str = "") -> dict[str, Any]:
+              rss_check: bool = True, learned_kwargs: dict[str, Any] | None = None, progress: bool = True,
+              command: str = "") -> dict[str, Any]:
     """Run the speed/memory benchmark and write speed.json / .md / .png into ``out``.
 
     Args:
@@ -368,6 +368,8 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
             ratios, not the absolute times, are the result).
         device: ``"cpu"`` or ``"cuda"``.
         rss_check: also measure RSS high-water growth in subprocesses (CPU, sizes >= 1e6).
+        learned_kwargs: extra LearnedOptimizer keyword arguments (JSON-able; e.g.
+            ``{"impl": "reference"}`` or ``{"chunk_size": 4096}``), from ``--learned-kwargs``.
         progress: show a tqdm progress bar.
         command: the command line, recorded in the outputs.
     """
@@ -385,6 +387,7 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
     size_list = _parse_sizes(sizes, quick, dev)
     out = check_out_dir(out)
     net = from_pretrained(weights).to(dev)
+    setup = LearnedSetup(net, dict(learned_kwargs or {}))
     weights_dir = str(resolve(weights))
     budget = QUICK_BUDGET_S if quick else FULL_BUDGET_S
     floor = step_floor(net.config)
@@ -400,7 +403,8 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
         "settings": {"quick": quick, "sizes": size_list, "warmup": WARMUP, "budget_s": budget,
                      "threads": threads, "timer": "CUDA events" if device == "cuda" else "time.perf_counter",
                      "param_layout": "4 x (weight [d, d] + bias [d]), fp32",
-                     "configs": {c.key: c.label for c in CONFIGS}},
+                     "learned_kwargs": setup.kwargs,
+                     "configs": {c.key: setup.label(c.label) if c.key == "learned" else c.label for c in CONFIGS}},
         "floor_per_param": floor,
         "sizes": [],
     }
@@ -419,7 +423,7 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
                 opts, fns = {}, {}
                 for cfg in CONFIGS:
                     ps = _clone_params(base)
-                    opts[cfg.key] = cfg.make(ps, net)
+                    opts[cfg.key] = cfg.make(ps, setup)
                     fns[cfg.key] = opts[cfg.key].step
                 del base
                 timing = _interleaved(fns, dev, budget)
@@ -431,7 +435,7 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
                            "peak_extra_bytes": extra,
                            "peak_extra_over_state": extra / state if state else None}
                     if rss_check and dev.type == "cpu" and n >= RSS_MIN_SIZE:
-                        rss = _rss_extra(key, n, weights_dir, threads)
+                        rss = _rss_extra(key, n, weights_dir, threads, setup.kwargs)
                         mem["rss_extra_bytes"] = rss
                         mem["rss_extra_over_state"] = rss / state if rss is not None and state else None
                     entry["memory"][key] = mem
@@ -448,7 +452,7 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
                 del opts, fns
                 bar.update(1)
             bar.set_postfix_str("training step")
-            res["training_step"] = _training_step_bench(net, dev, quick, budget)
+            res["training_step"] = _training_step_bench(setup, dev, quick, budget)
             bar.update(1)
     finally:
         torch.set_num_threads(old_threads)
