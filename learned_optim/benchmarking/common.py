@@ -39,21 +39,23 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _git_commit() -> str | None:
-    """The checkout's commit (+ "-dirty" if the package differs from it); None for a wheel."""
+def _git_state() -> tuple[str | None, list[str]]:
+    """The checkout's commit (+ "-dirty" if the package differs from it) and the package files
+    that differ (modified or untracked); (None, []) outside a git checkout, e.g. from a wheel."""
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
-        return None
+        return None, []
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "learned_optim"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--", "learned_optim"], cwd=root,
+                                capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    return (sha + ("-dirty" if dirty else "")) or None
+        return None, []
+    dirty = sorted(line[3:].strip() for line in status.splitlines() if line.strip())
+    return (sha + ("-dirty" if dirty else "")) or None, dirty
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -67,8 +69,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": _git_commit(),
     }
+    info["git_commit"], info["uncommitted_files"] = _git_state()
     try:
         info["load_average_1min"] = os.getloadavg()[0]  # other users of a shared machine skew timings
     except OSError:

@@ -321,6 +321,8 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
                 eval_steps = _eval_steps(steps)
                 task_runs: dict[str, Any] = {}
                 for key, ospec, lr in plan:
+                    if ospec.key == "learned":
+                        lr = float(setup.kwargs.get("lr", lr))  # --learned-kwargs may set the lr
                     rec = {"lr": lr, "optimizer": ospec.key if ospec.make is not _adam else "adam",
                            "curve": [], "final": [], "initial": [], "diverged": [],
                            "optimizer_step_s": [], "wall_s": [], "nonfinite_grad_warnings": []}

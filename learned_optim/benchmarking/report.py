@@ -25,7 +25,9 @@ def _machine_line(m: dict[str, Any]) -> str:
             + (f"; 1-min load average at start {m['load_average_1min']:.2f}" if "load_average_1min" in m else "")
             + (f", at end {m['load_average_1min_end']:.2f}" if m.get("load_average_1min_end") is not None else "")
             + (f"; code at commit `{m['git_commit'][:12]}{'-dirty' if m['git_commit'].endswith('-dirty') else ''}`"
-               if m.get("git_commit") else ""))
+               if m.get("git_commit") else "")
+            + (f" (uncommitted package files at run time: {', '.join(m['uncommitted_files'])})"
+               if m.get("uncommitted_files") else ""))
 
 
 def _speedup(v: dict[str, Any], horizon: int) -> str:
