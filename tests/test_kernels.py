@@ -128,3 +128,26 @@ def test_triton_mixed_param_dtypes_in_one_call():
     torch.testing.assert_close(got[1]["p"], want[1]["p"], rtol=2e-6, atol=2e-6)
     eps = torch.finfo(torch.bfloat16).eps
     torch.testing.assert_close(got[0]["p"].double(), want[0]["p"].double(), rtol=eps, atol=eps)
+
+
+@needs_triton
+@needs_interpreter
+def test_triton_sees_in_place_weight_updates():
+    """The kernel's device copy of the network weights is cached; an in-place update of the
+    weights (what meta-training does) must invalidate it."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case([(40,), (3, 3)], gen)
+    grads_seq = [grads_for(case, gen) for _ in range(2)]
+    delta = torch.randn(net.head_weight.shape, generator=gen)
+    original = net.head_weight.detach().clone()
+    results = {}
+    for impl in ("reference", "triton"):
+        state = run(case, grads_seq[:1], net, impl=impl)
+        with torch.no_grad():
+            net.head_weight.add_(delta)
+        results[impl] = run(state, grads_seq[1:], net, impl=impl)
+        with torch.no_grad():
+            net.head_weight.copy_(original)
+    assert_same(results["triton"], results["reference"], rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
