@@ -402,3 +402,26 @@ def test_c_loop_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path)
     assert [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)].__len__() == 1
     assert "could not be built" in str(w[0].message) and "LEARNED_OPTIM_C_KERNEL=0" in str(w[0].message)
     assert_same(got, run(case, grads_seq, net, impl="reference"), rtol=1e-10, atol=1e-12, msg="fallback")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(["ok", "nan", "inf", "-inf", "huge"]), min_size=1, max_size=6),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_finite_flags_is_exact(kinds, dtype, seed):
+    """Same answer as an element-wise isfinite check, including finite gradients so large that
+    their sum of squares overflows (they must not be flagged)."""
+    gen = torch.Generator().manual_seed(seed)
+    grads = []
+    for kind in kinds:
+        g = torch.randn(int(torch.randint(1, 200, (), generator=gen)), generator=gen, dtype=torch.float64)
+        where = int(torch.randint(0, g.numel(), (), generator=gen))
+        if kind == "huge":
+            g.fill_(torch.finfo(dtype).max / 2)
+        elif kind != "ok":
+            g[where] = float(kind)
+        grads.append(g.to(dtype))
+    want = [bool(torch.isfinite(g).all()) for g in grads]
+    assert upd.finite_flags(grads).tolist() == want, kinds
