@@ -151,3 +151,13 @@ def test_triton_sees_in_place_weight_updates():
         with torch.no_grad():
             net.head_weight.copy_(original)
     assert_same(results["triton"], results["reference"], rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+
+
+@needs_triton
+@needs_interpreter
+def test_triton_fp32_zero_head_is_adam_to_fp32_rounding():
+    from test_fastpath import adam_steps_fp32
+
+    seed = fresh_seed()
+    ours, ref = adam_steps_fp32("triton", 3, seed)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"seed={seed}: {m}")

@@ -7,7 +7,7 @@ tensor of the group through three small tables (a multi-tensor launch, as apex's
 * ``ptrs`` int64 ``[6, T]``: the addresses of p, g, m, v, h, c of each tensor (read, cast to
   typed pointers in the kernel), so no tensor is copied or packed;
 * ``blocks`` int64 ``[2, NB]``: for each program, its tensor index and first coordinate;
-* ``coefs`` ``[2 + 8 ... ]`` in the compute dtype: per tensor the bias corrections
+* ``coefs`` ``[2T + 10]`` in the compute dtype: per tensor the bias corrections
   1/(1-b1^t) and sqrt(1/(1-b2^t)) (tensors may be at different steps), then the constants.
 
 All maths is in the compute dtype (fp32, or fp64 for fp64 parameters); p, g, m, v, h, c are read
@@ -38,8 +38,6 @@ _TL_DTYPES = {
     torch.float16: tl.float16,
 }
 
-# Constant slots after the 2*T per-tensor corrections.
-_B1, _B2, _EPS, _CLIP, _LR, _DECAY, _SCALE, _DIRB = range(8)
 _FEATURE_KIND = {"g_norm": 0, "m_norm": 1}
 
 
@@ -107,8 +105,9 @@ def lstm_update_kernel(
         g = -g
     m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CDT)
     v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(CDT)
-    m = b1 * m + (1.0 - b1) * g
-    v = b2 * v + (1.0 - b2) * g * g
+    # 1 - beta from the host in double precision: 1 - 0.999 rounded in fp32 is off by 1.3e-5
+    m = b1 * m + tl.load(cst + 8) * g
+    v = b2 * v + tl.load(cst + 9) * g * g
     d = tl.sqrt(v) * sib2 + eps
     a = m * ib1 / d
     x0 = _feature(KIND0, g, d, a, clip)
@@ -212,7 +211,7 @@ def launch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, 
     coefs = torch.tensor(
         [1.0 / (1 - b1**s) for s in steps] + [(1.0 / (1 - b2**s)) ** 0.5 for s in steps]
         + [b1, b2, config.eps, config.feature_clip, lr, 1 - lr * weight_decay,
-           config.log_scale_bound, config.direction_bound],
+           config.log_scale_bound, config.direction_bound, 1 - b1, 1 - b2],
         dtype=cdt,
     )
     w = _device_weights(weights, device, cdt)
