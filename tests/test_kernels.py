@@ -161,3 +161,20 @@ def test_triton_fp32_zero_head_is_adam_to_fp32_rounding():
     seed = fresh_seed()
     ours, ref = adam_steps_fp32("triton", 3, seed)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"seed={seed}: {m}")
+
+
+@needs_triton
+@needs_interpreter
+@pytest.mark.parametrize("hs, features", [(3, ("m_norm",)), (5, ("m_norm", "g_norm"))])
+def test_triton_other_architectures(hs, features):
+    """Hidden sizes that are not a power of two (padded, masked rows) and one input feature."""
+    from learned_optim.network import LSTMOptimizerConfig
+
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen, LSTMOptimizerConfig(hidden_size=hs, features=features))
+    case = make_case([(7,), (3, 5, 2, 2)], gen, hs=hs)
+    grads_seq = [grads_for(case, gen) for _ in range(2)]
+    want = run(case, grads_seq, net, impl="reference")
+    got = run(case, grads_seq, net, impl="triton")
+    assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")

@@ -325,7 +325,9 @@ def _split(numels: list[int], parts: int) -> list[torch.Tensor]:
     """Cut the concatenated coordinates into ``parts`` near-equal ranges of (tensor, begin, end)
     tasks, each range a multiple of TILE where possible."""
     total = sum(numels)
-    parts = max(1, min(parts, -(-total // (64 * TILE))))  # tiny steps: threads cost more than they save
+    # At least 64 tiles (8192 coordinates, ~0.1 ms of loop at the ~14 ns/coordinate measured on
+    # one core) per thread: smaller steps are not worth a thread hand-off.
+    parts = max(1, min(parts, -(-total // (64 * TILE))))
     per = -(-total // parts)
     per = -(-per // TILE) * TILE
     out, cur, room = [], [], per
