@@ -90,10 +90,11 @@ def parity(device) -> None:
     paths = ["torch"] + (["triton"] if kernels.triton_available(device) else [])
     if "triton" not in paths:
         row("triton kernel available", "FAIL", "triton not importable: pip install triton")
-    # (param dtype, state dtype, allowed relative error): fp64 is exact maths; others one ulp-ish
+    # (param dtype, state dtype, allowed relative error): fp64 is exact maths; fp32 rounding;
+    # low-precision values a few ulps (eps = 2^-7 for bf16, 2^-10 for fp16) after 3 steps
     for dtype, sdt, tol in [(torch.float64, None, 1e-10), (torch.float32, None, 1e-4),
-                            (torch.bfloat16, None, 2 * 2**-8), (torch.float16, None, 2 * 2**-11),
-                            (torch.float32, torch.bfloat16, 2 * 2**-8)]:
+                            (torch.bfloat16, None, 4 * 2**-7), (torch.float16, None, 4 * 2**-10),
+                            (torch.float32, torch.bfloat16, 4 * 2**-7)]:
         gen = torch.Generator().manual_seed(1)
         for noncontig in (False, True):
             case = make_state(shapes, device, dtype, sdt, gen, noncontig)
@@ -156,8 +157,11 @@ def speed(device, sizes, reps) -> None:
     bytes_per = (4 * 4 + 2 * hs * 4) + (3 * 4 + 2 * hs * 4)  # fp32: p g m v h c in, p m v h c out
     for n_f in sizes:
         n = int(n_f)
-        # a transformer-like mix: one big matrix, many rows of 4096, a few small tensors
-        shapes = [(n // 2,)] + [(4096,)] * ((n // 2) // 4096) + [(7,), (3, 3)]
+        # one tensor of half the parameters, the rest in 2^20-element tensors (~50 at 1e8, as
+        # many as a mid-sized model has), and two tiny ones
+        rest = n - n // 2
+        shapes = [(n // 2,)] + [(1 << 20,)] * (rest >> 20) + [(rest % (1 << 20),), (7,), (3, 3)]
+        shapes = [s for s in shapes if s[0] > 0]
         params = [torch.randn(s, device=device) for s in shapes]
         grads = [torch.randn_like(p) for p in params]
         total = sum(p.numel() for p in params)
