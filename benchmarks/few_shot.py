@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             net, _ = train_few_shot(cfg, out=tmp, progress=False)
         run_benchmark(net, cfg, args.out, episodes=20, tune_episodes=5, weights_name="3-step quick run",
-                      progress=False)
+                      command="python benchmarks/few_shot.py --quick", progress=False)
         return 0
     name = args.weights or DEFAULT
     if args.weights is None and DEFAULT not in list_shipped():
@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     net = from_pretrained(name)
     fields = dict(net.provenance.get("few_shot_config", {}))
     cfg = FewShotConfig(**fields) if fields else FewShotConfig()
-    payload = run_benchmark(net, cfg, args.out, episodes=args.episodes, weights_name=name)
+    payload = run_benchmark(net, cfg, args.out, episodes=args.episodes, weights_name=name,
+                            command="python benchmarks/few_shot.py " + " ".join(sys.argv[1:]))
     print((__import__("pathlib").Path(args.out) / "few_shot.md").read_text())
     return 0 if payload else 1
 

@@ -438,6 +438,7 @@ def run_benchmark(
     tune_episodes: int | None = None,
     k_shots: Sequence[int] = (1, 5),
     weights_name: str = "",
+    command: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tune the baselines' lr on meta-training classes, evaluate all methods on held-out classes,
@@ -464,7 +465,7 @@ def run_benchmark(
                                                         data=data, progress=progress)
     wall = time.perf_counter() - t0
     payload = {
-        "command": "python benchmarks/few_shot.py " + ("--quick" if episodes < 600 else f"--episodes {episodes}"),
+        "command": command or f"python benchmarks/few_shot.py --weights {weights_name} --episodes {episodes}",
         "weights": weights_name,
         "episodes": episodes,
         "inner_steps": cfg.inner_steps,
