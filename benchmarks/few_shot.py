@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         sys.exit(f"shipped weights {DEFAULT!r} not found; pass --weights")
     net = from_pretrained(name)
     fields = dict(net.provenance.get("few_shot_config", {}))
-    cfg = FewShotConfig(**fields) if fields else FewShotConfig()
+    cfg = FewShotConfig.from_dict(fields)
     payload = run_benchmark(net, cfg, args.out, episodes=args.episodes, weights_name=name,
                             command="python benchmarks/few_shot.py " + " ".join(sys.argv[1:]))
     print((__import__("pathlib").Path(args.out) / "few_shot.md").read_text())

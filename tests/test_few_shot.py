@@ -42,8 +42,8 @@ def test_sampler_bad_input():
         EpisodeSampler(x, y, [0, 1], n_way=5, q_query=1)
     with pytest.raises(ValueError, match="X must be"):
         EpisodeSampler(x[:, 0], y, [0, 1], n_way=2, q_query=1)
-    with pytest.raises(ValueError, match="init"):
-        FewShotConfig(init="maml")
+    with pytest.raises(ValueError, match="n_way"):
+        FewShotConfig(n_way=1)
 
 
 def _tiny_problem():

@@ -21,10 +21,9 @@ digit rotated by 0/90/180/270 degrees is its own class (the Omniglot rotation tr
 2016), giving 40 classes. Digits 0-4 (20 classes) are for meta-training and lr tuning; digits 5-9
 (20 classes) are held out and used only for evaluation. Any ``(X, y)`` can be passed instead.
 
-Initialisation policy: ``init="random"`` (default): every episode starts every method from the same
-fresh PyTorch-default initialisation. ``init="learned"`` additionally meta-learns the initial
-weights jointly (MAML-style), for the learned optimizer and, when evaluating, for each baseline
-with its own MAML-trained init, so the comparison stays like for like.
+Initialisation policy: every episode starts every method from the same fresh PyTorch-default
+initialisation (``init_params``). Meta-learning the initialisation jointly (MAML-style) is not
+implemented: a fair comparison would need MAML-trained initialisations for both baselines too.
 """
 
 from __future__ import annotations
@@ -75,7 +74,6 @@ class FewShotConfig:
         meta_batch: episodes per meta-step. Default 8.
         meta_lr: Adam lr for the LSTM weights and the log step scale. Default 3e-3.
         grad_clip: meta-gradient norm clip. Default 1.0.
-        init: "random" or "learned" (see module docstring). Default "random".
         network: LSTMOptimizerConfig fields for a fresh network (ignored with ``start_from``).
         start_from: weights to start from (shipped name, directory or Hub id). Default
             "adam-equivalent": the untrained rule is Adam, so training starts from a baseline.
@@ -92,7 +90,6 @@ class FewShotConfig:
     meta_batch: int = 8
     meta_lr: float = 3e-3
     grad_clip: float = 1.0
-    init: str = "random"
     network: dict = dataclasses.field(default_factory=dict)
     start_from: str | None = "adam-equivalent"
     tune_episodes: int = 100
@@ -107,8 +104,6 @@ class FewShotConfig:
             raise ValueError(f"n_way must be >= 2, got {self.n_way}")
         if not self.k_shots or any(not isinstance(k, int) or k < 1 for k in self.k_shots):
             raise ValueError(f"k_shots must be a non-empty tuple of positive ints, got {self.k_shots!r}")
-        if self.init not in ("random", "learned"):
-            raise ValueError(f"init must be 'random' or 'learned', got {self.init!r}")
         if not (self.meta_lr > 0 and self.grad_clip > 0):
             raise ValueError("meta_lr and grad_clip must be > 0")
 
@@ -116,6 +111,18 @@ class FewShotConfig:
         d = dataclasses.asdict(self)
         d["k_shots"] = list(self.k_shots)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FewShotConfig":
+        d = dict(d)
+        # Written by the first release of this module: every episode used a random init, as now.
+        if d.get("init", "random") != "random":
+            raise ValueError(f"init={d['init']!r} is not supported; only a random init per episode is")
+        d.pop("init", None)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown FewShotConfig fields {unknown}")
+        return cls(**d)
 
 
 # ------------------------------------------------------------------------------------- data
@@ -335,10 +342,6 @@ def train_few_shot(
     log_lr = nn.Parameter(torch.tensor(math.log(lr0)))
     meta_params = [*net.parameters(), log_lr]
     d_in = x.shape[1]
-    theta_init = None
-    if cfg.init == "learned":
-        theta_init = nn.Parameter(init_params(d_in, cfg.hidden, cfg.n_way, torch.Generator().manual_seed(cfg.seed)))
-        meta_params.append(theta_init)
     opt = torch.optim.Adam(meta_params, lr=cfg.meta_lr)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     history = []
@@ -349,7 +352,7 @@ def train_few_shot(
         for _ in range(cfg.meta_batch):
             k = cfg.k_shots[int(torch.randint(len(cfg.k_shots), (1,), generator=gen))]
             xs, ys, xq, yq = sampler.sample(k, gen)
-            theta0 = theta_init if theta_init is not None else init_params(d_in, cfg.hidden, cfg.n_way, gen)
+            theta0 = init_params(d_in, cfg.hidden, cfg.n_way, gen)
             theta, _ = adapt("learned", theta0, (xs, ys), steps=cfg.inner_steps, lr=log_lr.exp(), hidden=cfg.hidden,
                              n_way=cfg.n_way, network=net, create_graph=True)
             loss = _query_loss(theta, (xq, yq), cfg.hidden, cfg.n_way) / cfg.meta_batch
@@ -374,8 +377,6 @@ def train_few_shot(
         "torch_threads": torch.get_num_threads(),
         "final_query_loss_mean_last100": sum(history[-100:]) / max(1, len(history[-100:])),
     }
-    if cfg.init == "learned":
-        net.provenance["note"] = "meta-learned init is not stored in these weights; init='learned' is for research runs"
     if out is not None:
         save_pretrained(net, out)
     return net, net.provenance
@@ -528,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = json.loads(Path(args.config).read_text()) if args.config else {}
     if args.meta_steps is not None:
         fields["meta_steps"] = args.meta_steps
-    cfg = FewShotConfig(**fields)
+    cfg = FewShotConfig.from_dict(fields)
     _, prov = train_few_shot(cfg, out=args.out)
     print(json.dumps({k: prov[k] for k in ("inner_lr", "wall_time_s", "final_query_loss_mean_last100")}))
     return 0
