@@ -76,11 +76,13 @@ def apply(case, grads_seq, net, impl, **kw):
 
 
 def worst_rel(got, want) -> float:
+    """max |got - want| / (1 + |want|) over every value: relative for large values, absolute for
+    small ones (LSTM state near 0 would make a pure relative error meaningless)."""
     worst = 0.0
     for a, b in zip(got, want):
         for k in ("p", "m", "v", "h", "c"):
             x, y = a[k].double(), b[k].double()
-            worst = max(worst, float(((x - y).abs() / (y.abs() + 1e-3)).max()) if x.numel() else 0.0)
+            worst = max(worst, float(((x - y).abs() / (y.abs() + 1)).max()) if x.numel() else 0.0)
     return worst
 
 
@@ -92,7 +94,7 @@ def parity(device) -> None:
         row("triton kernel available", "FAIL", "triton not importable: pip install triton")
     # (param dtype, state dtype, allowed relative error): fp64 is exact maths; fp32 rounding;
     # low-precision values a few ulps (eps = 2^-7 for bf16, 2^-10 for fp16) after 3 steps
-    for dtype, sdt, tol in [(torch.float64, None, 1e-10), (torch.float32, None, 1e-4),
+    for dtype, sdt, tol in [(torch.float64, None, 1e-10), (torch.float32, None, 1e-5),
                             (torch.bfloat16, None, 4 * 2**-7), (torch.float16, None, 4 * 2**-10),
                             (torch.float32, torch.bfloat16, 4 * 2**-7)]:
         gen = torch.Generator().manual_seed(1)
@@ -107,7 +109,7 @@ def parity(device) -> None:
                 err = worst_rel(apply(case, grads_seq, net, impl, **kw), want)
                 name = f"parity {impl} {str(dtype)[6:]} state={str(sdt)[6:] if sdt else 'default'}" \
                        f"{' noncontig' if noncontig else ''} {steps} steps"
-                row(name, "PASS" if err <= tol else "FAIL", f"max rel err {err:.2e} (tol {tol:.0e})")
+                row(name, "PASS" if err <= tol else "FAIL", f"max err/(1+|ref|) {err:.2e} (tol {tol:.0e})")
 
 
 def int64_check(device) -> None:
@@ -245,7 +247,7 @@ def main() -> int:
         grads = [[torch.randn(e["p"].shape, dtype=torch.float64) for e in case]]
         err = worst_rel(apply(case, grads, net, "torch", lr=1e-2, weight_decay=0.0, maximize=False),
                         apply(case, grads, net, "reference", lr=1e-2, weight_decay=0.0, maximize=False))
-        print(f"CPU smoke: torch path vs reference, max rel err {err:.1e}")
+        print(f"CPU smoke: torch path vs reference, max err/(1+|ref|) {err:.1e}")
         return 0 if err < 1e-10 else 1
 
     device = torch.device("cuda")
