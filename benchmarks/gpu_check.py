@@ -199,6 +199,31 @@ def speed(device, sizes, reps) -> None:
             del opt, ps
 
 
+def block_sweep(device, reps) -> None:
+    """Step time of the Triton kernel at 1e8 parameters for a few (BLOCK, num_warps) settings;
+    the defaults in learned_optim/kernels/_triton_update.py were not tuned on a GPU."""
+    from learned_optim.kernels import _triton_update as kt
+
+    net = random_net(6)
+    n = 10**8
+    ps = [torch.randn(n // 2, device=device), torch.randn(n - n // 2, device=device)]
+    gs = [torch.randn_like(p) for p in ps]
+    state = [[torch.zeros_like(p) for p in ps] for _ in range(2)]
+    hc = [[torch.zeros(4, p.numel(), device=device) for p in ps] for _ in range(2)]
+    steps = [torch.tensor(0.0) for _ in ps]
+    default = (kt.BLOCK, kt.NUM_WARPS)
+    try:
+        for block, warps in [(256, 4), (512, 4), (1024, 4), (1024, 8), (2048, 8)]:
+            kt.BLOCK, kt.NUM_WARPS = block, warps
+            ms = cuda_ms(lambda: learned_update(ps, gs, state[0], state[1], hc[0], hc[1], steps, weights=net,
+                                                config=net.config, lr=1e-3, weight_decay=0.0, maximize=False,
+                                                impl="triton"), reps)
+            row(f"triton BLOCK={block} num_warps={warps}, 1e8 params", f"{ms:.3f} ms",
+                "(default)" if (block, warps) == default else "")
+    finally:
+        kt.BLOCK, kt.NUM_WARPS = default
+
+
 def _lists(opt):
     ps = [p for g in opt.param_groups for p in g["params"]]
     st = [opt.state[p] for p in ps]
@@ -258,6 +283,8 @@ def main() -> int:
     if args.int64:
         int64_check(device)
     speed(device, args.sizes, args.reps)
+    if kernels.triton_available(device):
+        block_sweep(device, args.reps)
     if not args.no_train:
         train_step(device, args.reps)
     failed = [r for r in ROWS if r[1] == "FAIL"]

@@ -25,11 +25,13 @@ import torch
 import triton
 import triton.language as tl
 
-# Coordinates per program. 1024 fp32 lanes is a common choice for bandwidth-bound elementwise
-# Triton kernels (the vector-add tutorial uses 1024); it also keeps the block table at
-# N/1024 entries. The interpreter runs one program per Python loop iteration, so larger blocks
-# would make CPU tests faster but these tests use small tensors anyway.
+# Coordinates per program and warps per program. 1024 fp32 lanes is a common choice for
+# bandwidth-bound elementwise Triton kernels (the vector-add tutorial uses 1024); this kernel
+# also holds four [H, BLOCK] gate tiles, so 8 warps keep that at 64 fp32 registers per thread
+# for H = 4. Neither is tuned on a GPU yet: benchmarks/gpu_check.py sweeps both (module
+# attributes, read at each launch).
 BLOCK = 1024
+NUM_WARPS = 8
 
 _TL_DTYPES = {
     torch.float32: tl.float32,
@@ -165,7 +167,7 @@ _WEIGHTS: dict[tuple, tuple[dict, dict[str, torch.Tensor]]] = {}
 def _block_table(numels: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """([2, NB] int64 tensor index and first coordinate of every program, [T] int64 sizes).
     They depend only on the sizes, so they are built once per model and cached."""
-    key = (numels, str(device))
+    key = (numels, str(device), BLOCK)
     tab = _BLOCK_TABLES.get(key)
     if tab is None:
         counts = torch.tensor([math.ceil(n / BLOCK) for n in numels], dtype=torch.int64)
@@ -225,7 +227,7 @@ def launch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, 
         P_DT=_TL_DTYPES[params[0].dtype], G_DT=_TL_DTYPES[grads[0].dtype],
         M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[cdt],
         H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[1],
-        MAXIMIZE=bool(maximize), BLOCK=BLOCK,
+        MAXIMIZE=bool(maximize), BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     # The host tables above may be freed now: pinned blocks are recycled only after the copy
     # that used them completes (torch's caching host allocator records the stream).
