@@ -1,5 +1,8 @@
 """Fused kernels for the batched learned update.
 
+``cpu``: the fused C loop the CPU torch path uses for fp32/fp64 tensors (built with gcc at first
+use, loaded with ctypes; see that module). The rest of this module is the Triton path:
+
 ``triton_update`` applies the whole rule (moments, features, LSTM cell, head, weight decay,
 parameter write) to every tensor of a group in one Triton launch per dtype combination (see
 ``_triton_update``). ``learned_update(impl="auto")`` selects it for CUDA tensors when
