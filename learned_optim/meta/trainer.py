@@ -649,6 +649,7 @@ class MetaTrainer:
         t_start = time.monotonic() - self.elapsed
         last_ck = time.monotonic()
         ema = None
+        ran = self.step < c.meta_steps  # False when resuming a run that already finished
         try:
             if self.val_tasks and self.step == 0 and self.last_eval is None:
                 self._do_eval()  # the starting point (e.g. Adam-equivalent or the init weights)
@@ -693,8 +694,9 @@ class MetaTrainer:
         finally:
             bar.close()
         self.save_weights()
-        self._log({"event": "done", "step": self.step, "best_step": self.best["step"], "best_metric": self.best["metric"],
-                   "elapsed": round(self.elapsed, 2)})
+        if ran:
+            self._log({"event": "done", "step": self.step, "best_step": self.best["step"],
+                       "best_metric": self.best["metric"], "elapsed": round(self.elapsed, 2)})
         return self._best_network()
 
 
