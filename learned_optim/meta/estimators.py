@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
 from ..update import lstm_rule
-from .tasks import Task, flatten_params, unflatten_params
+from .tasks import Task, unflatten_params
 
 __all__ = [
     "WEIGHT_NAMES",
