@@ -105,8 +105,10 @@ class LearnedOptimizer(Optimizer):
             (``learned_optim.list_shipped()``), a local directory with ``config.json`` and
             ``model.safetensors``, a Hugging Face Hub repo id ``"org/name"``, or a
             ``CoordinatewiseLSTM`` instance (used as is; its weights are read at every step).
-        lr (float): the step scale, as for Adam. Default ``1e-3``, Adam's default (Kingma & Ba,
-            2015; ``torch.optim.Adam``): the untrained rule is Adam, so its lr carries over.
+        lr (float): the step scale, as for Adam. Default ``1e-3``: Adam's default (Kingma & Ba,
+            2015; ``torch.optim.Adam``), which the untrained rule (exactly Adam) inherits, and the
+            inner lr at which the shipped default weights were meta-trained (the rule learned its
+            own step multiplier relative to it), so use 1e-3 unless you have tuned it.
         weight_decay (float): decoupled (AdamW-style) weight decay :math:`\lambda`. Default ``0``.
         maximize (bool, keyword-only): maximize the objective instead. Default ``False``.
         revision (str, keyword-only): branch, tag or commit of a Hub repo id. Default ``None``.

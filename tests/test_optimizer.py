@@ -94,7 +94,7 @@ def _train(model, opt, steps, start=0, fixed_batch=False):
 def test_untrained_network_is_exactly_adamw(weight_decay):
     m1 = _mlp(dtype=torch.float64)
     m2 = copy.deepcopy(m1)
-    o1 = LearnedOptimizer(m1.parameters(), lr=1e-2, weight_decay=weight_decay)
+    o1 = LearnedOptimizer(m1.parameters(), "adam-equivalent", lr=1e-2, weight_decay=weight_decay)
     o2 = torch.optim.AdamW(m2.parameters(), lr=1e-2, weight_decay=weight_decay)
     _train(m1, o1, 50)
     _train(m2, o2, 50)
@@ -160,7 +160,7 @@ def test_per_group_lr_and_weight_decay(random_net):
 def test_add_param_group_validates_and_works():
     a = torch.ones(3, requires_grad=True)
     b = torch.ones(4, requires_grad=True)
-    opt = LearnedOptimizer([a], lr=1e-2)
+    opt = LearnedOptimizer([a], "adam-equivalent", lr=1e-2)
     with pytest.raises(ValueError, match="lr"):
         opt.add_param_group({"params": [b], "lr": -1.0})
     opt.add_param_group({"params": [b], "lr": 0.5})
@@ -352,8 +352,8 @@ def test_bf16_update_applied_in_param_dtype():
     """bf16 params: the state is fp32 and the step is computed in fp32, then rounded once."""
     p16 = torch.randn(64).to(torch.bfloat16).requires_grad_()
     p64 = p16.detach().double().requires_grad_()
-    o16 = LearnedOptimizer([p16], lr=1e-2)
-    o64 = LearnedOptimizer([p64], lr=1e-2)
+    o16 = LearnedOptimizer([p16], "adam-equivalent", lr=1e-2)
+    o64 = LearnedOptimizer([p64], "adam-equivalent", lr=1e-2)
     g = torch.randn(64).to(torch.bfloat16)
     p16.grad, p64.grad = g, g.double()
     o16.step()
