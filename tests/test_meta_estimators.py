@@ -135,3 +135,34 @@ def test_meta_objective_caps_and_survives_nan():
     assert torch.isfinite(g) and math.isclose(float(g), 1 / (3 * 2.0), rel_tol=1e-6)
     j2, d2 = meta_objective([w * 1.0], log_cap=math.log(10.0))
     assert not d2 and math.isclose(float(j2.detach()), math.log(2.0), rel_tol=1e-6)
+
+
+def test_second_order_bptt_matches_finite_differences():
+    """TruncatedBPTT(second_order=True) gives the exact meta-gradient (float64 central differences)."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        task, net = _tiny_task(), _net(hidden=2)
+        est = TruncatedBPTT(truncation_length=4, second_order=True)
+        traj = _traj(task, net, 1, horizon=4)
+        traj.task = T.MLPTask(task.x, task.y, None, "mse", "tiny", hidden=(), out_dim=1)  # full batch
+        start = traj.states[0].clone()
+        grad, _ = est.estimate(net, [traj], None, 0.05, 1.5)
+        flat = torch.cat([getattr(net, n).detach().reshape(-1) for n in WEIGHT_NAMES])
+        shapes = [getattr(net, n).shape for n in WEIGHT_NAMES]
+        log_cap = math.log(traj.init_loss * 1.5)
+
+        def objective(theta):
+            w = dict(zip(WEIGHT_NAMES, T.unflatten_params(theta, shapes)))
+            losses, _ = _unroll(traj.task, traj.shapes, start, 0, [task.full_batch()] * 5, w, net.config, 0.05,
+                                differentiable=False, log_cap=log_cap)
+            return float(meta_objective(losses, log_cap)[0].detach())
+
+        h = 1e-6
+        for i in (0, 5, flat.numel() - 3, flat.numel() - 1):
+            e = torch.zeros_like(flat)
+            e[i] = h
+            fd = (objective(flat + e) - objective(flat - e)) / (2 * h)
+            assert math.isclose(float(grad[i]), fd, rel_tol=1e-4, abs_tol=1e-9), (i, float(grad[i]), fd)
+    finally:
+        torch.set_default_dtype(prev)
