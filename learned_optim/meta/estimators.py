@@ -13,8 +13,9 @@ of inner trajectories that continue across meta-steps.
 
 where :math:`L_{init}` is the task's loss at the start of its trajectory. The log makes tasks of
 any loss scale count alike and rewards progress late in training as much as early on; the cap
-(default 1.5, the "clip at 1.5x the initial loss" of learned_optimization, see
-NOTES-anchors.md) bounds what one exploding task contributes, and a non-finite loss counts as
+(default ``loss_cap`` 1.5: for a C-class task, whose initial loss is about ln C, this is the
+"clip at 1.5 ln C" listed among learned_optimization's stabilising tricks in NOTES-anchors.md)
+bounds what one exploding task contributes, and a non-finite loss counts as
 the cap with no gradient, so one divergent task cannot poison a meta-step with NaN.
 
 **Truncated BPTT** (``TruncatedBPTT``): unroll :math:`n` steps with the parameters carrying
@@ -267,8 +268,10 @@ class AntitheticPES:
 
     Args:
         truncation_length: inner steps per truncation. Default 20.
-        sigma: standard deviation of the perturbation of each meta-parameter. Default 0.01
-            (learned_optimization's PES default std).
+        sigma: standard deviation of the perturbation of each meta-parameter. Default 0.01:
+            small next to the O(0.1-1) meta-parameters, so J(theta +- eps) stays in the locally
+            linear regime (tests/test_meta_estimators.py checks the estimate against the exact
+            gradient at this value).
     """
 
     truncation_length: int = 20
