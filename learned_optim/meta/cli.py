@@ -5,6 +5,7 @@ Examples::
     learned-optim meta-train --config default --out pretrained/lstm-h4-v1
     learned-optim meta-train --config my_run.json --out runs/a --resume
     learned-optim meta-train --config tiny --out runs/ft --init adam-equivalent
+    torchrun --nproc_per_node 2 -m learned_optim.cli meta-train --config default --set slot_rng=true --out runs/d
 
 ``--config`` is a preset name (``learned_optim.meta.PRESETS``) or a JSON file holding
 ``MetaTrainConfig`` fields, optionally ``{"preset": "default", ...overrides}``. ``--set KEY=VALUE``
@@ -18,6 +19,7 @@ import json
 import shlex
 import sys
 
+from . import distributed as _dist
 from .trainer import PRESETS, load_config, meta_train
 
 __all__ = ["add_arguments", "run"]
@@ -57,11 +59,21 @@ def run(args: argparse.Namespace) -> int:
         if overrides:
             config = config.replace(**overrides)
         command = "learned-optim meta-train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
-        net = meta_train(config, args.out, init=args.init, resume=args.resume, progress=not args.no_progress,
-                         command=command)
+        started_group = _dist.init_from_env()  # under torchrun: one process group for the run
+        rank = _dist.world()[0]
+        try:
+            net = meta_train(config, args.out, init=args.init, resume=args.resume, progress=not args.no_progress,
+                             command=command)
+        finally:
+            if started_group:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"learned-optim meta-train: error: {e}", file=sys.stderr)
         return 2
+    if rank != 0:  # rank 0 reports (and alone wrote the weights)
+        return 0
     prov = net.provenance
     print(f"saved {args.out} (selected meta-step {prov.get('selected_step')}, "
           f"held-out mean log ratio vs tuned Adam {prov.get('heldout_metric_mean_log_ratio_vs_tuned_adam')}, "

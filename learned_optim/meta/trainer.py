@@ -38,6 +38,7 @@ from ..hub import from_pretrained, save_pretrained
 from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
 from ..update import lstm_rule
 from . import tasks as T
+from . import distributed as _dist
 from .estimators import WEIGHT_NAMES, AntitheticPES, InnerState, Trajectory, TruncatedBPTT
 
 __all__ = [
@@ -99,6 +100,12 @@ class MetaTrainConfig:
         checkpoint_seconds: wall seconds between checkpoints. Default 60.
         num_threads: ``torch.set_num_threads`` for the run. Default 1 (determinism and a shared
             machine); results are bit-identical only at the same thread count.
+        slot_rng: give every trajectory slot its own random stream (seeded from ``seed`` and the
+            slot) instead of one stream for the whole run, so the run does not depend on how the
+            slots are split across processes: 1 and N processes then follow the same
+            meta-trajectory (to float rounding of the all-reduced sum). Required for distributed
+            meta-training (``torchrun``). Default False: the single stream the shipped default was
+            trained with, so ``--config default`` still reproduces it.
     """
 
     seed: int = 0
@@ -125,6 +132,7 @@ class MetaTrainConfig:
     checkpoint_every: int = 50
     checkpoint_seconds: float = 60.0
     num_threads: int = 1
+    slot_rng: bool = False
 
     def __post_init__(self) -> None:
         def pos_int(name):
@@ -148,6 +156,8 @@ class MetaTrainConfig:
             pos_float(n)
         pos_float("meta_lr_final_fraction", allow_zero=True)
         pos_float("curriculum_fraction", allow_zero=True)
+        if not isinstance(self.slot_rng, bool):
+            raise ValueError(f"MetaTrainConfig.slot_rng must be true or false, got {self.slot_rng!r}")
         if not self.loss_cap > 1 or not math.isfinite(self.loss_cap):
             raise ValueError(f"MetaTrainConfig.loss_cap must be a finite number > 1, got {self.loss_cap!r}")
         if self.estimator not in ESTIMATORS:
@@ -209,13 +219,20 @@ def _tiny_val():
 TRAIN_FAMILIES = {"default": T.default_train_family, "tiny": _tiny_family}
 VAL_TASKS = {"default": T.default_validation_tasks, "tiny": _tiny_val, "none": lambda: []}
 
+# The shipped default (pretrained/lstm-h4-v1), measured in its model card. PES because in a
+# 7-minute side-by-side the first-order TBPTT weights were less stable at 2.5x their training
+# horizon; log_scale_bound 4 (step multiplier up to e^4 ~ 55x) because tuned Adam on the
+# validation tasks wants lr 0.01-0.1 (10-100x the default 1e-3 the rule runs at).
+_LSTM_H4_V1 = dict(estimator="pes", meta_steps=2500, eval_every=125, checkpoint_every=25,
+                   network={**LSTMOptimizerConfig().to_dict(), "log_scale_bound": 4.0})
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The shipped default (pretrained/lstm-h4-v1), measured in its model card. PES because in a
-    # 7-minute side-by-side the first-order TBPTT weights were less stable at 2.5x their
-    # training horizon; log_scale_bound 4 (step multiplier up to e^4 ~ 55x) because tuned Adam
-    # on the validation tasks wants lr 0.01-0.1 (10-100x the default 1e-3 the rule runs at).
-    "default": dict(estimator="pes", meta_steps=2500, eval_every=125, checkpoint_every=25,
-                    network={**LSTMOptimizerConfig().to_dict(), "log_scale_bound": 4.0}),
+    "default": _LSTM_H4_V1,
+    "lstm-h4-v1": _LSTM_H4_V1,
+    # pretrained/lstm-h4-v2: v1's recipe with trajectories of at least 50 steps (so every task
+    # reaches its later, noise-dominated phase) and a 3x smaller meta learning rate, after v1's
+    # held-out validation peaked early (meta-step 375 of 2500) and then drifted.
+    "lstm-h4-v2": {**_LSTM_H4_V1, "horizon_min": 50, "meta_lr": 1e-3, "meta_steps": 2000, "eval_every": 100},
     # A seconds-long run for tests and smoke checks.
     "tiny": dict(num_trajectories=2, horizon_min=5, horizon_max=20, truncation_length=5, meta_steps=6,
                  train_tasks="tiny", val_tasks="tiny", eval_every=3, log_every=1, checkpoint_every=2,
@@ -392,6 +409,17 @@ class MetaTrainer:
                           else TruncatedBPTT(c.truncation_length, c.second_order))
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=c.meta_lr)
         self.meta_gen = torch.Generator().manual_seed(c.seed)
+        # Distributed meta-training: slot i belongs to rank i % world; see _estimate.
+        self.rank, self.world = _dist.world()
+        if self.world > 1 and not c.slot_rng:
+            raise ValueError(
+                f"distributed meta-training ({self.world} processes) needs slot_rng=true, so that the run "
+                f"does not depend on the number of processes: add \"slot_rng\": true to the config or "
+                f"pass --set slot_rng=true"
+            )
+        self.slot_gens = ([torch.Generator().manual_seed(_dist.slot_seed(c.seed, i)) for i in range(c.num_trajectories)]
+                          if c.slot_rng else None)
+        self.progress = progress and self.rank == 0
         self.step = 0
         self.trajs: list[Trajectory | None] = [None] * c.num_trajectories
         self.best = {"metric": float("inf"), "step": -1, "weights": None, "table": None}
@@ -412,13 +440,14 @@ class MetaTrainer:
 
     def _new_traj(self, slot: int, first: bool) -> Trajectory:
         c = self.config
-        seed = int(torch.randint(2**31 - 1, (), generator=self.meta_gen))
+        gen = self.meta_gen if self.slot_gens is None else self.slot_gens[slot]
+        seed = int(torch.randint(2**31 - 1, (), generator=gen))
         hi = self._horizon_cap()
-        u = torch.rand((), generator=self.meta_gen).item()
+        u = torch.rand((), generator=gen).item()
         horizon = int(round(math.exp(math.log(c.horizon_min) + u * (math.log(hi) - math.log(c.horizon_min)))))
         # De-synchronised starts: the first trajectories of a run get a random first truncation
         # so that they do not all reach their horizon (and reset) on the same meta-step.
-        first_trunc = int(torch.randint(1, c.truncation_length + 1, (), generator=self.meta_gen)) if first else 0
+        first_trunc = int(torch.randint(1, c.truncation_length + 1, (), generator=gen)) if first else 0
         task = self._build_task(seed)
         data_gen = torch.Generator().manual_seed(seed + 1)
         params = task.init_params(data_gen)
@@ -496,15 +525,21 @@ class MetaTrainer:
             "net": {n: getattr(self.net, n).detach().clone() for n in WEIGHT_NAMES},
             "meta_opt": self.meta_opt.state_dict(),
             "meta_gen": _gen_state(self.meta_gen),
-            "trajs": [None if t is None else self._traj_to_dict(t) for t in self.trajs],
+            "trajs": _dist.gather_slots([None if t is None else self._traj_to_dict(t) for t in self.trajs],
+                                        self.rank, self.world),
+            "slot_gens": (None if self.slot_gens is None else
+                          _dist.gather_slots([_gen_state(g) for g in self.slot_gens], self.rank, self.world)),
             "best": dict(self.best),
             "baselines": json.dumps(self.baselines),
             "last_eval": json.dumps(self.last_eval),
         }
 
     def save_checkpoint(self) -> Path:
+        """Write the checkpoint (rank 0; every rank must call it: slots are gathered)."""
         path = self.out / CHECKPOINT_NAME
-        _atomic_torch_save(self._checkpoint(), path)
+        ck = self._checkpoint()
+        if self.rank == 0:
+            _atomic_torch_save(ck, path)
         return path
 
     def load_checkpoint(self) -> bool:
@@ -535,7 +570,10 @@ class MetaTrainer:
         self.step = ck["step"]
         self.elapsed = ck["elapsed"]
         self.init_name = ck["init"]
-        self.trajs = [None if d is None else self._traj_from_dict(d) for d in ck["trajs"]]
+        self.trajs = [None if d is None or not self._owns(i) else self._traj_from_dict(d)
+                      for i, d in enumerate(ck["trajs"])]
+        if self.slot_gens is not None:
+            self.slot_gens = [_make_gen(g) for g in ck["slot_gens"]]
         self.best = dict(ck["best"])
         self.baselines = json.loads(ck["baselines"])
         self.last_eval = json.loads(ck["last_eval"])
@@ -546,7 +584,7 @@ class MetaTrainer:
         # Entries written after the checkpoint will be written again by the resumed run: drop
         # them (and any half-written last line) so the log reads as one uninterrupted run.
         path = self.out / LOG_NAME
-        if not path.is_file():
+        if self.rank != 0 or not path.is_file():
             return
         keep = []
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -565,6 +603,8 @@ class MetaTrainer:
         os.replace(tmp, path)
 
     def _log(self, rec: dict) -> None:
+        if self.rank != 0:
+            return
         with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
 
@@ -592,7 +632,39 @@ class MetaTrainer:
         return net
 
     def save_weights(self) -> Path:
-        return save_pretrained(self._best_network(), self.out)
+        if self.rank == 0:  # only rank 0 evaluates, so only it knows the best weights
+            save_pretrained(self._best_network(), self.out)
+        return self.out
+
+    # ------------------------------------------------------------------ distributed
+    def _owns(self, slot: int) -> bool:
+        return slot % self.world == self.rank
+
+    def _estimate(self) -> tuple[torch.Tensor, dict[str, float]]:
+        """One meta-gradient estimate over all slots.
+
+        With ``slot_rng``, each rank advances only its own slots, one estimator call per slot
+        with that slot's random stream, and the per-slot sums are all-reduced (float64, so the
+        1- and N-process runs agree to rounding). Otherwise (single process, single stream) the
+        estimator sees all trajectories at once, as the shipped default was trained.
+        """
+        c = self.config
+        if self.slot_gens is None:
+            return self.estimator.estimate(self.net, self.trajs, self.meta_gen, c.inner_lr, c.loss_cap)
+        n_w = sum(p.numel() for p in self.net.parameters())
+        acc = torch.zeros(n_w + 3, dtype=torch.float64)  # [grad sum | used | meta-loss sum | non-finite]
+        for i, traj in enumerate(self.trajs):
+            if not self._owns(i):
+                continue
+            g, st = self.estimator.estimate(self.net, [traj], self.slot_gens[i], c.inner_lr, c.loss_cap)
+            used = 0.0 if st["nonfinite_grads"] else 1.0
+            acc[:n_w] += g.double() * used
+            acc[n_w] += used
+            acc[n_w + 1] += st["meta_loss"]
+            acc[n_w + 2] += st["nonfinite_grads"]
+        _dist.all_reduce_sum(acc, self.world)
+        grad = (acc[:n_w] / max(1.0, float(acc[n_w]))).to(torch.float32)
+        return grad, {"meta_loss": float(acc[n_w + 1]) / len(self.trajs), "nonfinite_grads": float(acc[n_w + 2])}
 
     # ------------------------------------------------------------------ the loop
     def _meta_lr(self) -> float:
@@ -633,7 +705,7 @@ class MetaTrainer:
         torch.set_num_threads(c.num_threads)
         try:
             resumed = resume and self.load_checkpoint()
-            if not resumed:
+            if not resumed and self.rank == 0:
                 (self.out / LOG_NAME).unlink(missing_ok=True)
                 self._log({"event": "start", "step": 0, "config": c.to_dict(), "init": self.init_name})
             return self._loop(resumed)
@@ -651,13 +723,13 @@ class MetaTrainer:
         ema = None
         ran = self.step < c.meta_steps  # False when resuming a run that already finished
         try:
-            if self.val_tasks and self.step == 0 and self.last_eval is None:
+            if self.val_tasks and self.rank == 0 and self.step == 0 and self.last_eval is None:
                 self._do_eval()  # the starting point (e.g. Adam-equivalent or the init weights)
             while self.step < c.meta_steps:
                 for i, t in enumerate(self.trajs):
-                    if t is None or t.done:
+                    if self._owns(i) and (t is None or t.done):
                         self.trajs[i] = self._new_traj(i, first=t is None)
-                grad, stats = self.estimator.estimate(self.net, self.trajs, self.meta_gen, c.inner_lr, c.loss_cap)
+                grad, stats = self._estimate()
                 offset = 0
                 for n in WEIGHT_NAMES:
                     p = getattr(self.net, n)
@@ -676,7 +748,7 @@ class MetaTrainer:
                     self._log({"event": "step", "step": self.step, "meta_loss": stats["meta_loss"], "grad_norm": gnorm,
                                "meta_lr": lr, "horizon_cap": self._horizon_cap(), "elapsed": round(self.elapsed, 2),
                                "nonfinite_grads": stats["nonfinite_grads"]})
-                if self.val_tasks and (self.step % c.eval_every == 0 or self.step == c.meta_steps):
+                if self.val_tasks and self.rank == 0 and (self.step % c.eval_every == 0 or self.step == c.meta_steps):
                     self._do_eval()
                 post = {"meta_loss": f"{ema:.3f}"}
                 if self.last_eval:
@@ -685,7 +757,8 @@ class MetaTrainer:
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
                 now = time.monotonic()
-                if self.step % c.checkpoint_every == 0 or now - last_ck >= c.checkpoint_seconds or self.step == c.meta_steps:
+                due = self.step % c.checkpoint_every == 0 or now - last_ck >= c.checkpoint_seconds or self.step == c.meta_steps
+                if _dist.agree(due, self.world):  # rank 0's clock decides: saving is collective
                     self.elapsed = now - t_start
                     if self.best["weights"] is not None and self.best["step"] == self.step or self.step == c.meta_steps:
                         self.save_weights()
