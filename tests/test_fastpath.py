@@ -453,3 +453,60 @@ def test_fp32_zero_head_is_adam_to_fp32_rounding(loop):
     with cpu_loop(loop):
         ours, ref = adam_steps_fp32("torch", 3, seed)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"seed={seed}: {m}")
+
+
+_FORK_SCRIPT = r"""
+import copy, multiprocessing as mp, sys, torch
+sys.path.insert(0, sys.argv[1])
+import test_fastpath as T
+gen = torch.Generator().manual_seed(1)
+net = T.random_net(gen)
+case = T.make_case([(20000,), (20000,), (3, 3)], gen, dtype=torch.float32)
+grads = T.grads_for(case, gen)
+mine, childs = copy.deepcopy(case), copy.deepcopy(case)
+torch.set_num_threads(2)
+T.run_in_place(mine, grads, net)  # the parent's step creates the C loop's thread pool
+import time
+time.sleep(0.5)  # let its workers go idle first (they then look available to a forked child)
+
+def child():
+    torch.set_num_threads(2)  # torch resets a forked child to one thread
+    T.run_in_place(childs, grads, net)
+
+proc = mp.get_context("fork").Process(target=child)
+proc.start()
+proc.join(30)
+hung = proc.is_alive()
+if hung:
+    proc.kill()
+sys.exit(3 if hung else proc.exitcode)
+"""
+
+
+def run_in_place(case, grads, net) -> None:
+    learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
+                   [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
+                   weights=net, config=net.config, lr=0.01, weight_decay=0.0, maximize=False, impl="torch")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_c_loop_threads_work_in_a_forked_child():
+    """A child forked after the parent used the C loop's thread pool must not wait on the
+    parent's (absent) worker threads (exit 3 = the child hung). Without the at-fork reset the
+    child hung in 2 of 3 runs of this script here (a race on the executor's idle count), so the
+    test catches that regression often, not always. Run in a fresh interpreter: the
+    child runs no large torch op, since torch's own OpenMP ops can hang in a child forked after
+    the parent used OpenMP threads (a libgomp limitation), and pytest's process has."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if os.environ.get("LEARNED_OPTIM_C_KERNEL") == "0":
+        pytest.skip("C loop switched off")
+    from learned_optim.kernels import cpu
+
+    if not cpu.available():
+        pytest.skip("the C loop does not build here")
+    res = subprocess.run([sys.executable, "-c", _FORK_SCRIPT, str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])

@@ -213,6 +213,18 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = [0]
 
 
+def _forget_pool_in_child() -> None:
+    # A forked child inherits the executor object but not its threads: work submitted to it
+    # would never run. Start a fresh pool there instead.
+    global _pool
+    _pool = None
+    _pool_size[0] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _cpu_id() -> str:
     try:
         with open("/proc/cpuinfo") as f:
