@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from .hub import from_pretrained
 from .network import CoordinatewiseLSTM
-from .update import DEFAULT_CHUNK_SIZE, IMPLS, _compute_dtype, learned_update
+from .update import DEFAULT_CHUNK_SIZE, IMPLS, _compute_dtype, finite_flags, learned_update
 
 __all__ = ["LearnedOptimizer"]
 
@@ -303,9 +303,7 @@ class LearnedOptimizer(Optimizer):
     @staticmethod
     def _drop_nonfinite(lists: list[list], mesh=None) -> tuple[list[list], int]:
         grads = lists[1]
-        # max|g| per tensor in one foreach call; NaN propagates through the max.
-        norms = torch._foreach_norm(grads, float("inf"))
-        ok = torch.isfinite(torch.stack([n.float() for n in norms])).to(torch.int32)
+        ok = finite_flags(grads).to(torch.int32)  # exact, one foreach L2 norm in the usual case
         if mesh is not None:
             # Sharded (FSDP2) parameters: a NaN in any rank's shard skips the whole parameter on
             # every rank, so the shards never disagree about whether a step happened. This is

@@ -474,3 +474,15 @@ def test_bad_arguments(kwargs, exc, match):
 def test_integer_lr_is_accepted():
     opt = LearnedOptimizer([torch.zeros(2, requires_grad=True)], lr=1)
     assert opt.param_groups[0]["lr"] == 1.0
+
+
+def test_huge_finite_gradient_is_not_skipped():
+    """A gradient whose sum of squares overflows fp32 (4 x 1e38) is still finite and must be applied."""
+    p = torch.zeros(4, requires_grad=True)
+    opt = LearnedOptimizer([p], "adam-equivalent", lr=0.1)
+    p.grad = torch.full((4,), 1e19)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    assert opt.state[p]["step"].item() == 1
+    torch.testing.assert_close(p.detach(), torch.full((4,), -0.1), rtol=1e-5, atol=0)
