@@ -229,10 +229,6 @@ _LSTM_H4_V1 = dict(estimator="pes", meta_steps=2500, eval_every=125, checkpoint_
 PRESETS: dict[str, dict[str, Any]] = {
     "default": _LSTM_H4_V1,
     "lstm-h4-v1": _LSTM_H4_V1,
-    # pretrained/lstm-h4-v2: v1's recipe with trajectories of at least 50 steps (so every task
-    # reaches its later, noise-dominated phase) and a 3x smaller meta learning rate, after v1's
-    # held-out validation peaked early (meta-step 375 of 2500) and then drifted.
-    "lstm-h4-v2": {**_LSTM_H4_V1, "horizon_min": 50, "meta_lr": 1e-3, "meta_steps": 2000, "eval_every": 100},
     # A seconds-long run for tests and smoke checks.
     "tiny": dict(num_trajectories=2, horizon_min=5, horizon_max=20, truncation_length=5, meta_steps=6,
                  train_tasks="tiny", val_tasks="tiny", eval_every=3, log_every=1, checkpoint_every=2,
