@@ -137,3 +137,7 @@ def test_config_validation_names_the_field():
     assert MetaTrainConfig.from_dict(MetaTrainConfig().to_dict()) == MetaTrainConfig()
     with pytest.raises(ValueError, match="out must be given"):
         meta_train("tiny", out=None)
+    with pytest.raises(ValueError, match="is a file; pass a directory"):
+        meta_train("tiny", out=__file__)
+    with pytest.raises(TypeError, match="cannot use a str as a task"):
+        meta_train("tiny", out="unused", tasks=["not a task"])

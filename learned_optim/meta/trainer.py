@@ -373,6 +373,8 @@ class MetaTrainer:
                  val_tasks=None, progress: bool = True, command: str | None = None) -> None:
         if out is None:
             raise ValueError("out must be given: the directory for weights, checkpoints and logs")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"out={os.fspath(out)!r} is a file; pass a directory (it is created if missing)")
         self.config = load_config(config)
         self.out = Path(out)
         self.init = init
