@@ -280,7 +280,9 @@ class ModuleTask:
             ``reset_parameters`` are re-initialised under a seed drawn from the trainer's
             generator (``reinit=True``, the default), else the model's current values are used.
         data: ``(X, y)`` tensors (first dimension = examples), or a callable
-            ``data(generator) -> batch`` that returns one minibatch.
+            ``data(generator) -> batch`` that returns one minibatch ``(x, y)``; with a callable,
+            ``full_batch()`` (the final-loss evaluation) is the batch it returns for a generator
+            seeded with 0.
         loss_fn: ``loss_fn(output, y) -> scalar``. Default ``None``: cross-entropy when ``y`` is
             an integer tensor, else mean squared error.
         batch_size: examples per minibatch when ``data`` is ``(X, y)``. Default 64; ``None`` means
