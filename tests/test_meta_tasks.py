@@ -69,3 +69,17 @@ def test_bad_task_inputs_raise_readable_errors():
         T.ModuleTask(torch.nn.Linear(1, 1), (torch.zeros(3, 1), torch.zeros(2)))
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         T.ModuleTask(torch.nn.Linear(1, 1), (torch.zeros(3, 1), torch.zeros(3)), batch_size=0)
+
+
+def test_module_task_with_a_batch_sampler():
+    def sampler(gen):
+        x = torch.randn(8, 2, generator=gen)
+        return x, x.sum(1, keepdim=True)
+
+    task = T.ModuleTask(torch.nn.Linear(2, 1), sampler)
+    params = task.init_params(torch.Generator().manual_seed(0))
+    b1 = task.sample_batch(torch.Generator().manual_seed(3))
+    b2 = task.sample_batch(torch.Generator().manual_seed(3))
+    assert torch.equal(b1[0], b2[0])
+    assert torch.equal(task.full_batch()[0], task.full_batch()[0])
+    assert math.isfinite(float(task.loss(params, b1).detach()))
