@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from learned_optim import CoordinatewiseLSTM
 
@@ -13,3 +14,28 @@ def random_net() -> CoordinatewiseLSTM:
         net.head_weight.copy_(torch.randn(net.head_weight.shape, generator=gen) * 0.5)
         net.head_bias.copy_(torch.randn(net.head_bias.shape, generator=gen) * 0.2)
     return net
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_2(fn, args) -> None:
+    """``mp.spawn(fn, (port, *args), nprocs=2)`` with a fresh free port, retried once (with a new
+    port) if a worker was killed by a signal.
+
+    gloo worker processes have been seen (1 run in 9 here) to abort at interpreter teardown
+    ("terminate called without an active exception") after their work was done. A worker that
+    raises (a failed assertion) is never retried: ``ProcessRaisedException`` propagates.
+    """
+    for attempt in range(2):
+        try:
+            mp.spawn(fn, args=(free_port(), *args), nprocs=2, join=True)
+            return
+        except mp.ProcessExitedException as e:
+            if attempt == 1 or e.exit_code is None or e.exit_code >= 0:
+                raise

@@ -5,14 +5,14 @@ single-process run of the same global batches.
 """
 
 import os
-import socket
 import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
+
+from conftest import spawn_2
 
 from learned_optim import CoordinatewiseLSTM, LearnedOptimizer
 
@@ -58,12 +58,6 @@ def _reference(steps):
     opt = LearnedOptimizer(model.parameters(), _net(), lr=1e-2, weight_decay=0.01)
     _train(model, opt, steps)
     return [p.detach() for p in model.parameters()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _setup(rank, port):
@@ -128,7 +122,7 @@ def _worker(rank, port, mode, out, ckpt_dir):
 def _run(mode):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "params.pt")
-        mp.spawn(_worker, args=(_free_port(), mode, out, os.path.join(tmp, "ckpt")), nprocs=WORLD, join=True)
+        spawn_2(_worker, (mode, out, os.path.join(tmp, "ckpt")))
         return torch.load(out, weights_only=True), torch.load(out + ".rank1", weights_only=True)
 
 

@@ -134,3 +134,14 @@ def test_few_shot_benchmark_quick(tmp_path):
             assert 0 <= r["accuracy"] <= 1 and r["ci95"] >= 0
     assert (tmp_path / "few_shot.md").read_text().count("|") > 10
     assert (tmp_path / "few_shot.png").stat().st_size > 1000
+
+
+def test_cli_preset_trains_few_shot_weights(tmp_path):
+    from learned_optim.cli import main
+
+    args = ["meta-train", "--config", "few-shot", "--out", str(tmp_path), "--no-progress"]
+    for kv in ("meta_steps=2", "meta_batch=2", "tune_episodes=2", "inner_steps=2", "hidden=4"):
+        args += ["--set", kv]
+    assert main(args) == 0
+    assert from_pretrained(tmp_path).provenance["few_shot_config"]["inner_steps"] == 2
+    assert main(["meta-train", "--config", "few-shot", "--out", str(tmp_path), "--set", "n_way=1"]) == 2

@@ -1,21 +1,14 @@
 """Distributed meta-training: 1 and 2 processes (gloo, spawned here) follow the same meta-trajectory."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import spawn_2
 from learned_optim.meta import MetaTrainer, get_preset, meta_train
 
 CONFIG = get_preset("tiny").replace(slot_rng=True, num_trajectories=3)  # 3 slots: uneven split 2 + 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, port, out, errfile):
@@ -37,7 +30,7 @@ def _worker(rank, port, out, errfile):
 def test_two_processes_match_one(tmp_path):
     one, two, err = tmp_path / "one", tmp_path / "two", tmp_path / "err.txt"
     meta_train(CONFIG, one, progress=False)
-    mp.spawn(_worker, args=(_free_port(), str(two), str(err)), nprocs=2, join=True)
+    spawn_2(_worker, (str(two), str(err)))
 
     assert "slot_rng" in err.read_text()
     ck1 = torch.load(one / "checkpoint.pt", weights_only=True)

@@ -6,6 +6,7 @@ Examples::
     learned-optim meta-train --config my_run.json --out runs/a --resume
     learned-optim meta-train --config tiny --out runs/ft --init adam-equivalent
     torchrun --nproc_per_node 2 -m learned_optim.cli meta-train --config default --set slot_rng=true --out runs/d
+    learned-optim meta-train --config few-shot --out pretrained/lstm-fewshot-digits   # the few-shot weights
 
 ``--config`` is a preset name (``learned_optim.meta.PRESETS``) or a JSON file holding
 ``MetaTrainConfig`` fields, optionally ``{"preset": "default", ...overrides}``. ``--set KEY=VALUE``
@@ -27,7 +28,8 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="default",
-                        help=f"preset name ({', '.join(sorted(PRESETS))}) or a JSON config file (default: default)")
+                        help=f"preset name ({', '.join(sorted(PRESETS))}, or {FEW_SHOT_PRESET} for the few-shot inner "
+                             f"optimizer) or a JSON config file (default: default)")
     parser.add_argument("--out", required=True, help="output directory: weights, checkpoint.pt, log.jsonl")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt (starts fresh if there is none)")
@@ -51,8 +53,32 @@ def _parse_overrides(items: list[str]) -> dict:
     return out
 
 
+FEW_SHOT_PRESET = "few-shot"
+
+
+def _run_few_shot(args: argparse.Namespace) -> int:
+    """``--config few-shot``: the few-shot inner-optimizer family (``learned_optim.meta.few_shot``),
+    which has its own config (``FewShotConfig``; ``--set`` overrides its fields)."""
+    from .few_shot import FewShotConfig, train_few_shot
+
+    if args.resume or args.init:
+        print("learned-optim meta-train: error: --config few-shot takes neither --resume nor --init "
+              "(set start_from with --set start_from=NAME)", file=sys.stderr)
+        return 2
+    try:
+        cfg = FewShotConfig.from_dict(_parse_overrides(args.overrides))
+        _, prov = train_few_shot(cfg, out=args.out, progress=not args.no_progress)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"learned-optim meta-train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"saved {args.out} (few-shot inner optimizer, inner_lr {prov['inner_lr']:.4g}, {prov['wall_time_s']} s)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``meta_train`` from parsed arguments; returns the exit status (2 on bad input)."""
+    if args.config == FEW_SHOT_PRESET:
+        return _run_few_shot(args)
     try:
         config = load_config(args.config)
         overrides = _parse_overrides(args.overrides)
