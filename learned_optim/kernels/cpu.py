@@ -342,20 +342,9 @@ def _split(numels: list[int], parts: int) -> list[torch.Tensor]:
     parts = max(1, min(parts, -(-total // (64 * TILE))))
     per = -(-total // parts)
     per = -(-per // TILE) * TILE
-    out, cur, room = [], [], per
-    for i, n in enumerate(numels):
-        s = 0
-        while s < n:
-            take = min(room, n - s)
-            cur.append((i, s, s + take))
-            s += take
-            room -= take
-            if room == 0:
-                out.append(cur)
-                cur, room = [], per
-    if cur:
-        out.append(cur)
-    return [torch.tensor(t, dtype=torch.int64).reshape(-1, 3) for t in out if t]
+    from ..update import _chunk_plan  # the same walk the torch path chunks with
+
+    return [torch.tensor(t, dtype=torch.int64).reshape(-1, 3) for t in _chunk_plan(numels, per) if t]
 
 
 def _weights(rule, cdt):
