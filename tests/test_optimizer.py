@@ -486,3 +486,12 @@ def test_huge_finite_gradient_is_not_skipped():
         opt.step()
     assert opt.state[p]["step"].item() == 1
     torch.testing.assert_close(p.detach(), torch.full((4,), -0.1), rtol=1e-5, atol=0)
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    import learned_optim.optimizer
+
+    result = doctest.testmod(learned_optim.optimizer)
+    assert result.attempted > 0 and result.failed == 0
