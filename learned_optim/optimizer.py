@@ -181,10 +181,12 @@ class LearnedOptimizer(Optimizer):
         self.chunk_size = chunk_size
         self.state_dtype = state_dtype
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
+        self._state_unchecked = False  # set by load_state_dict: validate that state once in step()
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_state_unchecked", True)
         self.__dict__.setdefault("state_dtype", None)
         for group in self.param_groups:
             group.setdefault("maximize", False)
@@ -255,10 +257,18 @@ class LearnedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._state_unchecked:
+            # State that came through load_state_dict is checked once, before its first use;
+            # state created by _init_state has the right shapes by construction.
+            for gi, group in enumerate(self.param_groups):
+                for pi, p in enumerate(group["params"]):
+                    if self.state.get(p):
+                        self._check_state(gi, pi, p, self.state[p])
+            self._state_unchecked = False
         skipped = 0
         for gi, group in enumerate(self.param_groups):
-            buckets: dict[tuple, list[list]] = {}
-            meshes: dict[int, Any] = {}  # bucket -> device mesh of its DTensor params
+            # (device, compute dtype, id of the DTensor mesh) -> (mesh, the 7 tensor lists)
+            buckets: dict[tuple, tuple[Any, list[list]]] = {}
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
@@ -269,17 +279,14 @@ class LearnedOptimizer(Optimizer):
                         f"needs dense gradients: use nn.Embedding(..., sparse=False) (the default)"
                     )
                 state = self._init_state(p)
-                self._check_state(gi, pi, p, state)
                 mesh = p.device_mesh if isinstance(p, DTensor) else None
                 key = (p.device, _compute_dtype(p.dtype), id(mesh))
-                lists = buckets.setdefault(key, [[] for _ in range(7)])
-                if mesh is not None:
-                    meshes[id(lists)] = mesh
+                _, lists = buckets.setdefault(key, (mesh, [[] for _ in range(7)]))
                 for lst, t in zip(lists, (p, g, state["exp_avg"], state["exp_avg_sq"],
                                           state["lstm_h"], state["lstm_c"], state["step"])):
                     lst.append(_local(t))
-            for lists in buckets.values():
-                lists, n_bad = self._drop_nonfinite(lists, meshes.get(id(lists)))
+            for mesh, lists in buckets.values():
+                lists, n_bad = self._drop_nonfinite(lists, mesh)
                 skipped += n_bad
                 learned_update(
                     *lists,
@@ -326,6 +333,7 @@ class LearnedOptimizer(Optimizer):
         tensors after the base class has matched saved ids to parameters.
         """
         super().load_state_dict(state_dict)
+        self._state_unchecked = True
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         id_map = dict(zip(saved_ids, params))
