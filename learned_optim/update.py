@@ -455,7 +455,7 @@ def _batched_torch_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs
         from .kernels import cpu as cpu_kernel
 
         fused = [i for i in todo if cpu_kernel.supports(p_f[i], g_f[i], m_f[i], v_f[i], h_f[i], c_f[i], hs)]
-        if fused and cpu_kernel.available():
+        if fused and cpu_kernel.available(hs, rule.config.num_features):
             cpu_kernel.run(*([lst[i] for i in fused] for lst in (p_f, g_f, m_f, v_f, h_f, c_f)),
                            [ib1[i] for i in fused], [sib2[i] for i in fused], rule=rule, cdt=cdt)
             done = set(fused)
