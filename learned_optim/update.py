@@ -9,9 +9,10 @@ Two layers, like torch/optim/adam.py:
 
   - ``"reference"``: ``lstm_rule`` per parameter tensor. Slow, obviously correct.
   - ``"torch"``: all coordinates of all tensors in one batched pass (the CPU fast path). On CPU,
-    fp32/fp64 tensors (and bf16 LSTM state) go through one fused C loop over L1-sized tiles
-    (``learned_optim.kernels.cpu``: compiled with gcc at first use; ``LEARNED_OPTIM_C_KERNEL=0``
-    or a missing compiler fall back to the next form). Everything else runs an eager loop over
+    fp32/fp64 tensors (and bf16 LSTM state) go through one fused C loop, one pass per coordinate
+    with everything in registers (``learned_optim.kernels.cpu``: compiled with gcc at first use,
+    an AVX-512 version for fp32 where the CPU has it; ``LEARNED_OPTIM_C_KERNEL=0`` or a missing
+    compiler fall back to the next form). Everything else runs an eager loop over
     cache-sized chunks: large tensors in place through strided views, small ones packed
     together, feature-major preallocated buffers, ~30 torch ops per chunk.
   - ``"triton"``: the fused multi-tensor Triton kernel (``learned_optim.kernels``): one launch
@@ -19,7 +20,8 @@ Two layers, like torch/optim/adam.py:
   - ``"auto"``: ``"triton"`` for CUDA tensors when Triton is importable, else ``"torch"``.
 
 Measured on the 2-core AMD EPYC the benchmarks run on, one thread, 1e6 parameters, default
-config: eager chunk loop ~27-35 ms per step, C loop ~14 ms (``benchmarks/profile_step.py``).
+config: eager chunk loop ~27-35 ms per step, portable C loop ~13.6 ms, AVX-512 C loop ~8.6 ms
+(``benchmarks/profile_step.py``, ``benchmarks/speed.py``).
 
 The rule (per coordinate, step t counted from 1, all maths in fp32 or fp64):
 

@@ -42,7 +42,11 @@ def _batch(step: int):
     return torch.randn(GLOBAL_BATCH, 6, generator=gen), torch.randint(0, 3, (GLOBAL_BATCH,), generator=gen)
 
 
-def _train(model, opt, steps, start=0, rank=None):
+# "fsdp_nan": at this step one element of rank 1's shard of the first weight's gradient is NaN.
+NAN_STEP = 3
+
+
+def _train(model, opt, steps, start=0, rank=None, poison=None):
     for i in range(start, start + steps):
         x, y = _batch(i)
         if rank is not None:  # each rank takes its half of the global batch
@@ -50,14 +54,29 @@ def _train(model, opt, steps, start=0, rank=None):
             x, y = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
+        if poison is not None and i == NAN_STEP:
+            poison()
         opt.step()
 
 
-def _reference(steps):
+def _reference(steps, nan_step=False):
     model = _model()
     opt = LearnedOptimizer(model.parameters(), _net(), lr=1e-2, weight_decay=0.01)
-    _train(model, opt, steps)
+
+    def poison():  # single process: the whole first weight's update is skipped at NAN_STEP
+        model[0].weight.grad[-1, 0] = float("nan")
+
+    with pytest.warns(RuntimeWarning, match="1 parameter") if nan_step else _no_context():
+        _train(model, opt, steps, poison=poison if nan_step else None)
     return [p.detach() for p in model.parameters()]
+
+
+class _no_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _setup(rank, port):
@@ -90,6 +109,24 @@ def _worker(rank, port, mode, out, ckpt_dir):
             opt = LearnedOptimizer(model.parameters(), _net(), lr=1e-2, weight_decay=0.01)
             if mode == "fsdp":
                 _train(model, opt, STEPS, rank=rank)
+            elif mode == "fsdp_nan":
+                # The NaN lands in rank 1's shard only (rows 4..6 of 7). Both ranks must skip the
+                # whole parameter that step (the cross-rank MIN of the finite flags), or its
+                # shards would step a different number of times.
+                import warnings
+
+                def poison():
+                    if rank == 1:
+                        model[0].weight.grad.to_local()[-1, 0] = float("nan")
+
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    _train(model, opt, STEPS, rank=rank, poison=poison)
+                msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+                assert len(msgs) == 1 and "1 parameter(s) had non-finite" in msgs[0], msgs
+                steps = [float(opt.state[p]["step"].full_tensor() if hasattr(opt.state[p]["step"], "full_tensor")
+                               else opt.state[p]["step"]) for p in model.parameters()]
+                assert steps == [STEPS - 1] + [STEPS] * (len(steps) - 1), steps
             else:  # "fsdp_resume": k steps, sharded checkpoint, fresh model + optimizer, k more
                 import torch.distributed.checkpoint as dcp
                 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -126,10 +163,10 @@ def _run(mode):
         return torch.load(out, weights_only=True), torch.load(out + ".rank1", weights_only=True)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp_resume"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp_resume", "fsdp_nan"])
 def test_distributed_matches_single_process(mode):
     rank0, rank1 = _run(mode)
-    ref = _reference(STEPS)
+    ref = _reference(STEPS, nan_step=mode == "fsdp_nan")
     for a, b, r in zip(rank0, rank1, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # ranks agree exactly
         torch.testing.assert_close(a, r, rtol=0, atol=1e-5)

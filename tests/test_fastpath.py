@@ -582,3 +582,27 @@ def test_simd_approximations_are_accurate(fn, lo, hi, ref, tol):
         lib.lo_simd_exp2(1, zero.data_ptr(), y.data_ptr())
         lib.lo_simd_rcp1p(1, one.data_ptr(), zero.data_ptr())
         assert y[0].item() == 1.0 and zero[0].item() == 0.5
+
+
+@pytest.mark.parametrize("loop", LOOPS_FP32)
+def test_nonfinite_state_propagates_like_the_reference(loop):
+    """A NaN or inf in the LSTM state (which step() never creates and load_state_dict rejects)
+    must not be laundered into finite values by a fast path's clamps: the coordinates the
+    reference makes non-finite are the same ones, and the others agree."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    case = make_case([(97,), (50,)], gen, dtype=torch.float32)
+    case[0]["h"][1, 5] = float("nan")
+    case[0]["c"][2, 60] = float("nan")
+    case[1]["m"][7] = float("nan")
+    grads_seq = [grads_for(case, gen)]
+    want = run(case, grads_seq, net, impl="reference")
+    with cpu_loop(loop):
+        got = run(case, grads_seq, net, impl="torch")
+    for a, b in zip(got, want):
+        for key in ("p", "h", "c"):
+            bad = ~torch.isfinite(b[key])
+            assert bad.any() or key != "p"
+            assert torch.equal(~torch.isfinite(a[key]), bad), f"seed={seed} {loop} {key}"
+            torch.testing.assert_close(a[key][~bad], b[key][~bad], rtol=1e-5, atol=1e-5)

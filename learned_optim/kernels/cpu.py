@@ -6,8 +6,8 @@ same maths as one C loop over the coordinates: each coordinate's g, m, v, p, h, 
 and written once, and everything in between (features, 4H gates, cell, head) stays in registers.
 Two versions of that loop:
 
-* a portable one (``_BODY``), vectorized by GCC (``-O3 -march=native -ffast-math``; fp32 exp is
-  an inlined polynomial, fp64 calls glibc's vectorized exp): the fp64 loop everywhere, and the
+* a portable one (``_BODY``), vectorized by GCC (``-O3 -march=native -ffast-math``; exp is an
+  inlined polynomial in fp32 and fp64): the fp64 loop everywhere, and the
   fp32 loop on CPUs without AVX-512 (13.6 ns/coordinate at 1e6 parameters on this machine);
 * an AVX-512 one for fp32 (``_SIMD_BODY``), built where ``-march=native`` has AVX-512F
   (8.6 ns/coordinate here); ``LEARNED_OPTIM_C_SIMD=0`` switches it off.
@@ -160,6 +160,33 @@ static inline float lo_expf(float x) {
     memcpy(&scale, &bits, 4);
     return e * scale;
 }
+static inline double lo_exp(double x) {
+    /* the fp64 twin of lo_expf: ln 2 split into a head (fdlibm's ln2_hi, 32 significant bits: n *
+       head is exact for every |n| <= 1023) and a tail, Taylor to r^12 on |r| <= ln2/2 (truncation < 2e-17, below half an ulp). Inline
+       instead of glibc's vectorized exp, which is only declared under -ffinite-math-only, and
+       that flag lets GCC drop NaN propagation from the clamps. Clamped to [-708, 709]. */
+    x = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
+    double n = rint(x * 1.4426950408889634);
+    double r = x - n * 0.6931471803691238;
+    r = r - n * 1.9082149292705877e-10;
+    double e = 1.0 / 479001600.0;
+    e = e * r + 1.0 / 39916800.0;
+    e = e * r + 1.0 / 3628800.0;
+    e = e * r + 1.0 / 362880.0;
+    e = e * r + 1.0 / 40320.0;
+    e = e * r + 1.0 / 5040.0;
+    e = e * r + 1.0 / 720.0;
+    e = e * r + 1.0 / 120.0;
+    e = e * r + 1.0 / 24.0;
+    e = e * r + 1.0 / 6.0;
+    e = e * r + 0.5;
+    e = e * r + 1.0;
+    e = e * r + 1.0;
+    int64_t bits = ((int64_t)n + 1023) << 52;
+    double scale;
+    memcpy(&scale, &bits, 8);
+    return e * scale;
+}
 static inline float bf16_load(uint16_t b) { uint32_t u = ((uint32_t)b) << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline uint16_t bf16_store(float f) {
     /* round to nearest even, as torch's fp32 -> bf16 conversion; NaN stays NaN */
@@ -198,7 +225,8 @@ typedef __m512 V;
 static inline V v_exp2(V x) {
     /* 2^x = 2^n 2^f, n = round(x), f = x - n in [-1/2, 1/2] (exact). Clamped to [-125, 126] so
        the result stays a normal float and 1 + 2^x finite (as lo_expf's [-87, 88] in base e). */
-    x = _mm512_min_ps(_mm512_max_ps(x, SET1(-125.0f)), SET1(126.0f));
+    /* operand order: maxps/minps return the second operand when one is NaN, so NaN stays NaN */
+    x = _mm512_min_ps(SET1(126.0f), _mm512_max_ps(SET1(-125.0f), x));
     const V n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = _mm512_sub_ps(x, n);
     /* degree-5 polynomial fitted to 2^f on [-1/2, 1/2] for relative error, constant term fixed
@@ -310,10 +338,10 @@ void __NAME__(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const in
                 const V a = _mm512_mul_ps(_mm512_mul_ps(mv, ib1), rd), gn = _mm512_mul_ps(gv, rd);
                 av[u] = a;
                 const V f0 = _mm512_fmadd_ps(s0g, gn, _mm512_mul_ps(s0a, a));
-                x[u][0] = _mm512_min_ps(_mm512_max_ps(f0, nclip), clip);
+                x[u][0] = _mm512_min_ps(clip, _mm512_max_ps(nclip, f0)); /* NaN stays NaN, as torch.clamp */
                 if (FF > 1) {
                     const V f1 = _mm512_fmadd_ps(s1g, gn, _mm512_mul_ps(s1a, a));
-                    x[u][FF - 1] = _mm512_min_ps(_mm512_max_ps(f1, nclip), clip);
+                    x[u][FF - 1] = _mm512_min_ps(clip, _mm512_max_ps(nclip, f1));
                 }
                 #pragma GCC unroll 32
                 for (int q = 0; q < HH; q++) x[u][FF + q] = __LDS__(h + q * n + j, km[u]);
@@ -373,7 +401,7 @@ _SIMD_VARIANTS = {
 _VARIANTS = {
     "lo_f32": ("float", "float", "", "", "lo_expf", "sqrtf"),
     "lo_f32_bf16": ("float", "uint16_t", "bf16_load", "bf16_store", "lo_expf", "sqrtf"),
-    "lo_f64": ("double", "double", "", "", "exp", "sqrt"),
+    "lo_f64": ("double", "double", "", "", "lo_exp", "sqrt"),
 }
 
 
@@ -394,11 +422,13 @@ def _source(hidden_size: int, num_features: int) -> str:
     return "\n".join(parts)
 
 
-# -ffast-math at compile time only: it lets GCC vectorize exp through libmvec. Linking without it
-# keeps crtfastmath.o out of the library, which would otherwise switch the whole process to
-# flush-denormals-to-zero when the library loads.
-_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c11"]
-_LDFLAGS = ["-shared", "-lm", "-lmvec"]
+# -ffast-math lets GCC vectorize the portable loop (its clamps become min/max, products contract
+# to FMAs); -fno-finite-math-only keeps NaN semantics, so a NaN in the state stays NaN as in the
+# torch paths (tested). Every exp is inline (lo_expf, lo_exp, v_exp2): no libmvec. Linking
+# without -ffast-math keeps crtfastmath.o out of the library, which would otherwise switch the
+# whole process to flush-denormals-to-zero when the library loads.
+_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-std=c11"]
+_LDFLAGS = ["-shared", "-lm"]
 
 _lock = threading.Lock()
 _libs: dict[tuple[int, int], ctypes.CDLL] = {}  # (hidden size, feature count) -> library
