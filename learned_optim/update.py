@@ -20,7 +20,7 @@ Two layers, like torch/optim/adam.py:
   - ``"auto"``: ``"triton"`` for CUDA tensors when Triton is importable, else ``"torch"``.
 
 Measured on the 2-core AMD EPYC the benchmarks run on, one thread, 1e6 parameters, default
-config: eager chunk loop ~27-35 ms per step, portable C loop ~13.6 ms, AVX-512 C loop ~8.6 ms
+config: eager chunk loop ~37 ms per step, portable C loop ~14.4 ms, AVX-512 C loop ~8.2 ms
 (``benchmarks/profile_step.py``, ``benchmarks/speed.py``).
 
 The rule (per coordinate, step t counted from 1, all maths in fp32 or fp64):

@@ -270,3 +270,23 @@ def test_task_table_is_held_out_and_long():
     # Meta-training's inner horizons stop at 200 steps; one task runs 10x that.
     assert any(t.long_horizon and t.steps >= 2000 for t in tasks.TASKS)
     assert all(t.steps > 200 for t in tasks.TASKS)
+
+
+def test_path_sensitivity_quick_outputs_are_well_formed(tmp_path):
+    """benchmarks/path_sensitivity.py --quick: every requested path that runs here is reported for
+    every task and seed, with finite losses (20 steps cannot diverge a sane optimizer)."""
+    proc = _run_script("path_sensitivity", "--quick", "--tasks", "iris_deep_mlp", "wine_mlp",
+                       "--paths", "portable", "eager", "--out", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = _strict_json(tmp_path / "path_sensitivity.json")
+    assert res["benchmark"] == "path_sensitivity" and res["quick"] is True
+    ran = res["paths"]
+    assert set(ran) | set(res["skipped_paths"]) == {"portable", "eager"} and "eager" in ran
+    for path in ran:
+        for task in ("iris_deep_mlp", "wine_mlp"):
+            run = res["runs"][path][task]
+            assert run["steps"] == 20 and len(run["final"]) == len(res["seeds"]) == 2
+            assert all(math.isfinite(x) and x < i for x, i in zip(run["final"], run["initial"]))
+    md = (tmp_path / "path_sensitivity.md").read_text()
+    assert "QUICK RUN" in md and "| iris_deep_mlp | 20 | eager |" in md
+    _check_png(tmp_path / "path_sensitivity.png")

@@ -8,9 +8,9 @@ Two versions of that loop:
 
 * a portable one (``_BODY``), vectorized by GCC (``-O3 -march=native -ffast-math``; exp is an
   inlined polynomial in fp32 and fp64): the fp64 loop everywhere, and the
-  fp32 loop on CPUs without AVX-512 (13.6 ns/coordinate at 1e6 parameters on this machine);
+  fp32 loop on CPUs without AVX-512 (14.4 ms per step at 1e6 parameters on this machine, one thread);
 * an AVX-512 one for fp32 (``_SIMD_BODY``), built where ``-march=native`` has AVX-512F
-  (8.6 ns/coordinate here); ``LEARNED_OPTIM_C_SIMD=0`` switches it off.
+  (8.2 ms there; ``benchmarks/profile_step.py``); ``LEARNED_OPTIM_C_SIMD=0`` switches it off.
 
 One library per network shape (hidden size H, feature count F): they are compile-time constants,
 so the per-coordinate loops over hidden units unroll and the coordinate loop vectorizes.
