@@ -9,7 +9,7 @@ Two versions of that loop:
 * a portable one (``_BODY``), vectorized by GCC (``-O3 -march=native -ffast-math``; exp is an
   inlined polynomial in fp32 and fp64): the fp64 loop everywhere, and the
   fp32 loop on CPUs without AVX-512 (14.4 ms per step at 1e6 parameters on this machine, one thread);
-* an AVX-512 one for fp32 (``_SIMD_BODY``), built where ``-march=native`` has AVX-512F
+* an AVX-512 one for fp32 (``_SIMD_BODY``), built where ``-march=native`` has AVX-512F, BW and VL
   (8.2 ms there; ``benchmarks/profile_step.py``); ``LEARNED_OPTIM_C_SIMD=0`` switches it off.
 
 One library per network shape (hidden size H, feature count F): they are compile-time constants,
@@ -181,9 +181,9 @@ static inline uint16_t bf16_store(float f) {
 """.replace("__EXPS__", _EXPS)
 
 _SIMD = r"""
-/* The fp32 loop again, hand-vectorized for AVX-512 (GCC compiles it only where -march=native
-   has AVX-512F; elsewhere the portable loop above runs). Why a second copy of the maths: the
-   step is ~25 vector instructions per coordinate, most of them in the 23 exps (5 per hidden
+/* The fp32 loop again, hand-vectorized for AVX-512 (compiled only where -march=native has
+   AVX-512F, BW and VL, the last two for the bf16 state's loads and stores; elsewhere the
+   portable loop above runs). Why a second copy of the maths: the step is ~25 vector instructions per coordinate, most of them in the 23 exps (5 per hidden
    unit, 3 in the head), so the cost of each exp decides the speed. Here:
      - exp(z) is 2^(z log2 e), with log2 e, the sign and the 2 of sigmoid(z) = 1/(1+exp(-z)) and
        tanh(z) = 2/(1+exp(-2z)) - 1 folded into the gate and head weights on entry: each exp is
@@ -198,7 +198,7 @@ _SIMD = r"""
    fp64 reference and these approximations directly.
    The moments keep an exact sqrt and division (the zero-head Adam test holds to 1e-6).
    Tails use masked loads/stores: masked-off lanes compute on zeros, which are finite. */
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 int lo_simd(void) { return 1; }
 #define U 3 /* vectors side by side: 2 -> 7.7, 3 -> 7.5, 4 -> 7.6 ns/coordinate here */
@@ -269,7 +269,7 @@ int lo_simd(void) { return 0; }
 """
 
 _SIMD_BODY = r"""
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 void __NAME__(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int64_t* numels, int64_t T,
           const float* coefs, const float* w, const float* bias, const float* hw, const float* hb,
           const float* k, int kind0, int kind1, int maximize) {
