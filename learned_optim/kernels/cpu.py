@@ -183,8 +183,9 @@ static inline uint16_t bf16_store(float f) {
 _SIMD = r"""
 /* The fp32 loop again, hand-vectorized for AVX-512 (compiled only where -march=native has
    AVX-512F, BW and VL, the last two for the bf16 state's loads and stores; elsewhere the
-   portable loop above runs). Why a second copy of the maths: the step is ~25 vector instructions per coordinate, most of them in the 23 exps (5 per hidden
-   unit, 3 in the head), so the cost of each exp decides the speed. Here:
+   portable loop above runs). Why a second copy of the maths: the step is ~25 vector
+   instructions per coordinate, most of them in the 23 exps (5 per hidden unit, 3 in the head),
+   so the cost of each exp decides the speed. Here:
      - exp(z) is 2^(z log2 e), with log2 e, the sign and the 2 of sigmoid(z) = 1/(1+exp(-z)) and
        tanh(z) = 2/(1+exp(-2z)) - 1 folded into the gate and head weights on entry: each exp is
        then a round, a subtraction, a degree-5 polynomial and one vscalefps for 2^n;
