@@ -264,13 +264,15 @@ def test_installed_package_carries_shipped_weights(tmp_path):
     """From outside the checkout, the installed package must find its own pretrained/ (the wheel
     carries it as package data). Skipped when the package is not installed non-editable."""
     code = "import learned_optim, learned_optim.hub as h; print(learned_optim.__file__); print(h.shipped_dir()); " \
-           "print(h.from_pretrained(None).config.hidden_size)"
+           "print(h.from_pretrained(None).config.hidden_size); " \
+           "print((h.shipped_dir() / 'lstm-fewshot-digits-init' / 'few_shot_init.safetensors').is_file())"
     out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     if out.returncode != 0 or "site-packages" not in out.stdout.splitlines()[0]:
         pytest.skip("learned_optim is not installed as a wheel in this environment")
     lines = out.stdout.splitlines()
     assert Path(lines[1]).is_relative_to(Path(lines[0]).parent), lines
     assert int(lines[2]) >= 1
+    assert lines[3] == "True", "the wheel must carry the few-shot learned init next to its weights"
 
 
 def test_public_api():

@@ -78,6 +78,10 @@ class FewShotConfig:
         start_from: weights to start from (shipped name, directory or Hub id). Default
             "adam-equivalent": the untrained rule is Adam, so training starts from a baseline.
         tune_episodes: meta-training episodes used to pick each method's lr on the grid. Default 100.
+        learn_init: also meta-learn the MLP's initialisation (MAML-style), saved next to the
+            weights as ``few_shot_init.safetensors``; every episode then starts from it instead
+            of a fresh default init. The benchmark's ``init="learned"`` gives each baseline its
+            own init meta-learned the same way for its inner loop. Default False.
     """
 
     seed: int = 0
@@ -93,6 +97,7 @@ class FewShotConfig:
     network: dict = dataclasses.field(default_factory=dict)
     start_from: str | None = "adam-equivalent"
     tune_episodes: int = 100
+    learn_init: bool = False
 
     def __post_init__(self) -> None:
         self.k_shots = tuple(self.k_shots)
@@ -106,6 +111,8 @@ class FewShotConfig:
             raise ValueError(f"k_shots must be a non-empty tuple of positive ints, got {self.k_shots!r}")
         if not (self.meta_lr > 0 and self.grad_clip > 0):
             raise ValueError("meta_lr and grad_clip must be > 0")
+        if not isinstance(self.learn_init, bool):
+            raise TypeError(f"learn_init must be True or False, got {self.learn_init!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -115,9 +122,10 @@ class FewShotConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FewShotConfig":
         d = dict(d)
-        # Written by the first release of this module: every episode used a random init, as now.
+        # Written by the first release of this module: every episode used a random init, which
+        # is learn_init=False.
         if d.get("init", "random") != "random":
-            raise ValueError(f"init={d['init']!r} is not supported; only a random init per episode is")
+            raise ValueError(f"init={d['init']!r} is not supported; use learn_init=true for a learned init")
         d.pop("init", None)
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
@@ -312,49 +320,57 @@ def tune_lr(
 # ------------------------------------------------------------------------------------- training
 
 
-def train_few_shot(
+def meta_train_inner(
+    method: str,
     cfg: FewShotConfig,
-    out: str | Path | None = None,
+    sampler: "EpisodeSampler",
+    d_in: int,
     *,
-    data: tuple[Tensor, Tensor, Sequence[int], Sequence[int]] | None = None,
+    lr0: float,
+    network: CoordinatewiseLSTM | None = None,
+    learn_rule: bool = False,
+    learn_init: bool = False,
     progress: bool = True,
-) -> tuple[CoordinatewiseLSTM, dict[str, Any]]:
-    """Meta-train the LSTM rule (and its step scale) as a few-shot inner optimizer.
+    desc: str = "few-shot meta-train",
+) -> tuple[float, Tensor | None, list[float]]:
+    """The few-shot meta-training loop, for any inner optimizer.
 
-    ``data`` = (X, y, meta-training classes, held-out classes); default ``digits_classes()``.
-    Held-out classes are not touched here. Saves to ``out`` (``save_pretrained`` format, with
-    the config, the meta-learned ``inner_lr`` and the wall time in the provenance) if given.
-    Returns (network, provenance).
+    Meta-parameters: the inner step scale (log lr, from ``lr0``) always; the LSTM rule's weights
+    with ``learn_rule`` (``method="learned"`` only); the model's initialisation with
+    ``learn_init`` (MAML-style: one flat parameter vector every episode starts from; otherwise a
+    fresh PyTorch-default init per episode). Meta-gradients flow through all ``inner_steps``
+    updates (full second order). ``cfg.meta_steps`` Adam steps on ``cfg.meta_batch`` episodes
+    each, meta-gradient norm clipped to ``cfg.grad_clip``.
+
+    Returns (final inner lr, the learned init or None, per-step mean query loss).
     """
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    x, y, train_classes, _ = data if data is not None else digits_classes()
-    sampler = EpisodeSampler(x, y, train_classes, cfg.n_way, cfg.q_query)
-    if cfg.start_from is not None:
-        net = from_pretrained(cfg.start_from)
-    else:
-        net = CoordinatewiseLSTM(LSTMOptimizerConfig(**cfg.network), seed=cfg.seed)
-    # The step scale starts at the best lr of the untrained rule (= Adam) on meta-training episodes.
-    lr0, _ = tune_lr("learned", sampler, cfg, cfg.k_shots[0], network=net, episodes=min(cfg.tune_episodes, 50),
-                     seed=cfg.seed + 1)
+    if learn_rule and method != "learned":
+        raise ValueError(f"learn_rule=True needs method='learned', got method={method!r}")
     log_lr = nn.Parameter(torch.tensor(math.log(lr0)))
-    meta_params = [*net.parameters(), log_lr]
-    d_in = x.shape[1]
+    # this order (rule, lr, init) keeps the shipped weights reproducible: the clip's total norm
+    # sums in it
+    meta_params = [*network.parameters(), log_lr] if learn_rule else [log_lr]
+    theta_init = None
+    if learn_init:
+        # starts from one draw of the default init (its own stream: the episodes are unchanged)
+        theta_init = nn.Parameter(init_params(d_in, cfg.hidden, cfg.n_way, torch.Generator().manual_seed(cfg.seed + 3)))
+        meta_params.append(theta_init)
     opt = torch.optim.Adam(meta_params, lr=cfg.meta_lr)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     history = []
-    bar = tqdm(range(cfg.meta_steps), desc="few-shot meta-train", disable=not progress)
+    bar = tqdm(range(cfg.meta_steps), desc=desc, disable=not progress)
     for step in bar:
         opt.zero_grad()
         total = 0.0
         for _ in range(cfg.meta_batch):
             k = cfg.k_shots[int(torch.randint(len(cfg.k_shots), (1,), generator=gen))]
             xs, ys, xq, yq = sampler.sample(k, gen)
-            theta0 = init_params(d_in, cfg.hidden, cfg.n_way, gen)
-            theta, _ = adapt("learned", theta0, (xs, ys), steps=cfg.inner_steps, lr=log_lr.exp(), hidden=cfg.hidden,
-                             n_way=cfg.n_way, network=net, create_graph=True)
+            fresh = init_params(d_in, cfg.hidden, cfg.n_way, gen)  # drawn either way: same episode stream
+            theta0 = theta_init if learn_init else fresh
+            theta, _ = adapt(method, theta0, (xs, ys), steps=cfg.inner_steps, lr=log_lr.exp(), hidden=cfg.hidden,
+                             n_way=cfg.n_way, network=network, create_graph=True)
             loss = _query_loss(theta, (xq, yq), cfg.hidden, cfg.n_way) / cfg.meta_batch
             if not torch.isfinite(loss):  # one exploding episode must not poison the meta-step
                 continue
@@ -366,19 +382,86 @@ def train_few_shot(
         history.append(total)
         if step % 10 == 0:
             bar.set_postfix(query_loss=f"{sum(history[-10:]) / len(history[-10:]):.3f}", lr=f"{log_lr.exp().item():.3g}")
+    return log_lr.detach().exp().item(), (theta_init.detach().clone() if learn_init else None), history
+
+
+INIT_FILE = "few_shot_init.safetensors"
+
+
+def save_init(theta: Tensor, directory: str | Path, cfg: FewShotConfig, d_in: int) -> Path:
+    """Save a learned initialisation (flat MLP parameters) next to the weights, as safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(directory) / INIT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"theta": theta.detach().float().contiguous()}, str(path),
+              metadata={"mlp": f"{d_in}-{cfg.hidden}-{cfg.n_way}", "layout": "w1, b1, w2, b2 flattened"})
+    return path
+
+
+def load_init(directory: str | Path, cfg: FewShotConfig, d_in: int) -> Tensor:
+    """The learned initialisation saved by ``save_init``; checks it fits the MLP of ``cfg``."""
+    from safetensors import safe_open
+
+    path = Path(directory) / INIT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: these weights have no learned initialisation "
+                                f"(train with learn_init=True, or evaluate with init='fresh')")
+    with safe_open(str(path), framework="pt") as f:
+        theta = f.get_tensor("theta")
+    want = sum(math.prod(s) for s in _layer_shapes(d_in, cfg.hidden, cfg.n_way))
+    if theta.dim() != 1 or theta.numel() != want or not torch.isfinite(theta).all():
+        raise ValueError(f"{path}: expected a finite flat vector of {want} values for the MLP "
+                         f"{d_in}-{cfg.hidden}-{cfg.n_way}, got shape {tuple(theta.shape)}")
+    return theta
+
+
+def train_few_shot(
+    cfg: FewShotConfig,
+    out: str | Path | None = None,
+    *,
+    data: tuple[Tensor, Tensor, Sequence[int], Sequence[int]] | None = None,
+    progress: bool = True,
+) -> tuple[CoordinatewiseLSTM, dict[str, Any]]:
+    """Meta-train the LSTM rule (and its step scale; with ``cfg.learn_init`` also the MLP's
+    initialisation, MAML-style) as a few-shot inner optimizer.
+
+    ``data`` = (X, y, meta-training classes, held-out classes); default ``digits_classes()``.
+    Held-out classes are not touched here. Saves to ``out`` (``save_pretrained`` format, with
+    the config, the meta-learned ``inner_lr`` and the wall time in the provenance; the learned
+    init as ``few_shot_init.safetensors``) if given. Returns (network, provenance).
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    x, y, train_classes, _ = data if data is not None else digits_classes()
+    sampler = EpisodeSampler(x, y, train_classes, cfg.n_way, cfg.q_query)
+    if cfg.start_from is not None:
+        net = from_pretrained(cfg.start_from)
+    else:
+        net = CoordinatewiseLSTM(LSTMOptimizerConfig(**cfg.network), seed=cfg.seed)
+    # The step scale starts at the best lr of the untrained rule (= Adam) on meta-training episodes.
+    lr0, _ = tune_lr("learned", sampler, cfg, cfg.k_shots[0], network=net, episodes=min(cfg.tune_episodes, 50),
+                     seed=cfg.seed + 1)
+    d_in = x.shape[1]
+    inner_lr, theta_init, history = meta_train_inner("learned", cfg, sampler, d_in, lr0=lr0, network=net,
+                                                     learn_rule=True, learn_init=cfg.learn_init, progress=progress)
     wall = time.perf_counter() - t0
     net.provenance = {
         "trained": True,
-        "kind": "few-shot inner optimizer",
-        "inner_lr": log_lr.detach().exp().item(),
+        "kind": "few-shot inner optimizer" + (" with a learned initialisation" if cfg.learn_init else ""),
+        "inner_lr": inner_lr,
         "few_shot_config": cfg.to_dict(),
         "meta_train_classes": [int(c) for c in train_classes],
         "wall_time_s": round(wall, 1),
         "torch_threads": torch.get_num_threads(),
         "final_query_loss_mean_last100": sum(history[-100:]) / max(1, len(history[-100:])),
     }
+    if cfg.learn_init:
+        net.provenance["learned_init"] = INIT_FILE
     if out is not None:
         save_pretrained(net, out)
+        if theta_init is not None:
+            save_init(theta_init, out, cfg, d_in)
     return net, net.provenance
 
 
@@ -401,10 +484,12 @@ def evaluate(
     lrs: dict[str, float],
     data=None,
     seed: int = 12345,
+    inits: dict[str, Tensor] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Held-out accuracy of each method in ``lrs`` ({method: inner lr}) on the same episodes and
-    initialisations: mean, 95% CI half-width, per-step accuracy curve."""
+    initialisations: mean, 95% CI half-width, per-step accuracy curve. A method in ``inits``
+    ({method: flat parameters}) starts every episode from its learned init instead."""
     from tqdm.auto import tqdm
 
     x, y, _, held = data if data is not None else digits_classes()
@@ -417,7 +502,8 @@ def evaluate(
     results = {}
     for method, lr in lrs.items():
         finals, curves = [], torch.zeros(cfg.inner_steps + 1)
-        for xs, ys, xq, yq, theta0 in tqdm(eps, desc=f"{cfg.n_way}-way {k_shot}-shot {method}", disable=not progress):
+        for xs, ys, xq, yq, fresh in tqdm(eps, desc=f"{cfg.n_way}-way {k_shot}-shot {method}", disable=not progress):
+            theta0 = inits[method] if inits and method in inits else fresh
             _, accs = adapt(method, theta0, (xs, ys), steps=cfg.inner_steps, lr=lr, hidden=cfg.hidden,
                             n_way=cfg.n_way, network=network, query=(xq, yq))
             finals.append(accs[-1])
@@ -440,22 +526,55 @@ def run_benchmark(
     k_shots: Sequence[int] = (1, 5),
     weights_name: str = "",
     command: str | None = None,
+    init: str = "fresh",
+    init_dir: str | Path | None = None,
+    baseline_meta_steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tune the baselines' lr on meta-training classes, evaluate all methods on held-out classes,
-    write ``few_shot.json``, ``few_shot.md`` and ``few_shot.png`` into ``out_dir``."""
+    write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``.
+
+    ``init="fresh"`` (stem ``few_shot``): every method starts each episode from the same fresh
+    default init. ``init="learned"`` (stem ``few_shot_learned_init``), the MAML-style policy: the
+    learned optimizer starts from the init it was meta-trained with (``few_shot_init.safetensors``
+    in ``init_dir``), and each baseline from an init meta-learned for its own inner loop here
+    (MAML for SGD), on the same meta-training episodes, for ``baseline_meta_steps`` (default: as
+    many as the learned optimizer had), its inner lr meta-learned too, starting from the tuned one.
+    """
+    if init not in ("fresh", "learned"):
+        raise ValueError(f"init must be 'fresh' or 'learned', got {init!r}")
+    if init == "learned" and init_dir is None:
+        raise ValueError("init='learned' needs init_dir= (the weights directory with few_shot_init.safetensors)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = digits_classes()
+    d_in = data[0].shape[1]
     sampler = EpisodeSampler(data[0], data[1], data[2], cfg.n_way, cfg.q_query)
     inner_lr = float(network.provenance.get("inner_lr", 0) or 0)
-    results, tuning = {}, {}
+    results, tuning, inits, init_training = {}, {}, None, {}
+    if init == "learned":
+        inits = {"learned": load_init(init_dir, cfg, d_in)}
+        base_cfg = dataclasses.replace(cfg, meta_steps=baseline_meta_steps if baseline_meta_steps is not None
+                                       else cfg.meta_steps)
+        for method in ("sgd", "adam"):
+            lr0, tuning[f"fresh-init {method}"] = tune_lr(method, sampler, cfg, cfg.k_shots[0], network=network,
+                                                          episodes=tune_episodes)
+            t_m = time.perf_counter()
+            lr_m, inits[method], hist = meta_train_inner(method, base_cfg, sampler, d_in, lr0=lr0, network=network,
+                                                         learn_init=True, progress=progress,
+                                                         desc=f"MAML-style init for {method}")
+            init_training[method] = {"lr_start": lr0, "lr": lr_m, "meta_steps": base_cfg.meta_steps,
+                                     "final_query_loss_mean_last100": sum(hist[-100:]) / max(1, len(hist[-100:])),
+                                     "wall_s": round(time.perf_counter() - t_m, 1)}
     for k in k_shots:
         lrs = {}
         for method in ("sgd", "adam"):
-            lrs[method], tuning[f"{k}-shot {method}"] = tune_lr(
-                method, sampler, cfg, k, network=network, episodes=tune_episodes)
+            if init == "learned":
+                lrs[method] = init_training[method]["lr"]
+            else:
+                lrs[method], tuning[f"{k}-shot {method}"] = tune_lr(
+                    method, sampler, cfg, k, network=network, episodes=tune_episodes)
         if inner_lr > 0:
             lrs["learned"] = inner_lr
         else:  # weights without a meta-learned step scale: tune it like the baselines
@@ -463,14 +582,20 @@ def run_benchmark(
                                                                   episodes=tune_episodes)
         lrs = {m: lrs[m] for m in ("learned", "sgd", "adam")}
         results[f"{cfg.n_way}-way {k}-shot"] = evaluate(network, cfg, k_shot=k, episodes=episodes, lrs=lrs,
-                                                        data=data, progress=progress)
+                                                        data=data, inits=inits, progress=progress)
     wall = time.perf_counter() - t0
+    stem = "few_shot" if init == "fresh" else "few_shot_learned_init"
+    init_text = ("fresh PyTorch-default init per episode" if init == "fresh" else
+                 "init meta-learned per method (MAML-style): the learned optimizer's jointly with it, SGD's and "
+                 "Adam's here for their own inner loops (inner lr meta-learned too)")
     payload = {
         "command": command or f"python benchmarks/few_shot.py --weights {weights_name} --episodes {episodes}",
         "weights": weights_name,
         "episodes": episodes,
         "inner_steps": cfg.inner_steps,
-        "model": f"MLP {data[0].shape[1]}-{cfg.hidden}-{cfg.n_way} (ReLU), fresh PyTorch-default init per episode",
+        "init": init,
+        "baseline_init_training": init_training,
+        "model": f"MLP {d_in}-{cfg.hidden}-{cfg.n_way} (ReLU), {init_text}",
         "data": "scikit-learn load_digits, digit x rotation = 40 classes; held-out digits 5-9 (20 classes)",
         "lr_tuning": {k: {str(lr): acc for lr, acc in v.items()} for k, v in tuning.items()},
         "tuning_episodes": tune_episodes or cfg.tune_episodes,
@@ -478,12 +603,15 @@ def run_benchmark(
         "wall_time_s": round(wall, 1),
         "torch_threads": torch.get_num_threads(),
     }
-    (out_dir / "few_shot.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         f"# Few-shot: held-out query accuracy ({episodes} episodes, 95% CI), T = {cfg.inner_steps} inner steps",
         "",
         f"Weights: `{weights_name}`. {payload['model']}. {payload['data']}. Baseline lrs tuned on "
-        f"meta-training classes (grid {list(FEW_SHOT_LR_GRID)}, {payload['tuning_episodes']} episodes each).",
+        f"meta-training classes (grid {list(FEW_SHOT_LR_GRID)}, {payload['tuning_episodes']} episodes each"
+        + ("" if init == "fresh" else "; then meta-learned with the init, " + ", ".join(
+            f"{m}: {v['meta_steps']} meta-steps, {v['wall_s']:.0f} s, lr {v['lr_start']:.3g} -> {v['lr']:.3g}"
+            for m, v in init_training.items())) + ").",
         f"Command: `{payload['command']}`; wall time {wall:.0f} s, {torch.get_num_threads()} thread(s).",
         "",
         "| setting | learned (lr) | SGD tuned (lr) | Adam tuned (lr) | learned beats both, CIs apart? |",
@@ -494,7 +622,7 @@ def run_benchmark(
         lo = res["learned"]["accuracy"] - res["learned"]["ci95"]
         apart = all(lo > r["accuracy"] + r["ci95"] for m, r in res.items() if m != "learned")
         lines.append(f"| {setting} | " + " | ".join(cells) + f" | {'yes' if apart else 'no'} |")
-    (out_dir / "few_shot.md").write_text("\n".join(lines) + "\n")
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -509,7 +637,7 @@ def run_benchmark(
         ax.set_ylabel("query accuracy")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "few_shot.png", dpi=100)
+    fig.savefig(out_dir / f"{stem}.png", dpi=100)
     plt.close(fig)
     return payload
 
