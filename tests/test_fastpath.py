@@ -33,6 +33,7 @@ SHAPES = [(), (1,), (7,), (3, 5, 2, 2), (16, 3, 3, 3), (97, 131), (2500,), (5,)]
 # AVX-512 one where the CPU has it, and the portable one): "c-portable" forces the latter.
 LOOPS = ["c", "eager"]
 LOOPS_FP32 = ["c", "c-portable", "eager"]
+MAX_HIDDEN_C = 16  # learned_optim.kernels.cpu.MAX_HIDDEN: the largest H the C loops are built for
 
 
 @contextlib.contextmanager
@@ -208,7 +209,8 @@ def test_trajectory_60_steps_fp64(loop):
 
 
 @pytest.mark.parametrize("loop", LOOPS_FP32)
-@pytest.mark.parametrize("hs, features", [(4, ("g_norm", "m_norm")), (1, ("g_norm",)), (3, ("m_norm", "g_norm"))])
+@pytest.mark.parametrize("hs, features", [(4, ("g_norm", "m_norm")), (1, ("g_norm",)), (3, ("m_norm", "g_norm")),
+                                          (MAX_HIDDEN_C, ("g_norm", "m_norm"))])
 def test_fp32_trajectory_60_steps_tracks_fp64_reference(loop, hs, features):
     """The fp32 loops (AVX-512 with its polynomial exp and Newton reciprocal, portable, eager)
     against the fp64 reference on the same data, 60 steps, maximize and weight decay on. Sizes
@@ -540,6 +542,12 @@ def test_c_loop_threads_work_in_a_forked_child():
     res = subprocess.run([sys.executable, "-c", _FORK_SCRIPT, str(Path(__file__).parent)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+
+
+def test_max_hidden_constant_matches_the_kernel():
+    from learned_optim.kernels import cpu
+
+    assert cpu.MAX_HIDDEN == MAX_HIDDEN_C
 
 
 def _simd_lib():
