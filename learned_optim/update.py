@@ -11,7 +11,7 @@ Two layers, like torch/optim/adam.py:
   - ``"torch"``: all coordinates of all tensors in one batched pass (the CPU fast path). On CPU,
     fp32/fp64 tensors (and bf16 LSTM state) go through one fused C loop, one pass per coordinate
     with everything in registers (``learned_optim.kernels.cpu``: compiled with gcc at first use,
-    an AVX-512 version for fp32 where the CPU has it; ``LEARNED_OPTIM_C_KERNEL=0`` or a missing
+    hand-vectorized for fp32 on AVX-512 or AVX2 CPUs; ``LEARNED_OPTIM_C_KERNEL=0`` or a missing
     compiler fall back to the next form). Everything else runs an eager loop over
     cache-sized chunks: large tensors in place through strided views, small ones packed
     together, feature-major preallocated buffers, ~30 torch ops per chunk.
@@ -20,7 +20,7 @@ Two layers, like torch/optim/adam.py:
   - ``"auto"``: ``"triton"`` for CUDA tensors when Triton is importable, else ``"torch"``.
 
 Measured on the 2-core AMD EPYC the benchmarks run on, one thread, 1e6 parameters, default
-config: eager chunk loop ~37 ms per step, portable C loop ~14.4 ms, AVX-512 C loop ~8.2 ms
+config: eager chunk loop ~37 ms per step, portable C loop ~14.4 ms, AVX-512 C loop ~8.4 ms
 (``benchmarks/profile_step.py``, ``benchmarks/speed.py``).
 
 The rule (per coordinate, step t counted from 1, all maths in fp32 or fp64):

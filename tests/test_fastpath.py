@@ -608,3 +608,64 @@ def test_nonfinite_state_propagates_like_the_reference(loop):
             assert bad.any() or key != "p"
             assert torch.equal(~torch.isfinite(a[key]), bad), f"seed={seed} {loop} {key}"
             torch.testing.assert_close(a[key][~bad], b[key][~bad], rtol=1e-5, atol=1e-5)
+
+
+_AVX2_SCRIPT = r"""
+import os, sys, torch
+sys.path.insert(0, sys.argv[1])
+from test_fastpath import (LOOPS_FP32, LSTMOptimizerConfig, cpu_loop, fresh_seed, grads_for, make_case, random_net,
+                           run)
+from learned_optim.kernels import cpu
+assert cpu.available(4, 2) and cpu.available(3, 1), "the AVX2 build failed"
+lib = cpu._libs[(4, 2)]
+assert lib.lo_simd() == 256, lib.lo_simd()
+# the approximations (exp2 as the AVX-512 one; 1/(1+x) is a true division here)
+x = torch.linspace(-125.0, 126.0, 100_003)
+y = torch.empty_like(x)
+lib.lo_simd_exp2(x.numel(), x.data_ptr(), y.data_ptr())
+assert ((y.double() - torch.exp2(x.double())) / torch.exp2(x.double())).abs().max() < 2.5e-7
+# the loop against the fp64 reference, 40 steps, fp32 and bf16 state, sizes around the
+# 24-coordinate block, two network shapes
+for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",))):
+    for sdt in (None, torch.bfloat16):
+        seed = fresh_seed()
+        gen = torch.Generator().manual_seed(seed)
+        net = random_net(gen, LSTMOptimizerConfig(hidden_size=hs, features=feats))
+        case64 = make_case([(1,), (23,), (24,), (25,), (97, 131)], gen, hs=hs)
+        case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case64]
+        if sdt is not None:
+            for e in case32:
+                e["h"], e["c"] = e["h"].to(sdt), e["c"].to(sdt)
+        grads = [grads_for(case64, gen) for _ in range(40)]
+        want = run(case64, grads, net, impl="reference", weight_decay=0.01, maximize=True)
+        with cpu_loop("c"):
+            got = run(case32, [[g.float() for g in gs] for gs in grads], net, impl="torch", weight_decay=0.01,
+                      maximize=True)
+        tol = 1e-5 if sdt is None else 2e-2  # bf16 state: ~3 significant digits per step
+        for a, b in zip(got, want):
+            for key in ("p", "h", "c"):
+                err = ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item()
+                assert err < tol, (seed, hs, sdt, key, err)
+print("ok")
+"""
+
+
+def test_avx2_loop_matches_reference_when_built_for_avx2(tmp_path):
+    """The AVX2 version of the hand-vectorized loop (what CPUs without AVX-512 get), built here by
+    forcing -march=x86-64-v3, against the fp64 reference, in a fresh process (one build per
+    process and shape)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo: cannot tell whether this CPU runs AVX2 code")
+    if " avx2" not in flags or " fma" not in flags or shutil.which("gcc") is None:
+        pytest.skip("needs an x86 CPU with AVX2 and FMA, and gcc")
+    env = {**os.environ, "LEARNED_OPTIM_C_MARCH": "x86-64-v3", "XDG_CACHE_HOME": str(tmp_path),
+           "LEARNED_OPTIM_C_KERNEL": "1", "LEARNED_OPTIM_C_SIMD": "1"}
+    res = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT, str(Path(__file__).parent)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

@@ -7,10 +7,15 @@ and written once, and everything in between (features, 4H gates, cell, head) sta
 Two versions of that loop:
 
 * a portable one (``_BODY``), vectorized by GCC (``-O3 -march=native -ffast-math``; exp is an
-  inlined polynomial in fp32 and fp64): the fp64 loop everywhere, and the
-  fp32 loop on CPUs without AVX-512 (14.4 ms per step at 1e6 parameters on this machine, one thread);
-* an AVX-512 one for fp32 (``_SIMD_BODY``), built where ``-march=native`` has AVX-512F, BW and VL
-  (8.2 ms there; ``benchmarks/profile_step.py``); ``LEARNED_OPTIM_C_SIMD=0`` switches it off.
+  inlined polynomial in fp32 and fp64): the fp64 loop everywhere, and the fp32 loop on CPUs with
+  neither AVX-512 nor AVX2+FMA;
+* a hand-vectorized one for fp32 (``_SIMD_BODY``) over a small vector layer (``_SIMD``) with an
+  AVX-512 (F, BW, VL) and an AVX2+FMA implementation, whichever ``-march=native`` has;
+  ``LEARNED_OPTIM_C_SIMD=0`` switches it off.
+
+At 1e6 parameters on this machine (AMD EPYC, Zen 4; one thread; ``benchmarks/profile_step.py``):
+AVX-512 8.4 ms per step, portable 14.4 ms; built for AVX2 (``LEARNED_OPTIM_C_MARCH=x86-64-v3``,
+which overrides ``-march``) 13.4 ms, portable 22.5 ms.
 
 One library per network shape (hidden size H, feature count F): they are compile-time constants,
 so the per-coordinate loops over hidden units unroll and the coordinate loop vectorizes.
@@ -181,61 +186,64 @@ static inline uint16_t bf16_store(float f) {
 """.replace("__EXPS__", _EXPS)
 
 _SIMD = r"""
-/* The fp32 loop again, hand-vectorized for AVX-512 (compiled only where -march=native has
-   AVX-512F, BW and VL, the last two for the bf16 state's loads and stores; elsewhere the
-   portable loop above runs). Why a second copy of the maths: the step is ~25 vector
+/* The fp32 loop again, hand-vectorized: the vector layer below has an AVX-512 (F, BW, VL: the
+   last two for the bf16 state's loads and stores) and an AVX2+FMA implementation; where
+   -march=native has neither, the portable loop above runs. Why a second copy of the maths:
+   the step is ~25 vector
    instructions per coordinate, most of them in the 23 exps (5 per hidden unit, 3 in the head),
    so the cost of each exp decides the speed. Here:
      - exp(z) is 2^(z log2 e), with log2 e, the sign and the 2 of sigmoid(z) = 1/(1+exp(-z)) and
        tanh(z) = 2/(1+exp(-2z)) - 1 folded into the gate and head weights on entry: each exp is
-       then a round, a subtraction, a degree-5 polynomial and one vscalefps for 2^n;
-     - 1/x is vrcp14ps and one Newton step (relative error ~2^-28 before rounding);
+       then a round, a subtraction, a degree-5 polynomial and 2^n (one vscalefps on AVX-512);
+     - 1/x is vrcp14ps and one Newton step on AVX-512 (relative error ~2^-28 before rounding),
+       a division on AVX2;
      - every statement is done for U independent vectors side by side (the unrolled u loops),
        so the long dependent chain of one vector (moments -> gates -> exps -> cell -> head)
        overlaps with the next one's.
    Measured on 20k coordinates in cache (AMD EPYC, Zen 4): portable loop 10.8 ns/coordinate;
-   this one with U = 1 and base-e exps 9.0, U = 3 with them 8.3, U = 3 as below 7.5.
+   this one on AVX-512 with U = 1 and base-e exps 9.0, U = 3 with them 8.3, U = 3 as below 7.5.
+   Built for AVX2 on the same CPU: portable 21.3, this one 11.7 (U = 3; U = 2: 12.7).
    Accuracy: ~1 ulp per nonlinearity (the portable loop's ~0.5); tests check both against the
    fp64 reference and these approximations directly.
    The moments keep an exact sqrt and division (the zero-head Adam test holds to 1e-6).
    Tails use masked loads/stores: masked-off lanes compute on zeros, which are finite. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
-int lo_simd(void) { return 1; }
+#define LO_SIMD 512
 #define U 3 /* vectors side by side: 2 -> 7.7, 3 -> 7.5, 4 -> 7.6 ns/coordinate here */
 #define VL 16
 typedef __m512 V;
+typedef __mmask16 M;
 #define SET1 _mm512_set1_ps
-static inline V v_exp2(V x) {
-    /* 2^x = 2^n 2^f, n = round(x), f = x - n in [-1/2, 1/2] (exact). Clamped to [-125, 126] so
-       the result stays a normal float and 1 + 2^x finite (as lo_expf's [-87, 88] in base e). */
-    /* operand order: maxps/minps return the second operand when one is NaN, so NaN stays NaN */
-    x = _mm512_min_ps(SET1(126.0f), _mm512_max_ps(SET1(-125.0f), x));
-    const V n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const V f = _mm512_sub_ps(x, n);
-    /* degree-5 polynomial fitted to 2^f on [-1/2, 1/2] for relative error, constant term fixed
-       at 1 so that 2^0 = 1 exactly (then sigmoid(0) = 1/2 and tanh(0) = 0 exactly, and a zero
-       head gives Adam's step). 9.2e-8 in exact arithmetic, 1.5e-7 evaluated in fp32. */
-    V e = _mm512_fmadd_ps(SET1(0.001326470635831356f), f, SET1(0.009671509265899658f));
-    e = _mm512_fmadd_ps(e, f, SET1(0.05550733581185341f));
-    e = _mm512_fmadd_ps(e, f, SET1(0.24022242426872253f));
-    e = _mm512_fmadd_ps(e, f, SET1(0.6931470036506653f));
-    e = _mm512_fmadd_ps(e, f, SET1(1.0f));
-    return _mm512_scalef_ps(e, n);
-}
-/* 1 / (1 + x) for x >= 0 (x = an exp, at most exp(88): the sum stays finite) */
-static inline V v_rcp1p(V x) {
-    V d = _mm512_add_ps(x, SET1(1.0f));
+static inline V v_add(V a, V b) { return _mm512_add_ps(a, b); }
+static inline V v_sub(V a, V b) { return _mm512_sub_ps(a, b); }
+static inline V v_mul(V a, V b) { return _mm512_mul_ps(a, b); }
+static inline V v_div(V a, V b) { return _mm512_div_ps(a, b); }
+static inline V v_sqrt(V a) { return _mm512_sqrt_ps(a); }
+static inline V v_min(V a, V b) { return _mm512_min_ps(a, b); }
+static inline V v_max(V a, V b) { return _mm512_max_ps(a, b); }
+static inline V v_fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+static inline V v_fmsub(V a, V b, V c) { return _mm512_fmsub_ps(a, b, c); }
+static inline V v_fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+static inline V v_round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+/* e * 2^n for integral n in [-125, 126]: one vscalefps */
+static inline V v_ldexp(V e, V n) { return _mm512_scalef_ps(e, n); }
+/* 1 / d: vrcp14ps and one Newton step (relative error ~2^-28 before rounding) */
+static inline V v_recip(V d) {
     V r = _mm512_rcp14_ps(d);
     return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, SET1(1.0f)), r);
 }
-static inline V ld_f32(const float* ptr, __mmask16 k) { return _mm512_maskz_loadu_ps(k, ptr); }
-static inline void st_f32(float* ptr, __mmask16 k, V x) { _mm512_mask_storeu_ps(ptr, k, x); }
-static inline V ld_bf16(const uint16_t* ptr, __mmask16 k) {
+/* lanes [0, left) of a vector */
+static inline M lo_mask(int64_t left) {
+    return left >= VL ? (M)0xffff : (left <= 0 ? (M)0 : (M)((1u << left) - 1));
+}
+static inline V ld_f32(const float* ptr, M k) { return _mm512_maskz_loadu_ps(k, ptr); }
+static inline void st_f32(float* ptr, M k, V x) { _mm512_mask_storeu_ps(ptr, k, x); }
+static inline V ld_bf16(const uint16_t* ptr, M k) {
     __m512i u = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, ptr));
     return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
 }
-static inline void st_bf16(uint16_t* ptr, __mmask16 k, V x) {
+static inline void st_bf16(uint16_t* ptr, M k, V x) {
 #if defined(__AVX512BF16__)
     /* one instruction: rounds to nearest even like bf16_store (it also flushes fp32 denormals,
        below 1.2e-38, to zero); 11.2 -> 9.1 ns/coordinate with bf16 state here */
@@ -251,18 +259,99 @@ static inline void st_bf16(uint16_t* ptr, __mmask16 k, V x) {
     _mm256_mask_storeu_epi16(ptr, k, _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet)));
 #endif
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+/* The same loop on 8-lane AVX2 vectors (no AVX-512: most client CPUs). No vscalefps, vrcp14ps
+   or 16-bit masked memory ops there: 2^n is built in the exponent bits, 1/d is a division, and
+   the bf16 state's tails go through a small buffer. */
+#include <immintrin.h>
+#define LO_SIMD 256
+#define U 3
+#define VL 8
+typedef __m256 V;
+typedef __m256i M;
+#define SET1 _mm256_set1_ps
+static inline V v_add(V a, V b) { return _mm256_add_ps(a, b); }
+static inline V v_sub(V a, V b) { return _mm256_sub_ps(a, b); }
+static inline V v_mul(V a, V b) { return _mm256_mul_ps(a, b); }
+static inline V v_div(V a, V b) { return _mm256_div_ps(a, b); }
+static inline V v_sqrt(V a) { return _mm256_sqrt_ps(a); }
+static inline V v_min(V a, V b) { return _mm256_min_ps(a, b); }
+static inline V v_max(V a, V b) { return _mm256_max_ps(a, b); }
+static inline V v_fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+static inline V v_fmsub(V a, V b, V c) { return _mm256_fmsub_ps(a, b, c); }
+static inline V v_fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+static inline V v_round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline V v_ldexp(V e, V n) {
+    /* n integral in [-125, 126]: (n + 127) << 23 is 2^n; a NaN n gives garbage bits, but e is
+       then NaN too, and so is the product */
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+}
+static inline V v_recip(V d) { return _mm256_div_ps(SET1(1.0f), d); }
+static inline M lo_mask(int64_t left) {
+    const int l = left >= VL ? VL : (left <= 0 ? 0 : (int)left);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+/* masked moves only for tails: vmaskmovps stores are microcoded and slow on AMD CPUs */
+static inline int full(M k) { return _mm256_movemask_ps(_mm256_castsi256_ps(k)) == 0xff; }
+static inline V ld_f32(const float* ptr, M k) { return full(k) ? _mm256_loadu_ps(ptr) : _mm256_maskload_ps(ptr, k); }
+static inline void st_f32(float* ptr, M k, V x) {
+    if (full(k)) _mm256_storeu_ps(ptr, x);
+    else _mm256_maskstore_ps(ptr, k, x);
+}
+static inline V ld_bf16(const uint16_t* ptr, M k) {
+    const int bits = _mm256_movemask_ps(_mm256_castsi256_ps(k));
+    uint16_t buf[VL] = {0};
+    if (bits == 0xff) memcpy(buf, ptr, sizeof buf);
+    else for (int i = 0; i < VL; i++) if ((bits >> i) & 1) buf[i] = ptr[i];
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)buf));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+static inline void st_bf16(uint16_t* ptr, M k, V x) {
+    /* round to nearest even as bf16_store; NaN stays NaN */
+    __m256i u = _mm256_castps_si256(x);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);
+    /* 8 x 32 -> 8 x 16 bits: packus works per 128-bit half; the permute puts the halves in order */
+    __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+    uint16_t buf[VL];
+    _mm_storeu_si128((__m128i*)buf, _mm256_castsi256_si128(packed));
+    const int bits = _mm256_movemask_ps(_mm256_castsi256_ps(k));
+    if (bits == 0xff) memcpy(ptr, buf, sizeof buf);
+    else for (int i = 0; i < VL; i++) if ((bits >> i) & 1) ptr[i] = buf[i];
+}
+#endif
+
+#if defined(LO_SIMD)
+int lo_simd(void) { return LO_SIMD; }
+static inline V v_exp2(V x) {
+    /* 2^x = 2^n 2^f, n = round(x), f = x - n in [-1/2, 1/2] (exact). Clamped to [-125, 126] so
+       the result stays a normal float and 1 + 2^x finite (as lo_expf's [-87, 88] in base e). */
+    /* operand order: maxps/minps return the second operand when one is NaN, so NaN stays NaN */
+    x = v_min(SET1(126.0f), v_max(SET1(-125.0f), x));
+    const V n = v_round(x);
+    const V f = v_sub(x, n);
+    /* degree-5 polynomial fitted to 2^f on [-1/2, 1/2] for relative error, constant term fixed
+       at 1 so that 2^0 = 1 exactly (then sigmoid(0) = 1/2 and tanh(0) = 0 exactly, and a zero
+       head gives Adam's step). 9.2e-8 in exact arithmetic, 1.5e-7 evaluated in fp32. */
+    V e = v_fmadd(SET1(0.001326470635831356f), f, SET1(0.009671509265899658f));
+    e = v_fmadd(e, f, SET1(0.05550733581185341f));
+    e = v_fmadd(e, f, SET1(0.24022242426872253f));
+    e = v_fmadd(e, f, SET1(0.6931470036506653f));
+    e = v_fmadd(e, f, SET1(1.0f));
+    return v_ldexp(e, n);
+}
+/* 1 / (1 + x) for x >= 0 (x = an exp, at most exp(88): the sum stays finite) */
+static inline V v_rcp1p(V x) { return v_recip(v_add(x, SET1(1.0f))); }
 /* the two approximations over arrays, for the tests (their accuracy is checked directly) */
 void lo_simd_exp2(int64_t len, const float* x, float* y) {
-    for (int64_t j = 0; j < len; j += VL) {
-        const __mmask16 km = len - j >= VL ? (__mmask16)0xffff : (__mmask16)((1u << (len - j)) - 1);
-        st_f32(y + j, km, v_exp2(ld_f32(x + j, km)));
-    }
+    for (int64_t j = 0; j < len; j += VL) st_f32(y + j, lo_mask(len - j), v_exp2(ld_f32(x + j, lo_mask(len - j))));
 }
 void lo_simd_rcp1p(int64_t len, const float* x, float* y) {
-    for (int64_t j = 0; j < len; j += VL) {
-        const __mmask16 km = len - j >= VL ? (__mmask16)0xffff : (__mmask16)((1u << (len - j)) - 1);
-        st_f32(y + j, km, v_rcp1p(ld_f32(x + j, km)));
-    }
+    for (int64_t j = 0; j < len; j += VL) st_f32(y + j, lo_mask(len - j), v_rcp1p(ld_f32(x + j, lo_mask(len - j))));
 }
 #else
 int lo_simd(void) { return 0; }
@@ -270,7 +359,7 @@ int lo_simd(void) { return 0; }
 """
 
 _SIMD_BODY = r"""
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(LO_SIMD)
 void __NAME__(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int64_t* numels, int64_t T,
           const float* coefs, const float* w, const float* bias, const float* hw, const float* hb,
           const float* k, int kind0, int kind1, int maximize) {
@@ -303,29 +392,29 @@ void __NAME__(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const in
         __ST__* h = (__ST__*)ptrs[4 * T + tid];
         __ST__* c = (__ST__*)ptrs[5 * T + tid];
         for (int64_t j0 = begin; j0 < end; j0 += U * VL) {
-            __mmask16 km[U];
+            M km[U];
             V x[U][FF + HH], av[U], y0[U], y1[U];
             #pragma GCC unroll 32
             for (int u = 0; u < U; u++) {
                 const int64_t left = end - j0 - u * VL;
-                km[u] = left >= VL ? (__mmask16)0xffff : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
+                km[u] = lo_mask(left);
             }
             #pragma GCC unroll 32
             for (int u = 0; u < U; u++) {
                 const int64_t j = j0 + u * VL;
-                const V gv = _mm512_mul_ps(sgn, ld_f32(g + j, km[u]));
-                const V mv = _mm512_fmadd_ps(ld_f32(m + j, km[u]), b1, _mm512_mul_ps(gv, omb1));
-                const V vv = _mm512_fmadd_ps(ld_f32(v + j, km[u]), b2, _mm512_mul_ps(_mm512_mul_ps(gv, gv), omb2));
+                const V gv = v_mul(sgn, ld_f32(g + j, km[u]));
+                const V mv = v_fmadd(ld_f32(m + j, km[u]), b1, v_mul(gv, omb1));
+                const V vv = v_fmadd(ld_f32(v + j, km[u]), b2, v_mul(v_mul(gv, gv), omb2));
                 st_f32(m + j, km[u], mv);
                 st_f32(v + j, km[u], vv);
-                const V rd = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_sqrt_ps(vv), sib2, eps));
-                const V a = _mm512_mul_ps(_mm512_mul_ps(mv, ib1), rd), gn = _mm512_mul_ps(gv, rd);
+                const V rd = v_div(one, v_fmadd(v_sqrt(vv), sib2, eps));
+                const V a = v_mul(v_mul(mv, ib1), rd), gn = v_mul(gv, rd);
                 av[u] = a;
-                const V f0 = _mm512_fmadd_ps(s0g, gn, _mm512_mul_ps(s0a, a));
-                x[u][0] = _mm512_min_ps(clip, _mm512_max_ps(nclip, f0)); /* NaN stays NaN, as torch.clamp */
+                const V f0 = v_fmadd(s0g, gn, v_mul(s0a, a));
+                x[u][0] = v_min(clip, v_max(nclip, f0)); /* NaN stays NaN, as torch.clamp */
                 if (FF > 1) {
-                    const V f1 = _mm512_fmadd_ps(s1g, gn, _mm512_mul_ps(s1a, a));
-                    x[u][FF - 1] = _mm512_min_ps(clip, _mm512_max_ps(nclip, f1));
+                    const V f1 = v_fmadd(s1g, gn, v_mul(s1a, a));
+                    x[u][FF - 1] = v_min(clip, v_max(nclip, f1));
                 }
                 #pragma GCC unroll 32
                 for (int q = 0; q < HH; q++) x[u][FF + q] = __LDS__(h + q * n + j, km[u]);
@@ -343,31 +432,31 @@ void __NAME__(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const in
                     #pragma GCC unroll 32
                     for (int i = 0; i < FF + HH; i++)
                         #pragma GCC unroll 32
-                        for (int u = 0; u < U; u++) z[r][u] = _mm512_fmadd_ps(W[row][i], x[u][i], z[r][u]);
+                        for (int u = 0; u < U; u++) z[r][u] = v_fmadd(W[row][i], x[u][i], z[r][u]);
                 }
                 #pragma GCC unroll 32
                 for (int u = 0; u < U; u++) {
                     const int64_t j = j0 + u * VL;
                     const V ig = v_rcp1p(v_exp2(z[0][u]));
                     const V fg = v_rcp1p(v_exp2(z[1][u]));
-                    const V cg = _mm512_fmsub_ps(two, v_rcp1p(v_exp2(z[2][u])), one);
+                    const V cg = v_fmsub(two, v_rcp1p(v_exp2(z[2][u])), one);
                     const V og = v_rcp1p(v_exp2(z[3][u]));
-                    const V cn = _mm512_fmadd_ps(fg, __LDS__(c + q * n + j, km[u]), _mm512_mul_ps(ig, cg));
-                    const V th = _mm512_fmsub_ps(two, v_rcp1p(v_exp2(_mm512_mul_ps(ctanh, cn))), one);
-                    const V hv = _mm512_mul_ps(og, th);
+                    const V cn = v_fmadd(fg, __LDS__(c + q * n + j, km[u]), v_mul(ig, cg));
+                    const V th = v_fmsub(two, v_rcp1p(v_exp2(v_mul(ctanh, cn))), one);
+                    const V hv = v_mul(og, th);
                     __STS__(c + q * n + j, km[u], cn);
                     __STS__(h + q * n + j, km[u], hv);
-                    y0[u] = _mm512_fmadd_ps(HW0[q], hv, y0[u]);
-                    y1[u] = _mm512_fmadd_ps(HW1[q], hv, y1[u]);
+                    y0[u] = v_fmadd(HW0[q], hv, y0[u]);
+                    y1[u] = v_fmadd(HW1[q], hv, y1[u]);
                 }
             }
             #pragma GCC unroll 32
             for (int u = 0; u < U; u++) {
                 const int64_t j = j0 + u * VL;
-                const V t0 = _mm512_fmsub_ps(two, v_rcp1p(v_exp2(y0[u])), one);
-                const V t1 = _mm512_fmsub_ps(two, v_rcp1p(v_exp2(y1[u])), one);
-                const V step = _mm512_fmadd_ps(av[u], v_exp2(_mm512_mul_ps(escale, t0)), _mm512_mul_ps(dirb, t1));
-                st_f32(p + j, km[u], _mm512_fnmadd_ps(lr, step, _mm512_mul_ps(ld_f32(p + j, km[u]), decay)));
+                const V t0 = v_fmsub(two, v_rcp1p(v_exp2(y0[u])), one);
+                const V t1 = v_fmsub(two, v_rcp1p(v_exp2(y1[u])), one);
+                const V step = v_fmadd(av[u], v_exp2(v_mul(escale, t0)), v_mul(dirb, t1));
+                st_f32(p + j, km[u], v_fnmadd(lr, step, v_mul(ld_f32(p + j, km[u]), decay)));
             }
         }
     }
@@ -412,6 +501,14 @@ def _source(hidden_size: int, num_features: int) -> str:
 # without -ffast-math keeps crtfastmath.o out of the library, which would otherwise switch the
 # whole process to flush-denormals-to-zero when the library loads.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-std=c11"]
+
+
+def _cflags() -> list[str]:
+    """_CFLAGS, with -march from LEARNED_OPTIM_C_MARCH if set (read at each build): e.g.
+    ``x86-64-v3`` builds the AVX2 loop on an AVX-512 machine (the tests do), or a baseline
+    for a cluster whose nodes differ from the build host."""
+    march = os.environ.get("LEARNED_OPTIM_C_MARCH", "").strip()
+    return [f"-march={march}" if (f.startswith("-march=") and march) else f for f in _CFLAGS]
 _LDFLAGS = ["-shared", "-lm"]
 
 _lock = threading.Lock()
@@ -446,7 +543,8 @@ def _build(hidden_size: int, num_features: int) -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler (gcc/cc) on PATH")
     src = _source(hidden_size, num_features)
-    key = hashlib.sha256("\0".join([src, cc, *_CFLAGS, *_LDFLAGS, _cpu_id()]).encode()).hexdigest()[:20]
+    cflags = _cflags()
+    key = hashlib.sha256("\0".join([src, cc, *cflags, *_LDFLAGS, _cpu_id()]).encode()).hexdigest()[:20]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "learned_optim"
     lib_path = cache / f"lo_cpu_h{hidden_size}_f{num_features}_{key}.so"
     if not lib_path.exists():
@@ -454,7 +552,7 @@ def _build(hidden_size: int, num_features: int) -> ctypes.CDLL:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             c_file, o_file, so_tmp = Path(tmp, "lo.c"), Path(tmp, "lo.o"), Path(tmp, "lo.so")
             c_file.write_text(src)
-            subprocess.run([cc, *_CFLAGS, "-c", str(c_file), "-o", str(o_file)], check=True, capture_output=True)
+            subprocess.run([cc, *cflags, "-c", str(c_file), "-o", str(o_file)], check=True, capture_output=True)
             subprocess.run([cc, str(o_file), "-o", str(so_tmp), *_LDFLAGS], check=True, capture_output=True)
             os.replace(so_tmp, lib_path)  # atomic: concurrent builders never load a partial file
     lib = ctypes.CDLL(str(lib_path))
