@@ -185,6 +185,16 @@ static inline uint16_t bf16_store(float f) {
 }
 """.replace("__EXPS__", _EXPS)
 
+# The vector layer's plain arithmetic, the same for both ISAs but for the intrinsics' prefix.
+def _vector_ops(prefix: str) -> str:
+    ops = [f"static inline V v_{op}(V a, V b) {{ return {prefix}_{op}_ps(a, b); }}"
+           for op in ("add", "sub", "mul", "div", "min", "max")]
+    ops.append(f"static inline V v_sqrt(V a) {{ return {prefix}_sqrt_ps(a); }}")
+    ops += [f"static inline V v_{op}(V a, V b, V c) {{ return {prefix}_{op}_ps(a, b, c); }}"
+            for op in ("fmadd", "fmsub", "fnmadd")]
+    return "\n".join(ops) + "\n"
+
+
 _SIMD = r"""
 /* The fp32 loop again, hand-vectorized: the vector layer below has an AVX-512 (F, BW, VL: the
    last two for the bf16 state's loads and stores) and an AVX2+FMA implementation; where
@@ -215,16 +225,7 @@ _SIMD = r"""
 typedef __m512 V;
 typedef __mmask16 M;
 #define SET1 _mm512_set1_ps
-static inline V v_add(V a, V b) { return _mm512_add_ps(a, b); }
-static inline V v_sub(V a, V b) { return _mm512_sub_ps(a, b); }
-static inline V v_mul(V a, V b) { return _mm512_mul_ps(a, b); }
-static inline V v_div(V a, V b) { return _mm512_div_ps(a, b); }
-static inline V v_sqrt(V a) { return _mm512_sqrt_ps(a); }
-static inline V v_min(V a, V b) { return _mm512_min_ps(a, b); }
-static inline V v_max(V a, V b) { return _mm512_max_ps(a, b); }
-static inline V v_fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-static inline V v_fmsub(V a, V b, V c) { return _mm512_fmsub_ps(a, b, c); }
-static inline V v_fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+__OPS_mm512__
 static inline V v_round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 /* e * 2^n for integral n in [-125, 126]: one vscalefps */
 static inline V v_ldexp(V e, V n) { return _mm512_scalef_ps(e, n); }
@@ -270,16 +271,7 @@ static inline void st_bf16(uint16_t* ptr, M k, V x) {
 typedef __m256 V;
 typedef __m256i M;
 #define SET1 _mm256_set1_ps
-static inline V v_add(V a, V b) { return _mm256_add_ps(a, b); }
-static inline V v_sub(V a, V b) { return _mm256_sub_ps(a, b); }
-static inline V v_mul(V a, V b) { return _mm256_mul_ps(a, b); }
-static inline V v_div(V a, V b) { return _mm256_div_ps(a, b); }
-static inline V v_sqrt(V a) { return _mm256_sqrt_ps(a); }
-static inline V v_min(V a, V b) { return _mm256_min_ps(a, b); }
-static inline V v_max(V a, V b) { return _mm256_max_ps(a, b); }
-static inline V v_fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-static inline V v_fmsub(V a, V b, V c) { return _mm256_fmsub_ps(a, b, c); }
-static inline V v_fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+__OPS_mm256__
 static inline V v_round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 static inline V v_ldexp(V e, V n) {
     /* n integral in [-125, 126]: (n + 127) << 23 is 2^n; a NaN n gives garbage bits, but e is
@@ -356,7 +348,7 @@ void lo_simd_rcp1p(int64_t len, const float* x, float* y) {
 #else
 int lo_simd(void) { return 0; }
 #endif
-"""
+""".replace("__OPS_mm512__", _vector_ops("_mm512")).replace("__OPS_mm256__", _vector_ops("_mm256"))
 
 _SIMD_BODY = r"""
 #if defined(LO_SIMD)
