@@ -138,9 +138,18 @@ def test_speed_quick_outputs_are_well_formed(speed_quick):
         assert f["floor_s"] == max(f["compute_s"], f["bytes_s"]) > 0
         assert f["measured_over_floor"] == pytest.approx(e["timing"]["learned"]["median_s"] / f["floor_s"])
     assert set(res["training_step"]["timing"]) == keys
+    # every CPU path ran or says why not; the eager path never builds the C loop
+    cp = res["cpu_paths"]
+    assert set(cp["paths"]) | set(cp["skipped"]) == {k for k, _, _ in speed.CPU_PATHS}
+    assert "eager" in cp["paths"] and cp["paths"]["eager"]["median_s"] > 0
+    for v in cp["paths"].values():
+        assert 0 < v["min_s"] <= v["median_s"] and v["over_compute_floor"] > 0
+    if cp["paths"]["native_simd"]["c_loop_built"]:  # a compiler exists here
+        assert cp["paths"]["native_portable"]["c_loop_built"]
     md = (speed_quick / "speed.md").read_text(encoding="utf-8")
     assert "QUICK RUN" in md and res["command"] in md
-    for heading in ("Optimizer step time", "against its floor", "Memory", "Whole training step"):
+    for heading in ("Optimizer step time", "against its floor", "Memory", "Whole training step",
+                    "CPU implementations of the learned step"):
         assert heading in md
     _check_png(speed_quick / "speed.png")
 

@@ -24,6 +24,9 @@ What is measured, per parameter count N (a stack of 4 square linear layers with 
   copy bandwidth; reported as measured time / floor.
 * a whole training step (zero_grad, forward, backward, step) of a small transformer language
   model, per optimizer, interleaved the same way.
+* on CPU, the learned step at 1e6 parameters on each CPU implementation (hand-vectorized and
+  portable C loops, for this CPU and built for AVX2, and the eager torch loop), each in a fresh
+  process selected by environment variables (skipped with ``--learned-kwargs``).
 
 The CUDA path (``--device cuda``) times with CUDA events; it has not been run on a GPU by this
 package's CI (none was available), so treat its first results with care.
@@ -297,6 +300,72 @@ def _rss_extra(key: str, n: int, weights_dir: str, threads: int, learned_kwargs:
         return None
 
 
+# ---------------------------------------------------------------- CPU implementations
+
+# The CPU paths of the learned step, each selected by environment variables in a fresh process
+# (the C library is built once per process): (key, label, environment).
+CPU_PATHS = (
+    ("native_simd", "C loop, hand-vectorized (this CPU's -march=native)", {}),
+    ("native_portable", "C loop, portable (this CPU's -march=native)", {"LEARNED_OPTIM_C_SIMD": "0"}),
+    ("avx2_simd", "C loop, hand-vectorized, built for AVX2 (-march=x86-64-v3)",
+     {"LEARNED_OPTIM_C_MARCH": "x86-64-v3"}),
+    ("avx2_portable", "C loop, portable, built for AVX2 (-march=x86-64-v3)",
+     {"LEARNED_OPTIM_C_MARCH": "x86-64-v3", "LEARNED_OPTIM_C_SIMD": "0"}),
+    ("eager", "eager torch chunk loop (no compiler)", {"LEARNED_OPTIM_C_KERNEL": "0"}),
+)
+
+
+def _path_probe(n: int, weights_dir: str, threads: int, repeats: int) -> None:
+    """Subprocess entry: median time of the learned step at ``n`` parameters on the CPU path the
+    environment selects; prints JSON with the time and which C loop ran."""
+    torch.set_num_threads(threads)
+    from ..kernels import cpu
+    from ..optimizer import LearnedOptimizer
+
+    net = from_pretrained(weights_dir)
+    params = make_params(n, torch.device("cpu"))
+    opt = LearnedOptimizer(params, weights=net)
+    for _ in range(WARMUP):
+        opt.step()
+    times = _times(opt.step, lambda: None, repeats)
+    built = cpu.available(net.config.hidden_size, net.config.num_features)
+    simd = int(cpu._libs[(net.config.hidden_size, net.config.num_features)].lo_simd()) if built else None
+    print(json.dumps({"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
+                      "c_loop_built": built, "simd_width": simd}))
+
+
+def _has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def _cpu_paths_bench(n: int, weights_dir: str, threads: int, repeats: int) -> dict[str, Any]:
+    """The learned step at ``n`` parameters on every CPU path this machine can run."""
+    out: dict[str, Any] = {"n_params_requested": n, "threads": threads, "paths": {}, "skipped": {}}
+    for key, label, env in CPU_PATHS:
+        if "LEARNED_OPTIM_C_MARCH" in env and not _has_avx2():
+            out["skipped"][key] = "the CPU has no AVX2+FMA"
+            continue
+        code = ("from learned_optim.benchmarking.speed import _path_probe; "
+                f"_path_probe({n}, {weights_dir!r}, {threads}, {repeats})")
+        full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, [
+            str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
+        for k in ("LEARNED_OPTIM_C_KERNEL", "LEARNED_OPTIM_C_SIMD", "LEARNED_OPTIM_C_MARCH"):
+            if k not in env:
+                full_env.pop(k, None)  # only this path's settings, not the caller's
+        try:
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                                 env=full_env)
+            out["paths"][key] = {"label": label, "env": env, **json.loads(res.stdout.strip().splitlines()[-1])}
+        except (subprocess.SubprocessError, ValueError, IndexError) as e:
+            out["skipped"][key] = f"the probe failed: {type(e).__name__}"
+    return out
+
+
 # ---------------------------------------------------------------- whole training step
 
 class _TinyTransformerLM(nn.Module):
@@ -420,7 +489,7 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
         "sizes": [],
     }
     try:
-        steps_total = len(size_list) + 2
+        steps_total = len(size_list) + 3
         with tqdm(total=steps_total, desc="speed", unit="stage", disable=not progress, mininterval=1.0) as bar:
             bar.set_postfix_str("machine peaks")
             res["machine_peaks"] = measure_machine(net.config, size_list, dev)
@@ -465,6 +534,12 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
             bar.set_postfix_str("training step")
             res["training_step"] = _training_step_bench(setup, dev, quick, budget)
             bar.update(1)
+            if dev.type == "cpu" and not setup.kwargs:
+                bar.set_postfix_str("CPU paths")
+                n_paths = 10_000 if quick else 1_000_000
+                res["cpu_paths"] = _cpu_paths_bench(n_paths, weights_dir, threads, 5 if quick else 30)
+                for v in res["cpu_paths"]["paths"].values():
+                    v["over_compute_floor"] = v["median_s"] / (floor["flops"] * n_paths / peak_rate)
     finally:
         torch.set_num_threads(old_threads)
     res["wall_s"] = time.perf_counter() - t_start
@@ -568,6 +643,22 @@ def speed_markdown(res: dict[str, Any]) -> str:
     lines += ["", f"Noise gauge: Adam (fused) and AdamW (fused) do nearly the same work; their medians differ by "
               f"{', '.join(f'{100 * g:.0f}%' for g in gaps)} over the step sizes above and by {100 * tgap:.0f}% on the "
               "training step. Differences of that order are not signal."]
+    cp = res.get("cpu_paths")
+    if cp:
+        lines += ["", f"## CPU implementations of the learned step ({cp['n_params_requested']:.0e} params, "
+                  f"{cp['threads']} thread(s))", "",
+                  "The same step on each CPU path, each in a fresh process with the environment shown (medians; "
+                  "the floor is the compute floor above). The AVX2 builds run on this CPU, so they show what the "
+                  "AVX2 code costs here, not on an AVX2-only machine.", "",
+                  "| path | environment | median ms | / compute floor | C loop |", "|---|---|---|---|---|"]
+        for v in cp["paths"].values():
+            env = " ".join(f"`{k}={x}`" for k, x in v["env"].items()) or "(default)"
+            loop = ("none" if not v["c_loop_built"] or v["env"].get("LEARNED_OPTIM_C_KERNEL") == "0" else
+                    "portable" if v["env"].get("LEARNED_OPTIM_C_SIMD") == "0" or not v["simd_width"] else
+                    f"{v['simd_width']}-bit vectors")
+            lines.append(f"| {v['label']} | {env} | {_ms(v['median_s'])} | {v['over_compute_floor']:.2f}x | {loop} |")
+        for k, why in cp["skipped"].items():
+            lines.append(f"| {k} | skipped: {why} | | | |")
     lines += ["", "Targets of issue 5 (CPU, 1e6 and 1e7 params): measured / compute floor <= 2; peak extra / state "
               "<= 25%. Raw numbers: `speed.json`; figure: `speed.png`.", ""]
     return "\n".join(lines)
