@@ -65,16 +65,18 @@ def _worker(args) -> None:
     Path(args.worker_out).write_text(json.dumps(out))
 
 
-def _path_available(path: str) -> str | None:
-    """None if the path can run here, else why not (e.g. no AVX-512 for "simd")."""
+def _path_available(path: str, weights: str | None) -> str | None:
+    """None if the path can run here, else why not (e.g. no AVX-512 or AVX2 for "simd")."""
     if path == "eager":
         return None
+    from learned_optim import from_pretrained
     from learned_optim.kernels import cpu
 
-    if not cpu.available():
+    cfg = from_pretrained(weights).config
+    if not cpu.available(cfg.hidden_size, cfg.num_features):
         return "the C loop does not build here"
-    if path == "simd" and not cpu._libs[(4, 2)].lo_simd():
-        return "no AVX-512 on this CPU"
+    if path == "simd" and not cpu.simd_width(cfg.hidden_size, cfg.num_features):
+        return "no AVX-512 or AVX2+FMA on this CPU"
     return None
 
 
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
             parser.error(f"--tasks: {e}")
     out_dir = check_out_dir(args.out)
     machine = machine_info(1)
-    skipped = {p: why for p in args.paths if (why := _path_available(p))}
+    skipped = {p: why for p in args.paths if (why := _path_available(p, args.weights))}
     paths = [p for p in args.paths if p not in skipped]
     t0 = time.time()
     results: dict[str, dict] = {}

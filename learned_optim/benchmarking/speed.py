@@ -329,7 +329,7 @@ def _path_probe(n: int, weights_dir: str, threads: int, repeats: int) -> None:
         opt.step()
     times = _times(opt.step, lambda: None, repeats)
     built = cpu.available(net.config.hidden_size, net.config.num_features)
-    simd = int(cpu._libs[(net.config.hidden_size, net.config.num_features)].lo_simd()) if built else None
+    simd = cpu.simd_width(net.config.hidden_size, net.config.num_features) if built else None
     print(json.dumps({"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
                       "c_loop_built": built, "simd_width": simd}))
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "supports", "run", "MAX_HIDDEN"]
+__all__ = ["available", "simd_width", "supports", "run", "MAX_HIDDEN"]
 
 # Threads get coordinate ranges in multiples of this many (whole cache lines, whole vectors).
 SPLIT_QUANTUM = 128
@@ -590,6 +590,14 @@ def available(hidden_size: int = 4, num_features: int = 2) -> bool:
                     stacklevel=3,
                 )
     return shape in _libs
+
+
+def simd_width(hidden_size: int = 4, num_features: int = 2) -> int:
+    """Vector width in bits of the hand-vectorized fp32 loop built for this network shape (512
+    for AVX-512, 256 for AVX2), or 0 when only the portable loop or no C loop exists here."""
+    if not available(hidden_size, num_features):
+        return 0
+    return int(_libs[(int(hidden_size), int(num_features))].lo_simd())
 
 
 def supports(p, g, m, v, h, c, hidden_size: int) -> bool:
