@@ -17,8 +17,9 @@ from torch.distributed.tensor import DTensor, Shard
 from torch.optim import Optimizer
 
 from .hub import from_pretrained
+from .kernels.rule import compute_dtype
 from .network import CoordinatewiseLSTM
-from .update import DEFAULT_CHUNK_SIZE, IMPLS, _compute_dtype, finite_flags, learned_update
+from .update import DEFAULT_CHUNK_SIZE, IMPLS, LEGACY_IMPLS, finite_flags, learned_update
 
 __all__ = ["LearnedOptimizer"]
 
@@ -61,7 +62,7 @@ def _zeros_like_param(p: torch.Tensor, leading: tuple[int, ...], dtype: torch.dt
 def _state_dtype(p: torch.Tensor) -> torch.dtype:
     # fp32 state for fp32/bf16/fp16 params (low-precision state would lose the moments), fp64
     # for fp64 params.
-    return _compute_dtype(p.dtype)
+    return compute_dtype(p.dtype)
 
 
 class LearnedOptimizer(Optimizer):
@@ -112,9 +113,12 @@ class LearnedOptimizer(Optimizer):
         weight_decay (float): decoupled (AdamW-style) weight decay :math:`\lambda`. Default ``0``.
         maximize (bool, keyword-only): maximize the objective instead. Default ``False``.
         revision (str, keyword-only): branch, tag or commit of a Hub repo id. Default ``None``.
-        impl (str, keyword-only): ``"auto"`` (default), ``"torch"`` (batched chunked CPU/GPU path),
-            ``"reference"`` (one tensor at a time; for testing) or ``"triton"``.
-        chunk_size (int, keyword-only): coordinates per chunk on the torch path. Default 8192.
+        impl (str, keyword-only): ``"auto"`` (default: the device's fused kernel where it applies,
+            else the eager loop), ``"fused"`` (the fused kernel only: the C loop on CPU, Triton on
+            CUDA), ``"eager"`` (the batched torch chunk loop only) or ``"reference"`` (one tensor
+            at a time; for testing). See ``learned_optim.update``; the earlier names ``"torch"``
+            and ``"triton"`` still work, with a ``FutureWarning``.
+        chunk_size (int, keyword-only): coordinates per chunk of the eager loop. Default 8192.
         state_dtype (keyword-only): dtype of the LSTM state ``lstm_h``/``lstm_c``: ``None``
             (default: S above) or ``torch.float32``, or ``torch.bfloat16`` to halve its memory
             (maths stays fp32; one rounding per step). The moments stay in S: a bf16 ``exp_avg_sq``
@@ -159,8 +163,11 @@ class LearnedOptimizer(Optimizer):
         weight_decay = _check_number("weight_decay", weight_decay, hint="pass e.g. weight_decay=0.01 or 0.0")
         if not isinstance(maximize, bool):
             raise TypeError(f"maximize must be a bool, got {maximize!r}")
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if impl not in IMPLS and impl not in LEGACY_IMPLS:
+            raise ValueError(f"LearnedOptimizer(impl=...) must be one of {IMPLS}, got impl={impl!r}")
+        if impl in LEGACY_IMPLS:
+            warnings.warn(f"LearnedOptimizer: impl={impl!r} is deprecated, use impl={LEGACY_IMPLS[impl]!r} "
+                          f"(see the learned_optim.update docstring)", FutureWarning, stacklevel=2)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}; the default is {DEFAULT_CHUNK_SIZE}")
         if state_dtype not in (None, torch.float32, torch.bfloat16):
@@ -280,7 +287,7 @@ class LearnedOptimizer(Optimizer):
                     )
                 state = self._init_state(p)
                 mesh = p.device_mesh if isinstance(p, DTensor) else None
-                key = (p.device, _compute_dtype(p.dtype), id(mesh))
+                key = (p.device, compute_dtype(p.dtype), id(mesh))
                 _, lists = buckets.setdefault(key, (mesh, [[] for _ in range(7)]))
                 for lst, t in zip(lists, (p, g, state["exp_avg"], state["exp_avg_sq"],
                                           state["lstm_h"], state["lstm_c"], state["step"])):

@@ -1,4 +1,5 @@
-"""The batched torch path (``learned_update(impl="torch")``) against the reference path.
+"""The CPU backends of ``learned_update`` (the C loop, ``impl="fused"``/``"auto"``, and the eager
+chunk loop, ``impl="eager"``) against the reference path.
 
 Every case draws fresh random data (the seed is in the failure message): parameters, gradients,
 moments, LSTM state and step counts are random and non-zero, and the network has a random output
@@ -20,36 +21,32 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learned_optim import CoordinatewiseLSTM, LearnedOptimizer
+from learned_optim import CoordinatewiseLSTM, LearnedOptimizer, kernels
 from learned_optim import update as upd
+from learned_optim.kernels import cbuild, cpu, eager
 from learned_optim.network import LSTMOptimizerConfig
 from learned_optim.update import learned_update
 
 SHAPES = [(), (1,), (7,), (3, 5, 2, 2), (16, 3, 3, 3), (97, 131), (2500,), (5,)]
 
-# The torch path runs fp32/fp64 tensors through the compiled C loop when it builds
-# (learned_optim.kernels.cpu) and everything else through the eager chunk loop; parity tests run
-# both by switching the C loop off through its environment variable. fp32 has two C loops (the
-# AVX-512 one where the CPU has it, and the portable one): "c-portable" forces the latter.
+# impl="auto" runs fp32/fp64 tensors through the compiled C loop when it builds
+# (learned_optim.kernels.cpu) and everything else through the eager chunk loop; impl="eager" runs
+# only the latter. fp32 has two C loops (the hand-vectorized one where the CPU has AVX-512 or AVX2,
+# and the portable one): "c-portable" forces the latter through cpu.USE_SIMD.
 LOOPS = ["c", "eager"]
 LOOPS_FP32 = ["c", "c-portable", "eager"]
-from learned_optim.kernels.cpu import MAX_HIDDEN as MAX_HIDDEN_C  # noqa: E402 (the largest H of the C loops)
+MAX_HIDDEN_C = cpu.MAX_HIDDEN  # the largest H of the C loops
 
 
 @contextlib.contextmanager
 def cpu_loop(which: str):
-    env = {"LEARNED_OPTIM_C_KERNEL": "0" if which == "eager" else "1",
-           "LEARNED_OPTIM_C_SIMD": "0" if which == "c-portable" else "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    """The impl that runs the CPU loop ``which`` ("c", "c-portable" or "eager")."""
+    old = cpu.USE_SIMD
+    cpu.USE_SIMD = which != "c-portable"
     try:
-        yield
+        yield "eager" if which == "eager" else "auto"
     finally:
-        for k, v in old.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
+        cpu.USE_SIMD = old
 
 
 def fresh_seed() -> int:
@@ -105,7 +102,7 @@ def grads_for(case, gen, dtype=None):
     return out
 
 
-def run(case, grads_seq, net, *, impl, chunk_size=upd.DEFAULT_CHUNK_SIZE, **kw):
+def run(case, grads_seq, net, *, impl, chunk_size=eager.DEFAULT_CHUNK_SIZE, **kw):
     """Apply len(grads_seq) steps to a deep copy of the case; returns the copy."""
     case = copy.deepcopy(case)
     opts = dict(lr=0.01, weight_decay=0.0, maximize=False)
@@ -126,8 +123,8 @@ def assert_same(got, want, *, rtol, atol, msg):
                                        msg=lambda m: f"{msg}: {key} of tensor {i} {tuple(x.shape)}: {m}")
 
 
-@pytest.mark.parametrize("loop, chunk_size", [("c", upd.DEFAULT_CHUNK_SIZE), ("eager", 5), ("eager", 64),
-                                              ("eager", 1000), ("eager", upd.DEFAULT_CHUNK_SIZE)])
+@pytest.mark.parametrize("loop, chunk_size", [("c", eager.DEFAULT_CHUNK_SIZE), ("eager", 5), ("eager", 64),
+                                              ("eager", 1000), ("eager", eager.DEFAULT_CHUNK_SIZE)])
 @pytest.mark.parametrize("maximize, weight_decay", [(False, 0.0), (True, 0.1)])
 def test_torch_matches_reference_fp64(loop, chunk_size, maximize, weight_decay):
     seed = fresh_seed()
@@ -136,8 +133,8 @@ def test_torch_matches_reference_fp64(loop, chunk_size, maximize, weight_decay):
     case = make_case(SHAPES, gen)
     grads_seq = [grads_for(case, gen) for _ in range(3)]
     want = run(case, grads_seq, net, impl="reference", maximize=maximize, weight_decay=weight_decay)
-    with cpu_loop(loop):
-        got = run(case, grads_seq, net, impl="torch", chunk_size=chunk_size, maximize=maximize,
+    with cpu_loop(loop) as impl:
+        got = run(case, grads_seq, net, impl=impl, chunk_size=chunk_size, maximize=maximize,
                   weight_decay=weight_decay)
     assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
     # the step did something: parameters and LSTM state moved
@@ -145,7 +142,7 @@ def test_torch_matches_reference_fp64(loop, chunk_size, maximize, weight_decay):
     assert all(not torch.equal(a["h"], b["h"]) for a, b in zip(got, case) if a["p"].numel())
 
 
-@pytest.mark.parametrize("loop, chunk_size", [("c", 64), ("eager", 64), ("eager", upd.DEFAULT_CHUNK_SIZE)])
+@pytest.mark.parametrize("loop, chunk_size", [("c", 64), ("eager", 64), ("eager", eager.DEFAULT_CHUNK_SIZE)])
 def test_noncontiguous_params_grads_and_state(loop, chunk_size):
     seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
@@ -154,8 +151,8 @@ def test_noncontiguous_params_grads_and_state(loop, chunk_size):
     assert any(not e["p"].is_contiguous() for e in case) and any(not e["h"].is_contiguous() for e in case)
     grads_seq = [[g.t() if g.dim() == 2 else g for g in grads_for(case, gen)] for _ in range(2)]
     want = run(case, grads_seq, net, impl="reference", weight_decay=0.05)
-    with cpu_loop(loop):
-        got = run(case, grads_seq, net, impl="torch", chunk_size=chunk_size, weight_decay=0.05)
+    with cpu_loop(loop) as impl:
+        got = run(case, grads_seq, net, impl=impl, chunk_size=chunk_size, weight_decay=0.05)
     assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
 
 
@@ -174,8 +171,8 @@ def test_chunk_boundaries_across_tensors(sizes, chunk_size, seed, loop):
     case = make_case([(n,) for n in sizes], gen, max_step=5)
     grads_seq = [grads_for(case, gen)]
     want = run(case, grads_seq, net, impl="reference")
-    with cpu_loop(loop):
-        got = run(case, grads_seq, net, impl="torch", chunk_size=chunk_size)
+    with cpu_loop(loop) as impl:
+        got = run(case, grads_seq, net, impl=impl, chunk_size=chunk_size)
     assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"sizes={sizes} chunk={chunk_size} seed={seed} {loop}")
 
 
@@ -190,8 +187,8 @@ def test_other_architectures(hs, features, loop):
     case = make_case(SHAPES[:5], gen, hs=hs)
     grads_seq = [grads_for(case, gen) for _ in range(2)]
     want = run(case, grads_seq, net, impl="reference")
-    with cpu_loop(loop):
-        got = run(case, grads_seq, net, impl="torch", chunk_size=100)
+    with cpu_loop(loop) as impl:
+        got = run(case, grads_seq, net, impl=impl, chunk_size=100)
     assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
 
 
@@ -203,8 +200,8 @@ def test_trajectory_60_steps_fp64(loop):
     case = make_case([(3, 5, 2, 2), (20, 15), (7,), ()], gen)
     grads_seq = [grads_for(case, gen) for _ in range(60)]
     want = run(case, grads_seq, net, impl="reference", weight_decay=0.01)
-    with cpu_loop(loop):
-        got = run(case, grads_seq, net, impl="torch", chunk_size=300, weight_decay=0.01)
+    with cpu_loop(loop) as impl:
+        got = run(case, grads_seq, net, impl=impl, chunk_size=300, weight_decay=0.01)
     assert_same(got, want, rtol=1e-9, atol=1e-11, msg=f"seed={seed}")
 
 
@@ -224,8 +221,8 @@ def test_fp32_trajectory_60_steps_tracks_fp64_reference(loop, hs, features):
     case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case64]
     grads_seq = [grads_for(case64, gen) for _ in range(60)]
     want = run(case64, grads_seq, net, impl="reference", weight_decay=0.01, maximize=True)
-    with cpu_loop(loop):
-        got = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl="torch",
+    with cpu_loop(loop) as impl:
+        got = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl,
                   weight_decay=0.01, maximize=True)
     for i, (a, b) in enumerate(zip(got, want)):
         for key in ("p", "m", "v", "h", "c"):
@@ -246,7 +243,7 @@ def test_optimizer_trajectory_conv_model_torch_equals_reference():
     # small images: fp64 conv backward has no fast CPU kernel (8x8x16 took ~90 ms per backward)
     x, y = torch.randn(8, 3, 6, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen)
     opts = [LearnedOptimizer(m.parameters(), weights=net, lr=1e-2, weight_decay=0.01, impl=impl, chunk_size=64)
-            for m, impl in ((model, "reference"), (twin, "torch"))]
+            for m, impl in ((model, "reference"), (twin, "auto"))]
     for _ in range(50):
         for m, opt in zip((model, twin), opts):
             opt.zero_grad()
@@ -267,8 +264,8 @@ def test_low_precision_params_match_reference(dtype, loop):
     case = make_case(SHAPES, gen, dtype=dtype)
     grads_seq = [grads_for(case, gen)]
     want = run(case, grads_seq, net, impl="reference", weight_decay=0.1)
-    with cpu_loop(loop):
-        got = run(case, grads_seq, net, impl="torch", chunk_size=500, weight_decay=0.1)
+    with cpu_loop(loop) as impl:
+        got = run(case, grads_seq, net, impl=impl, chunk_size=500, weight_decay=0.1)
     # one ulp of a low-precision dtype; for fp32, rounding of the fp32 maths (exactness: fp64 tests)
     ulp = max(torch.finfo(dtype).eps, 1e-5)
     for a, b in zip(got, want):
@@ -289,8 +286,8 @@ def test_bf16_lstm_state_matches_reference(loop):
     assert case[2]["h"].dtype == torch.bfloat16 and case[2]["m"].dtype == torch.float32
     grads_seq = [grads_for(case, gen)]
     want = run(case, grads_seq, net, impl="reference")
-    with cpu_loop(loop):
-        got = run(case, grads_seq, net, impl="torch", chunk_size=200)
+    with cpu_loop(loop) as impl:
+        got = run(case, grads_seq, net, impl=impl, chunk_size=200)
     ulp = torch.finfo(torch.bfloat16).eps
     for a, b in zip(got, want):
         assert a["h"].dtype == a["c"].dtype == torch.bfloat16
@@ -325,7 +322,8 @@ def test_optimizer_state_dtype_bf16_halves_lstm_state_and_roundtrips(tmp_path):
     again = LearnedOptimizer(model.parameters(), weights=net, state_dtype=torch.bfloat16)
     again.load_state_dict(torch.load(path))
     for key in ("lstm_h", "lstm_c", "exp_avg", "exp_avg_sq"):
-        assert torch.equal(again.state[model.weight][key], s[key]) and again.state[model.weight][key].dtype == s[key].dtype
+        got = again.state[model.weight][key]
+        assert torch.equal(got, s[key]) and got.dtype == s[key].dtype
 
 
 def test_state_dtype_rejects_other_dtypes():
@@ -337,7 +335,7 @@ def test_nonfinite_gradient_skips_only_that_tensor_on_the_torch_path():
     gen = torch.Generator().manual_seed(fresh_seed())
     net = random_net(gen)
     a, b = torch.nn.Parameter(torch.randn(50, generator=gen)), torch.nn.Parameter(torch.randn(70, generator=gen))
-    opt = LearnedOptimizer([a, b], weights=net, impl="torch", chunk_size=16)
+    opt = LearnedOptimizer([a, b], weights=net, impl="auto", chunk_size=16)
     a.grad = torch.randn(50, generator=gen)
     a.grad[3] = float("nan")
     b.grad = torch.randn(70, generator=gen)
@@ -357,10 +355,10 @@ def test_chunk_buffers_do_not_grow_with_the_model():
     gen = torch.Generator().manual_seed(fresh_seed())
     net = random_net(gen)
     case = make_case([(300, 200), (1000,), (7,)], gen, dtype=torch.float32)
-    upd._BUFFER_CACHE.d = {}  # the cache keeps the largest work space earlier tests asked for
-    with cpu_loop("eager"):
-        run(case, [grads_for(case, gen)], net, impl="torch", chunk_size=256)
-    buf = upd._buffers(torch.device("cpu"), torch.float32, 2, 4, 1)
+    eager._BUFFER_CACHE.d = {}  # the cache keeps the largest work space earlier tests asked for
+    with cpu_loop("eager") as impl:
+        run(case, [grads_for(case, gen)], net, impl=impl, chunk_size=256)
+    buf = eager.buffers(torch.device("cpu"), torch.float32, 2, 4, 1)
     assert buf.d.numel() == 256
     assert buf.gates.numel() == 16 * 256
 
@@ -370,7 +368,7 @@ def test_zero_sized_tensor_is_fine():
     net = random_net(gen)
     case = make_case([(0,), (5,), (0, 3)], gen)
     grads_seq = [grads_for(case, gen)]
-    got = run(case, grads_seq, net, impl="torch", chunk_size=4)
+    got = run(case, grads_seq, net, impl="auto", chunk_size=4)
     want = run(case, grads_seq, net, impl="reference")
     assert_same(got, want, rtol=1e-10, atol=1e-12, msg="zero-sized")
 
@@ -386,19 +384,17 @@ def test_argument_errors_name_the_fix():
     with pytest.raises(ValueError, match="impl must be one of"):
         learned_update(p, p, m, v, h, c, s, impl="cuda", **kw)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-        learned_update(p, p, m, v, h, c, s, impl="torch", chunk_size=0, **kw)
+        learned_update(p, p, m, v, h, c, s, impl="eager", chunk_size=0, **kw)
     p32 = [torch.randn(3), p[0]]
     with pytest.raises(ValueError, match="one compute dtype per call"):
-        learned_update(p32, p32, m + m, v + v, h + h, c + c, [torch.tensor(0.0)] * 2, impl="torch", **kw)
+        learned_update(p32, p32, m + m, v + v, h + h, c + c, [torch.tensor(0.0)] * 2, impl="auto", **kw)
 
 
-def test_auto_uses_torch_on_cpu(monkeypatch):
-    from learned_optim import kernels
-
+def test_auto_does_not_use_triton_on_cpu(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the Triton path must not be chosen for CPU tensors by impl='auto'")
 
-    monkeypatch.setattr(kernels, "triton_update", boom)
+    monkeypatch.setattr(kernels.triton, "update", boom)
     gen = torch.Generator().manual_seed(fresh_seed())
     net = random_net(gen)
     case = make_case([(10,)], gen)
@@ -408,30 +404,67 @@ def test_auto_uses_torch_on_cpu(monkeypatch):
     assert_same(got, want, rtol=1e-10, atol=1e-12, msg="auto")
 
 
-def test_c_loop_builds_where_a_compiler_exists():
-    from learned_optim.kernels import cpu
+def test_old_impl_names_warn_and_keep_their_meaning():
+    """"torch" (the earlier name) is "auto" on CPU, with a FutureWarning naming the new value."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(30, 3), (4,)], gen, dtype=torch.float32)
+    grads_seq = [grads_for(case, gen) for _ in range(2)]
+    with pytest.warns(FutureWarning, match="impl='torch' is deprecated, use impl='auto'"):
+        got = run(case, grads_seq, net, impl="torch")
+    want = run(case, grads_seq, net, impl="auto")
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want) for k in a)
+    with pytest.warns(FutureWarning, match="impl='torch' is deprecated"):
+        LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=net, impl="torch")
+    if not kernels.triton.available("cpu"):
+        with pytest.warns(FutureWarning, match="impl='triton' is deprecated, use impl='fused'"), \
+                pytest.raises(RuntimeError, match="impl='fused' cannot run on cpu: the Triton kernel"):
+            run(case, grads_seq, net, impl="triton")
 
+
+@pytest.mark.skipif(not cpu.available(), reason="the C loop does not build here")
+@pytest.mark.parametrize("dtype, state_dtype", [(torch.float32, None), (torch.float64, None),
+                                                (torch.float32, torch.bfloat16)])
+def test_fused_is_the_c_loop_on_cpu(dtype, state_dtype):
+    """impl="fused" on CPU runs the C loop: bit for bit what impl="auto" gives for what it covers."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(300,), (7, 3), ()], gen, dtype=dtype, state_dtype=state_dtype)
+    grads_seq = [grads_for(case, gen) for _ in range(2)]
+    got, want = run(case, grads_seq, net, impl="fused"), run(case, grads_seq, net, impl="auto")
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want) for k in a)
+    eager_run = run(case, grads_seq, net, impl="eager")
+    assert not all(torch.equal(a["p"], b["p"]) for a, b in zip(got, eager_run))  # a different loop ran
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_refuses_what_the_c_loop_does_not_cover(dtype):
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(5,)], gen, dtype=dtype)
+    with pytest.raises(RuntimeError, match="impl='fused' cannot run on cpu: .*use impl='auto'"):
+        run(case, [grads_for(case, gen)], net, impl="fused")
+
+
+def test_c_loop_builds_where_a_compiler_exists():
     if shutil.which("gcc") is None and shutil.which("cc") is None:
         pytest.skip("no C compiler here: the torch path uses its eager loop")
-    with cpu_loop("c"):
-        assert cpu.available()
+    assert cpu.available() or not cpu.ENABLED
 
 
 def test_c_loop_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
-    from learned_optim.kernels import cpu
-
     monkeypatch.setattr(cpu, "_libs", {})
     monkeypatch.setattr(cpu, "_failed", False)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setattr(cpu.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cbuild.shutil, "which", lambda name: None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached library to fall back on
     gen = torch.Generator().manual_seed(fresh_seed())
     net = random_net(gen)
     case = make_case([(30, 3), (4,)], gen)
     grads_seq = [grads_for(case, gen) for _ in range(2)]
-    with cpu_loop("c"), warnings.catch_warnings(record=True) as w:
+    with cpu_loop("c") as impl, warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        got = run(case, grads_seq, net, impl="torch")
+        got = run(case, grads_seq, net, impl=impl)
     assert [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)].__len__() == 1
     assert "could not be built" in str(w[0].message) and "LEARNED_OPTIM_C_KERNEL=0" in str(w[0].message)
     assert_same(got, run(case, grads_seq, net, impl="reference"), rtol=1e-10, atol=1e-12, msg="fallback")
@@ -482,8 +515,8 @@ def test_fp32_zero_head_is_adam_to_fp32_rounding(loop):
     """Catches constants rounded in fp32: e.g. 1 - beta2 computed as 1 - 0.999f is off by 1.3e-5
     relative, which shows as a 6e-6 relative error in the very first step."""
     seed = fresh_seed()
-    with cpu_loop(loop):
-        ours, ref = adam_steps_fp32("torch", 3, seed)
+    with cpu_loop(loop) as impl:
+        ours, ref = adam_steps_fp32(impl, 3, seed)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"seed={seed}: {m}")
 
 
@@ -518,7 +551,7 @@ sys.exit(3 if hung else proc.exitcode)
 def run_in_place(case, grads, net) -> None:
     learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
                    [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
-                   weights=net, config=net.config, lr=0.01, weight_decay=0.0, maximize=False, impl="torch")
+                   weights=net, config=net.config, lr=0.01, weight_decay=0.0, maximize=False, impl="auto")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -533,10 +566,8 @@ def test_c_loop_threads_work_in_a_forked_child():
     import sys
     from pathlib import Path
 
-    if os.environ.get("LEARNED_OPTIM_C_KERNEL") == "0":
+    if not cpu.ENABLED:
         pytest.skip("C loop switched off")
-    from learned_optim.kernels import cpu
-
     if not cpu.available():
         pytest.skip("the C loop does not build here")
     res = subprocess.run([sys.executable, "-c", _FORK_SCRIPT, str(Path(__file__).parent)],
@@ -545,9 +576,7 @@ def test_c_loop_threads_work_in_a_forked_child():
 
 
 def _simd_lib():
-    from learned_optim.kernels import cpu
-
-    if os.environ.get("LEARNED_OPTIM_C_KERNEL") == "0" or not cpu.available():
+    if not cpu.available():
         pytest.skip("the C loop does not build here")
     lib = cpu._libs[(4, 2)]
     if not lib.lo_simd():
@@ -600,8 +629,8 @@ def test_nonfinite_state_propagates_like_the_reference(loop):
     case[1]["m"][7] = float("nan")
     grads_seq = [grads_for(case, gen)]
     want = run(case, grads_seq, net, impl="reference")
-    with cpu_loop(loop):
-        got = run(case, grads_seq, net, impl="torch")
+    with cpu_loop(loop) as impl:
+        got = run(case, grads_seq, net, impl=impl)
     for a, b in zip(got, want):
         for key in ("p", "h", "c"):
             bad = ~torch.isfinite(b[key])
@@ -638,8 +667,8 @@ for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",))):
                 e["h"], e["c"] = e["h"].to(sdt), e["c"].to(sdt)
         grads = [grads_for(case64, gen) for _ in range(40)]
         want = run(case64, grads, net, impl="reference", weight_decay=0.01, maximize=True)
-        with cpu_loop("c"):
-            got = run(case32, [[g.float() for g in gs] for gs in grads], net, impl="torch", weight_decay=0.01,
+        with cpu_loop("c") as impl:
+            got = run(case32, [[g.float() for g in gs] for gs in grads], net, impl=impl, weight_decay=0.01,
                       maximize=True)
         tol = 1e-5 if sdt is None else 2e-2  # bf16 state: ~3 significant digits per step
         for a, b in zip(got, want):

@@ -1,8 +1,10 @@
-"""The Triton kernel (``learned_update(impl="triton")``) against the reference path.
+"""The Triton backend (``learned_update(impl="fused")`` on CUDA) against the reference path.
 
 Without a GPU these tests run the kernel on CPU tensors in Triton's interpreter, which must be
 switched on before the kernel module is imported: this module sets ``TRITON_INTERPRET=1`` at
-collection time when it is not set. They skip when the ``triton`` package is not installed. The
+collection time when it is not set. ``impl="fused"`` runs the C loop for CPU tensors, so every
+test here maps CPU tensors to the Triton backend (``kernels.FUSED_BACKENDS["cpu"]``, fixture
+``triton_for_cpu``). They skip when the ``triton`` package is not installed. The
 interpreter is slow (one Python iteration per program), so sizes stay small.
 
 Not testable here, only on a GPU (``benchmarks/gpu_check.py``): the compiled kernel itself,
@@ -17,9 +19,9 @@ import os
 
 import pytest
 import torch
+from test_fastpath import assert_same, fresh_seed, grads_for, make_case, random_net, run
 
 from learned_optim import kernels
-from test_fastpath import assert_same, fresh_seed, grads_for, make_case, random_net, run
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 if HAVE_TRITON:
@@ -29,6 +31,11 @@ needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="the triton package is
 
 # Sizes that cross the kernel's 1024-coordinate blocks, scalars, odd sizes and a conv kernel.
 SHAPES = [(), (1,), (7,), (3, 5, 2, 2), (1025,), (33, 40)]
+
+
+@pytest.fixture(autouse=True)
+def triton_for_cpu(monkeypatch):
+    monkeypatch.setitem(kernels.FUSED_BACKENDS, "cpu", kernels.triton)
 
 
 def _interpreting() -> bool:
@@ -51,13 +58,13 @@ def test_triton_available_is_false_without_a_backend():
 
 
 def test_triton_update_without_triton_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(kernels, "_module", lambda: None)
+    monkeypatch.setattr(kernels.triton, "_module", lambda: None)
     assert kernels.triton_available("cpu") is False
     gen = torch.Generator().manual_seed(fresh_seed())
     net = random_net(gen)
     case = make_case([(4,)], gen)
-    with pytest.raises(RuntimeError, match="impl='triton' cannot run on cpu.*use impl='torch'"):
-        run(case, [grads_for(case, gen)], net, impl="triton")
+    with pytest.raises(RuntimeError, match="impl='fused' cannot run on cpu: the Triton kernel.*use impl='auto'"):
+        run(case, [grads_for(case, gen)], net, impl="fused")
 
 
 @needs_triton
@@ -70,7 +77,7 @@ def test_triton_matches_reference_fp64(maximize, weight_decay):
     case = make_case(SHAPES, gen)
     grads_seq = [grads_for(case, gen) for _ in range(2)]
     want = run(case, grads_seq, net, impl="reference", maximize=maximize, weight_decay=weight_decay)
-    got = run(case, grads_seq, net, impl="triton", maximize=maximize, weight_decay=weight_decay)
+    got = run(case, grads_seq, net, impl="fused", maximize=maximize, weight_decay=weight_decay)
     assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
     assert all(not torch.equal(a["p"], b["p"]) for a, b in zip(got, case))
 
@@ -84,7 +91,7 @@ def test_triton_noncontiguous_and_trajectory_50_steps():
     case = make_case([(), (6, 9), (5,)], gen, noncontig=True)
     grads_seq = [grads_for(case, gen) for _ in range(50)]
     want = run(case, grads_seq, net, impl="reference", weight_decay=0.01)
-    got = run(case, grads_seq, net, impl="triton", weight_decay=0.01)
+    got = run(case, grads_seq, net, impl="fused", weight_decay=0.01)
     assert_same(got, want, rtol=1e-9, atol=1e-11, msg=f"seed={seed}")
 
 
@@ -102,7 +109,7 @@ def test_triton_low_precision(dtype, state_dtype):
     case = make_case([(3, 5, 2, 2), (1100,)], gen, dtype=dtype, state_dtype=state_dtype)
     grads_seq = [grads_for(case, gen)]
     want = run(case, grads_seq, net, impl="reference", weight_decay=0.1)
-    got = run(case, grads_seq, net, impl="triton", weight_decay=0.1)
+    got = run(case, grads_seq, net, impl="fused", weight_decay=0.1)
     for a, b in zip(got, want):
         for key in ("p", "m", "v", "h", "c"):
             assert a[key].dtype == b[key].dtype, key
@@ -124,7 +131,7 @@ def test_triton_mixed_param_dtypes_in_one_call():
     case[0]["p"] = case[0]["p"].bfloat16()
     grads_seq = [[g.to(e["p"].dtype) for g, e in zip(grads_for(case, gen), case)]]
     want = run(case, grads_seq, net, impl="reference")
-    got = run(case, grads_seq, net, impl="triton")
+    got = run(case, grads_seq, net, impl="fused")
     torch.testing.assert_close(got[1]["p"], want[1]["p"], rtol=2e-6, atol=2e-6)
     eps = torch.finfo(torch.bfloat16).eps
     torch.testing.assert_close(got[0]["p"].double(), want[0]["p"].double(), rtol=eps, atol=eps)
@@ -143,14 +150,14 @@ def test_triton_sees_in_place_weight_updates():
     delta = torch.randn(net.head_weight.shape, generator=gen)
     original = net.head_weight.detach().clone()
     results = {}
-    for impl in ("reference", "triton"):
+    for impl in ("reference", "fused"):
         state = run(case, grads_seq[:1], net, impl=impl)
         with torch.no_grad():
             net.head_weight.add_(delta)
         results[impl] = run(state, grads_seq[1:], net, impl=impl)
         with torch.no_grad():
             net.head_weight.copy_(original)
-    assert_same(results["triton"], results["reference"], rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+    assert_same(results["fused"], results["reference"], rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
 
 
 @needs_triton
@@ -159,7 +166,7 @@ def test_triton_fp32_zero_head_is_adam_to_fp32_rounding():
     from test_fastpath import adam_steps_fp32
 
     seed = fresh_seed()
-    ours, ref = adam_steps_fp32("triton", 3, seed)
+    ours, ref = adam_steps_fp32("fused", 3, seed)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"seed={seed}: {m}")
 
 
@@ -176,5 +183,21 @@ def test_triton_other_architectures(hs, features):
     case = make_case([(7,), (3, 5, 2, 2)], gen, hs=hs)
     grads_seq = [grads_for(case, gen) for _ in range(2)]
     want = run(case, grads_seq, net, impl="reference")
-    got = run(case, grads_seq, net, impl="triton")
+    got = run(case, grads_seq, net, impl="fused")
     assert_same(got, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+
+
+@needs_triton
+@needs_interpreter
+def test_old_name_triton_runs_the_triton_kernel_with_a_warning(monkeypatch):
+    """impl="triton", the earlier name, is "fused" with the Triton kernel on any device."""
+    monkeypatch.setitem(kernels.FUSED_BACKENDS, "cpu", kernels.cpu)  # "fused" alone would run the C loop
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(7,), (3, 5)], gen)
+    grads_seq = [grads_for(case, gen)]
+    with pytest.warns(FutureWarning, match="impl='triton' is deprecated, use impl='fused'"):
+        got = run(case, grads_seq, net, impl="triton")
+    monkeypatch.setitem(kernels.FUSED_BACKENDS, "cpu", kernels.triton)
+    want = run(case, grads_seq, net, impl="fused")
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want) for k in a)

@@ -17,6 +17,7 @@ CONFIGS = {
     "weight_decay": dict(weight_decay=0.1),
     "maximize": dict(maximize=True),
     "reference_impl": dict(impl="reference"),
+    "eager_impl": dict(impl="eager"),
     "tiny_chunks": dict(chunk_size=7),
     "big_lr": dict(lr=0.1),
 }
@@ -460,7 +461,8 @@ def test_nonfinite_gradient_skips_that_parameter(bad, random_net):
         (dict(weight_decay=-0.1), ValueError, "weight_decay"),
         (dict(weight_decay=None), TypeError, "weight_decay"),
         (dict(maximize="yes"), TypeError, "maximize"),
-        (dict(impl="cuda"), ValueError, "impl"),
+        (dict(impl="cuda"), ValueError,
+         r"LearnedOptimizer\(impl=...\) must be one of \('auto', 'reference', 'eager', 'fused'\), got impl='cuda'"),
         (dict(chunk_size=0), ValueError, "chunk_size"),
         (dict(weights=nn.Linear(2, 2)), TypeError, "CoordinatewiseLSTM"),
         (dict(weights=3), TypeError, "weights"),

@@ -7,8 +7,12 @@ tensor of the group through three small tables (a multi-tensor launch, as apex's
 * ``ptrs`` int64 ``[6, T]``: the addresses of p, g, m, v, h, c of each tensor (read, cast to
   typed pointers in the kernel), so no tensor is copied or packed;
 * ``blocks`` int64 ``[2, NB]``: for each program, its tensor index and first coordinate;
-* ``coefs`` ``[2T + 10]`` in the compute dtype: per tensor the bias corrections
-  1/(1-b1^t) and sqrt(1/(1-b2^t)) (tensors may be at different steps), then the constants.
+* ``coefs`` ``[2T]`` in the compute dtype: per tensor the bias corrections 1/(1-b1^t) and
+  sqrt(1/(1-b2^t)) (tensors may be at different steps).
+
+The rule's constants are named fp64 scalar arguments (``beta1``, ...), rounded once to the
+compute dtype in the kernel; the weights are the prepared rule's (``kernels/rule.py``), as they
+are. ``kernels/triton.py`` is the backend around this module.
 
 All maths is in the compute dtype (fp32, or fp64 for fp64 parameters); p, g, m, v, h, c are read
 and written in their own dtypes (fp32 / bf16 / fp16 parameters, bf16 LSTM state). Offsets are
@@ -25,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .rule import host_to
+
 # Coordinates per program and warps per program. 1024 fp32 lanes is a common choice for
 # bandwidth-bound elementwise Triton kernels (the vector-add tutorial uses 1024); this kernel
 # also holds four [H, BLOCK] gate tiles, so 8 warps keep that at 64 fp32 registers per thread
@@ -39,9 +45,6 @@ _TL_DTYPES = {
     torch.bfloat16: tl.bfloat16,
     torch.float16: tl.float16,
 }
-
-_FEATURE_KIND = {"g_norm": 0, "m_norm": 1}
-
 
 @triton.jit
 def _sigmoid(x):
@@ -70,8 +73,24 @@ def _gate_col(w_ptr, gate: tl.constexpr, col: tl.constexpr, rows, rmask, H: tl.c
 
 
 @triton.jit
+def _bias_col(b_ptr, gate: tl.constexpr, rows, rmask, H: tl.constexpr):
+    # The bias of gate block `gate` as an [HP, 1] tile.
+    return tl.load(b_ptr + gate * H + rows, mask=rmask, other=0.0)[:, None]
+
+
+@triton.jit
+def _const(x, CDT: tl.constexpr):
+    # An fp64 scalar argument as a CDT scalar, rounded once (also in the interpreter, where the
+    # argument arrives as a Python float).
+    return tl.full((), x, CDT)
+
+
+@triton.jit
 def lstm_update_kernel(
     ptrs, blocks, coefs, w_ptr, b_ptr, hw_ptr, hb_ptr, numels, T, NB,
+    beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64, one_minus_beta2: tl.float64,
+    eps_: tl.float64, feature_clip: tl.float64, lr_: tl.float64, decay_: tl.float64,
+    log_scale_bound: tl.float64, direction_bound: tl.float64,
     P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr, S_DT: tl.constexpr,
     CDT: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, F: tl.constexpr,
     KIND0: tl.constexpr, KIND1: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
@@ -89,15 +108,14 @@ def lstm_update_kernel(
 
     ib1 = tl.load(coefs + tid)
     sib2 = tl.load(coefs + T + tid)
-    cst = coefs + 2 * T
-    b1 = tl.load(cst + 0)
-    b2 = tl.load(cst + 1)
-    eps = tl.load(cst + 2)
-    clip = tl.load(cst + 3)
-    lr = tl.load(cst + 4)
-    decay = tl.load(cst + 5)
-    scale = tl.load(cst + 6)
-    dirb = tl.load(cst + 7)
+    b1 = _const(beta1, CDT)
+    b2 = _const(beta2, CDT)
+    eps = _const(eps_, CDT)
+    clip = _const(feature_clip, CDT)
+    lr = _const(lr_, CDT)
+    decay = _const(decay_, CDT)
+    scale = _const(log_scale_bound, CDT)
+    dirb = _const(direction_bound, CDT)
 
     offs = start + tl.arange(0, BLOCK).to(tl.int64)  # int64: tensors may exceed 2^31 elements
     mask = offs < n
@@ -108,8 +126,8 @@ def lstm_update_kernel(
     m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CDT)
     v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(CDT)
     # 1 - beta from the host in double precision: 1 - 0.999 rounded in fp32 is off by 1.3e-5
-    m = b1 * m + tl.load(cst + 8) * g
-    v = b2 * v + tl.load(cst + 9) * g * g
+    m = b1 * m + _const(one_minus_beta1, CDT) * g
+    v = b2 * v + _const(one_minus_beta2, CDT) * g * g
     d = tl.sqrt(v) * sib2 + eps
     a = m * ib1 / d
     x0 = _feature(KIND0, g, d, a, clip)
@@ -118,10 +136,10 @@ def lstm_update_kernel(
     rows = tl.arange(0, HP)
     rmask = rows < H
     # Gate pre-activations as [HP, BLOCK] tiles: bias + W[:, :F] x + W[:, F:] h.
-    gi = tl.load(b_ptr + rows, mask=rmask, other=0.0)[:, None] + _gate_col(w_ptr, 0, 0, rows, rmask, H, FH) * x0[None, :]
-    gf = tl.load(b_ptr + H + rows, mask=rmask, other=0.0)[:, None] + _gate_col(w_ptr, 1, 0, rows, rmask, H, FH) * x0[None, :]
-    gg = tl.load(b_ptr + 2 * H + rows, mask=rmask, other=0.0)[:, None] + _gate_col(w_ptr, 2, 0, rows, rmask, H, FH) * x0[None, :]
-    go = tl.load(b_ptr + 3 * H + rows, mask=rmask, other=0.0)[:, None] + _gate_col(w_ptr, 3, 0, rows, rmask, H, FH) * x0[None, :]
+    gi = _bias_col(b_ptr, 0, rows, rmask, H) + _gate_col(w_ptr, 0, 0, rows, rmask, H, FH) * x0[None, :]
+    gf = _bias_col(b_ptr, 1, rows, rmask, H) + _gate_col(w_ptr, 1, 0, rows, rmask, H, FH) * x0[None, :]
+    gg = _bias_col(b_ptr, 2, rows, rmask, H) + _gate_col(w_ptr, 2, 0, rows, rmask, H, FH) * x0[None, :]
+    go = _bias_col(b_ptr, 3, rows, rmask, H) + _gate_col(w_ptr, 3, 0, rows, rmask, H, FH) * x0[None, :]
     if F == 2:
         x1 = _feature(KIND1, g, d, a, clip)
         gi += _gate_col(w_ptr, 0, 1, rows, rmask, H, FH) * x1[None, :]
@@ -153,15 +171,7 @@ def lstm_update_kernel(
     tl.store(v_ptr + offs, v.to(M_DT), mask=mask)
 
 
-def _host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host-built table on ``device`` without waiting: pinned memory, non-blocking copy."""
-    if device.type == "cpu":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 _BLOCK_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-_WEIGHTS: dict[tuple, tuple[dict, dict[str, torch.Tensor]]] = {}
 
 
 def _block_table(numels: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,60 +184,39 @@ def _block_table(numels: tuple[int, ...], device: torch.device) -> tuple[torch.T
         tid = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int64), counts)
         first = torch.cumsum(counts, 0) - counts
         start = (torch.arange(int(counts.sum()), dtype=torch.int64) - first[tid]) * BLOCK
-        tab = (_host_to(torch.stack([tid, start]).contiguous(), device),
-               _host_to(torch.tensor(numels, dtype=torch.int64), device))
+        tab = (host_to(torch.stack([tid, start]).contiguous(), device),
+               host_to(torch.tensor(numels, dtype=torch.int64), device))
         if len(_BLOCK_TABLES) > 64:  # bounded: one entry per (model, device) in use
             _BLOCK_TABLES.clear()
         _BLOCK_TABLES[key] = tab
     return tab
 
 
-def _device_weights(weights: dict[str, torch.Tensor], device: torch.device, cdt: torch.dtype) -> dict[str, torch.Tensor]:
-    """The network's weights on ``device`` in ``cdt``, re-copied only when a weight changed
-    (its ``_version`` counts in-place updates): a pageable CPU->GPU copy each step would block."""
-    key = (str(device), cdt) + tuple((k, id(t), t._version) for k, t in sorted(weights.items()))
-    hit = _WEIGHTS.get(key)
-    if hit is None:
-        w = {k: _host_to(t.detach().to(dtype=cdt).contiguous(), device) if t.device.type == "cpu"
-             else t.detach().to(device=device, dtype=cdt).contiguous() for k, t in weights.items()}
-        if len(_WEIGHTS) > 8:  # bounded: stale versions are dropped wholesale
-            _WEIGHTS.clear()
-        # keep the source tensors alive so that their ids in the key cannot be reused
-        hit = _WEIGHTS[key] = (dict(weights), w)
-    return hit[1]
-
-
-def launch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
-           weights, config, lr, weight_decay, maximize, cdt) -> None:
-    """Launch the kernel over tensors that are contiguous and of one dtype per role."""
+def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, sib2) -> None:
+    """One launch over flat contiguous tensors of one dtype per role (``ib1``/``sib2``: their
+    bias corrections) with the prepared rule ``rule``."""
     device = params[0].device
-    hs, nf = config.hidden_size, config.num_features
+    hs, nf = rule.hidden_size, rule.num_features
     numels = tuple(p.numel() for p in params)
     t = len(params)
     ptrs = torch.tensor(
         [[x.data_ptr() for x in lst] for lst in (params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs)],
         dtype=torch.int64,
     )
-    b1, b2 = config.beta1, config.beta2
-    steps = [float(s) for s in state_steps]  # CPU step tensors (as torch.optim.Adam): no sync
-    coefs = torch.tensor(
-        [1.0 / (1 - b1**s) for s in steps] + [(1.0 / (1 - b2**s)) ** 0.5 for s in steps]
-        + [b1, b2, config.eps, config.feature_clip, lr, 1 - lr * weight_decay,
-           config.log_scale_bound, config.direction_bound, 1 - b1, 1 - b2],
-        dtype=cdt,
-    )
-    w = _device_weights(weights, device, cdt)
+    coefs = torch.tensor(list(ib1) + list(sib2), dtype=rule.dtype)
     blocks, numels_t = _block_table(numels, device)
     nb = blocks.shape[1]
-    kinds = [_FEATURE_KIND[f] for f in config.features] + [0]
+    kinds = rule.feature_kinds
     lstm_update_kernel[(nb,)](
-        _host_to(ptrs, device), blocks, _host_to(coefs, device),
-        w["weight"], w["bias"], w["head_weight"], w["head_bias"],
+        host_to(ptrs, device), blocks, host_to(coefs, device),
+        rule.weight, rule.bias, rule.head_weight, rule.head_bias,
         numels_t, t, nb,
+        rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps, rule.feature_clip,
+        rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound,
         P_DT=_TL_DTYPES[params[0].dtype], G_DT=_TL_DTYPES[grads[0].dtype],
-        M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[cdt],
-        H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[1],
-        MAXIMIZE=bool(maximize), BLOCK=BLOCK, num_warps=NUM_WARPS,
+        M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[rule.dtype],
+        H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[-1],
+        MAXIMIZE=bool(rule.maximize), BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     # The host tables above may be freed now: pinned blocks are recycled only after the copy
     # that used them completes (torch's caching host allocator records the stream).

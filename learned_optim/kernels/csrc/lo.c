@@ -1,0 +1,61 @@
+/* The fused learned update on CPU: one loop over the coordinates of a list of tensors, each
+   coordinate's g, m, v, p, h, c read once and written once, everything in between in registers.
+   Built and loaded by learned_optim/kernels/cpu.py (through cbuild.py) as one library per
+   network shape, with -DHIDDEN=<H> -DFEATURES=<F> on the command line.
+
+   Exported (all with the signature of lo_loop.h; the weights are the network's plain weights in
+   the compute type, the constants a struct lo_rule):
+     lo_f32, lo_f32_bf16, lo_f64   the portable loops: fp32 maths with fp32 or bf16 LSTM state,
+                                   and fp64 throughout (GCC vectorizes them)
+     lo_f32_simd, lo_f32_bf16_simd the hand-vectorized fp32 loops (lo_simd.h), only where the
+                                   target has AVX-512 or AVX2+FMA
+     lo_simd()                     their vector width in bits, 0 where they are not built
+     lo_simd_exp2, lo_simd_rcp1p   the vector approximations over arrays, for the tests */
+#if !defined(HIDDEN) || !defined(FEATURES)
+#error "build with -DHIDDEN=<hidden size> -DFEATURES=<feature count>"
+#endif
+
+#include "lo_common.h"
+
+#define LO_NAME lo_f32
+#define LO_CT float
+#define LO_ST float
+#define LO_LOAD(x) (x)
+#define LO_STORE(x) (x)
+#define LO_EXP lo_expf
+#define LO_SQRT sqrtf
+#include "lo_loop.h"
+
+#define LO_NAME lo_f32_bf16
+#define LO_CT float
+#define LO_ST uint16_t
+#define LO_LOAD bf16_load
+#define LO_STORE bf16_store
+#define LO_EXP lo_expf
+#define LO_SQRT sqrtf
+#include "lo_loop.h"
+
+#define LO_NAME lo_f64
+#define LO_CT double
+#define LO_ST double
+#define LO_LOAD(x) (x)
+#define LO_STORE(x) (x)
+#define LO_EXP lo_exp
+#define LO_SQRT sqrt
+#include "lo_loop.h"
+
+#include "lo_simd.h"
+
+#if defined(LO_SIMD)
+#define LO_NAME lo_f32_simd
+#define LO_ST float
+#define LO_LDS ld_f32
+#define LO_STS st_f32
+#include "lo_simd_loop.h"
+
+#define LO_NAME lo_f32_bf16_simd
+#define LO_ST uint16_t
+#define LO_LDS ld_bf16
+#define LO_STS st_bf16
+#include "lo_simd_loop.h"
+#endif

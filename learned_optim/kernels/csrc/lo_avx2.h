@@ -1,0 +1,55 @@
+/* The same loop on 8-lane AVX2 vectors (no AVX-512: most client CPUs). No vscalefps, vrcp14ps
+   or 16-bit masked memory ops there: 2^n is built in the exponent bits, 1/d is a division, and
+   the bf16 state's tails go through a small buffer. */
+#include <immintrin.h>
+#define LO_SIMD 256
+#define U 3
+#define VL 8
+typedef __m256 V;
+typedef __m256i M;
+#define SET1 _mm256_set1_ps
+LO_VECTOR_OPS(_mm256)
+
+static inline V v_round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline V v_ldexp(V e, V n) {
+    /* n integral in [-125, 126]: (n + 127) << 23 is 2^n; a NaN n gives garbage bits, but e is
+       then NaN too, and so is the product */
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+}
+static inline V v_recip(V d) { return _mm256_div_ps(SET1(1.0f), d); }
+static inline M lo_mask(int64_t left) {
+    const int l = left >= VL ? VL : (left <= 0 ? 0 : (int)left);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+/* masked moves only for tails: vmaskmovps stores are microcoded and slow on AMD CPUs */
+static inline int full(M k) { return _mm256_movemask_ps(_mm256_castsi256_ps(k)) == 0xff; }
+static inline V ld_f32(const float* ptr, M k) { return full(k) ? _mm256_loadu_ps(ptr) : _mm256_maskload_ps(ptr, k); }
+static inline void st_f32(float* ptr, M k, V x) {
+    if (full(k)) _mm256_storeu_ps(ptr, x);
+    else _mm256_maskstore_ps(ptr, k, x);
+}
+static inline V ld_bf16(const uint16_t* ptr, M k) {
+    const int bits = _mm256_movemask_ps(_mm256_castsi256_ps(k));
+    uint16_t buf[VL] = {0};
+    if (bits == 0xff) memcpy(buf, ptr, sizeof buf);
+    else for (int i = 0; i < VL; i++) if ((bits >> i) & 1) buf[i] = ptr[i];
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)buf));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+static inline void st_bf16(uint16_t* ptr, M k, V x) {
+    /* round to nearest even as bf16_store; NaN stays NaN */
+    __m256i u = _mm256_castps_si256(x);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);
+    /* 8 x 32 -> 8 x 16 bits: packus works per 128-bit half; the permute puts the halves in order */
+    __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+    uint16_t buf[VL];
+    _mm_storeu_si128((__m128i*)buf, _mm256_castsi256_si128(packed));
+    const int bits = _mm256_movemask_ps(_mm256_castsi256_ps(k));
+    if (bits == 0xff) memcpy(ptr, buf, sizeof buf);
+    else for (int i = 0; i < VL; i++) if ((bits >> i) & 1) ptr[i] = buf[i];
+}

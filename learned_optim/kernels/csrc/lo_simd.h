@@ -1,0 +1,77 @@
+/* The fp32 loop again, hand-vectorized: the vector layer below has an AVX-512 (F, BW, VL: the
+   last two for the bf16 state's loads and stores) and an AVX2+FMA implementation; where
+   -march=native has neither, the portable loop above runs. Why a second copy of the maths:
+   the step is ~25 vector
+   instructions per coordinate, most of them in the 23 exps (5 per hidden unit, 3 in the head),
+   so the cost of each exp decides the speed. Here:
+     - exp(z) is 2^(z log2 e), with log2 e, the sign and the 2 of sigmoid(z) = 1/(1+exp(-z)) and
+       tanh(z) = 2/(1+exp(-2z)) - 1 folded into the gate and head weights on entry: each exp is
+       then a round, a subtraction, a degree-5 polynomial and 2^n (one vscalefps on AVX-512);
+     - 1/x is vrcp14ps and one Newton step on AVX-512 (relative error ~2^-28 before rounding),
+       a division on AVX2;
+     - every statement is done for U independent vectors side by side (the unrolled u loops),
+       so the long dependent chain of one vector (moments -> gates -> exps -> cell -> head)
+       overlaps with the next one's.
+   Measured on 20k coordinates in cache (AMD EPYC, Zen 4): portable loop 10.8 ns/coordinate;
+   this one on AVX-512 with U = 1 and base-e exps 9.0, U = 3 with them 8.3, U = 3 as below 7.5.
+   Built for AVX2 on the same CPU: portable 21.3, this one 11.7 (U = 3; U = 2: 12.7).
+   Accuracy: ~1 ulp per nonlinearity (the portable loop's ~0.5); tests check both against the
+   fp64 reference and these approximations directly.
+   The moments keep an exact sqrt and division (the zero-head Adam test holds to 1e-6).
+   Tails use masked loads/stores: masked-off lanes compute on zeros, which are finite. */
+#ifndef LO_SIMD_H
+#define LO_SIMD_H
+
+/* The vector layer's plain arithmetic: the same for both ISAs but for the intrinsics' prefix P
+   (_mm512 or _mm256), token-pasted. */
+#define LO_VECTOR_OPS(P) \
+    static inline V v_add(V a, V b) { return P##_add_ps(a, b); } \
+    static inline V v_sub(V a, V b) { return P##_sub_ps(a, b); } \
+    static inline V v_mul(V a, V b) { return P##_mul_ps(a, b); } \
+    static inline V v_div(V a, V b) { return P##_div_ps(a, b); } \
+    static inline V v_min(V a, V b) { return P##_min_ps(a, b); } \
+    static inline V v_max(V a, V b) { return P##_max_ps(a, b); } \
+    static inline V v_sqrt(V a) { return P##_sqrt_ps(a); } \
+    static inline V v_fmadd(V a, V b, V c) { return P##_fmadd_ps(a, b, c); } \
+    static inline V v_fmsub(V a, V b, V c) { return P##_fmsub_ps(a, b, c); } \
+    static inline V v_fnmadd(V a, V b, V c) { return P##_fnmadd_ps(a, b, c); }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include "lo_avx512.h"
+#elif defined(__AVX2__) && defined(__FMA__)
+#include "lo_avx2.h"
+#endif
+
+#if defined(LO_SIMD)
+int lo_simd(void) { return LO_SIMD; }
+static inline V v_exp2(V x) {
+    /* 2^x = 2^n 2^f, n = round(x), f = x - n in [-1/2, 1/2] (exact). Clamped to [-125, 126] so
+       the result stays a normal float and 1 + 2^x finite (as lo_expf's [-87, 88] in base e). */
+    /* operand order: maxps/minps return the second operand when one is NaN, so NaN stays NaN */
+    x = v_min(SET1(126.0f), v_max(SET1(-125.0f), x));
+    const V n = v_round(x);
+    const V f = v_sub(x, n);
+    /* degree-5 polynomial fitted to 2^f on [-1/2, 1/2] for relative error, constant term fixed
+       at 1 so that 2^0 = 1 exactly (then sigmoid(0) = 1/2 and tanh(0) = 0 exactly, and a zero
+       head gives Adam's step). 9.2e-8 in exact arithmetic, 1.5e-7 evaluated in fp32. */
+    V e = v_fmadd(SET1(0.001326470635831356f), f, SET1(0.009671509265899658f));
+    e = v_fmadd(e, f, SET1(0.05550733581185341f));
+    e = v_fmadd(e, f, SET1(0.24022242426872253f));
+    e = v_fmadd(e, f, SET1(0.6931470036506653f));
+    e = v_fmadd(e, f, SET1(1.0f));
+    return v_ldexp(e, n);
+}
+/* 1 / (1 + x) for x >= 0 (x = an exp, at most exp(88): the sum stays finite) */
+static inline V v_rcp1p(V x) { return v_recip(v_add(x, SET1(1.0f))); }
+/* the two approximations over arrays, for the tests (their accuracy is checked directly) */
+void lo_simd_exp2(int64_t len, const float* x, float* y) {
+    for (int64_t j = 0; j < len; j += VL) st_f32(y + j, lo_mask(len - j), v_exp2(ld_f32(x + j, lo_mask(len - j))));
+}
+void lo_simd_rcp1p(int64_t len, const float* x, float* y) {
+    for (int64_t j = 0; j < len; j += VL) st_f32(y + j, lo_mask(len - j), v_rcp1p(ld_f32(x + j, lo_mask(len - j))));
+}
+#else
+int lo_simd(void) { return 0; }
+#endif
+
+#endif

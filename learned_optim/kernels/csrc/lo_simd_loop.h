@@ -1,0 +1,115 @@
+/* The hand-vectorized fp32 loop (the vector layer and its rationale: lo_simd.h), included once
+   per LSTM state type by lo.c with these macros defined (and undefined again at the end):
+     LO_NAME   the exported function's name
+     LO_ST     LSTM state type (float, or uint16_t for bf16 state)
+     LO_LDS, LO_STS  masked vector load and store of the state (ld_f32/st_f32 or ld_bf16/st_bf16)
+   The maths of lo_loop.h, with the gate and head weights (and the log-scale bound) rescaled on
+   entry so that every exp is one v_exp2. */
+void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int64_t* numels, int64_t T,
+             const float* coefs, const float* w, const float* bias, const float* hw, const float* hb,
+             const lo_rule* k) {
+    const V sgn = SET1(k->maximize ? -1.0f : 1.0f);
+    const V s0g = SET1(k->kind0 == 0), s1g = SET1(k->kind1 == 0);
+    const V s0a = SET1(k->kind0 != 0), s1a = SET1(k->kind1 != 0);
+    const float fclip = (float)k->feature_clip;
+    const V b1 = SET1((float)k->beta1), b2 = SET1((float)k->beta2), eps = SET1((float)k->eps), clip = SET1(fclip),
+        nclip = SET1(-fclip), lr = SET1((float)k->lr), decay = SET1((float)k->decay),
+        dirb = SET1((float)k->direction_bound), omb1 = SET1((float)k->one_minus_beta1),
+        omb2 = SET1((float)k->one_minus_beta2), one = SET1(1.0f), two = SET1(2.0f);
+    /* gate rows pre-scaled so that z' = -z log2 e (i, f, o) and z' = -2z log2 e (g): 2^z' is the
+       exp(-z) or exp(-2z) the sigmoid and tanh need; the head's by -2 log2 e for its two tanh */
+    const float l2e = 1.44269504088896341f;
+    const V ctanh = SET1(-2.0f * l2e), escale = SET1((float)k->log_scale_bound * l2e);
+    V W[4 * HIDDEN][FEATURES + HIDDEN], B[4 * HIDDEN], HW0[HIDDEN], HW1[HIDDEN];
+    for (int r = 0; r < 4 * HIDDEN; r++) {
+        const float sc = (r >= 2 * HIDDEN && r < 3 * HIDDEN) ? -2.0f * l2e : -l2e;
+        B[r] = SET1(sc * bias[r]);
+        for (int i = 0; i < FEATURES + HIDDEN; i++) W[r][i] = SET1(sc * w[r * (FEATURES + HIDDEN) + i]);
+    }
+    for (int q = 0; q < HIDDEN; q++) { HW0[q] = SET1(-2.0f * l2e * hw[q]); HW1[q] = SET1(-2.0f * l2e * hw[HIDDEN + q]); }
+    const V hb0 = SET1(-2.0f * l2e * hb[0]), hb1 = SET1(-2.0f * l2e * hb[1]);
+    for (int64_t t = 0; t < ntask; t++) {
+        const int64_t tid = tasks[3 * t], begin = tasks[3 * t + 1], end = tasks[3 * t + 2];
+        const int64_t n = numels[tid];
+        const V ib1 = SET1(coefs[tid]), sib2 = SET1(coefs[T + tid]);
+        float* p = (float*)ptrs[tid];
+        const float* g = (const float*)ptrs[T + tid];
+        float* m = (float*)ptrs[2 * T + tid];
+        float* v = (float*)ptrs[3 * T + tid];
+        LO_ST* h = (LO_ST*)ptrs[4 * T + tid];
+        LO_ST* c = (LO_ST*)ptrs[5 * T + tid];
+        for (int64_t j0 = begin; j0 < end; j0 += U * VL) {
+            M km[U];
+            V x[U][FEATURES + HIDDEN], av[U], y0[U], y1[U];
+            #pragma GCC unroll 32
+            for (int u = 0; u < U; u++) {
+                const int64_t left = end - j0 - u * VL;
+                km[u] = lo_mask(left);
+            }
+            #pragma GCC unroll 32
+            for (int u = 0; u < U; u++) {
+                const int64_t j = j0 + u * VL;
+                const V gv = v_mul(sgn, ld_f32(g + j, km[u]));
+                const V mv = v_fmadd(ld_f32(m + j, km[u]), b1, v_mul(gv, omb1));
+                const V vv = v_fmadd(ld_f32(v + j, km[u]), b2, v_mul(v_mul(gv, gv), omb2));
+                st_f32(m + j, km[u], mv);
+                st_f32(v + j, km[u], vv);
+                const V rd = v_div(one, v_fmadd(v_sqrt(vv), sib2, eps));
+                const V a = v_mul(v_mul(mv, ib1), rd), gn = v_mul(gv, rd);
+                av[u] = a;
+                const V f0 = v_fmadd(s0g, gn, v_mul(s0a, a));
+                x[u][0] = v_min(clip, v_max(nclip, f0)); /* NaN stays NaN, as torch.clamp */
+                if (FEATURES > 1) {
+                    const V f1 = v_fmadd(s1g, gn, v_mul(s1a, a));
+                    x[u][FEATURES - 1] = v_min(clip, v_max(nclip, f1));
+                }
+                #pragma GCC unroll 32
+                for (int q = 0; q < HIDDEN; q++) x[u][FEATURES + q] = LO_LDS(h + q * n + j, km[u]);
+                y0[u] = hb0;
+                y1[u] = hb1;
+            }
+            #pragma GCC unroll 32
+            for (int q = 0; q < HIDDEN; q++) {
+                V z[4][U];
+                #pragma GCC unroll 32
+                for (int r = 0; r < 4; r++) {
+                    const int row = r * HIDDEN + q;
+                    #pragma GCC unroll 32
+                    for (int u = 0; u < U; u++) z[r][u] = B[row];
+                    #pragma GCC unroll 32
+                    for (int i = 0; i < FEATURES + HIDDEN; i++)
+                        #pragma GCC unroll 32
+                        for (int u = 0; u < U; u++) z[r][u] = v_fmadd(W[row][i], x[u][i], z[r][u]);
+                }
+                #pragma GCC unroll 32
+                for (int u = 0; u < U; u++) {
+                    const int64_t j = j0 + u * VL;
+                    const V ig = v_rcp1p(v_exp2(z[0][u]));
+                    const V fg = v_rcp1p(v_exp2(z[1][u]));
+                    const V cg = v_fmsub(two, v_rcp1p(v_exp2(z[2][u])), one);
+                    const V og = v_rcp1p(v_exp2(z[3][u]));
+                    const V cn = v_fmadd(fg, LO_LDS(c + q * n + j, km[u]), v_mul(ig, cg));
+                    const V th = v_fmsub(two, v_rcp1p(v_exp2(v_mul(ctanh, cn))), one);
+                    const V hv = v_mul(og, th);
+                    LO_STS(c + q * n + j, km[u], cn);
+                    LO_STS(h + q * n + j, km[u], hv);
+                    y0[u] = v_fmadd(HW0[q], hv, y0[u]);
+                    y1[u] = v_fmadd(HW1[q], hv, y1[u]);
+                }
+            }
+            #pragma GCC unroll 32
+            for (int u = 0; u < U; u++) {
+                const int64_t j = j0 + u * VL;
+                const V t0 = v_fmsub(two, v_rcp1p(v_exp2(y0[u])), one);
+                const V t1 = v_fmsub(two, v_rcp1p(v_exp2(y1[u])), one);
+                const V step = v_fmadd(av[u], v_exp2(v_mul(escale, t0)), v_mul(dirb, t1));
+                st_f32(p + j, km[u], v_fnmadd(lr, step, v_mul(ld_f32(p + j, km[u]), decay)));
+            }
+        }
+    }
+}
+
+#undef LO_NAME
+#undef LO_ST
+#undef LO_LDS
+#undef LO_STS

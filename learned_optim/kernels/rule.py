@@ -1,0 +1,190 @@
+"""What every backend of the batched update receives: the prepared rule and the batch of tensors.
+
+``prepare_rule`` turns the network and the step's hyperparameters into a ``PreparedRule``: the
+plain weights in the compute dtype on the parameters' device (no backend-specific scaling: each
+backend folds its own constants in, inside its own module) and the rule's named constants as
+Python floats (double precision; ``1 - beta1`` and ``1 - beta2`` computed here in double, since
+``1 - 0.999`` rounded in fp32 is off by 1.3e-5). ``prepare_batch`` flattens the tensor lists into
+contiguous views and computes the per-tensor bias corrections. Both are built once per call of
+``learned_update`` and handed, unchanged, to every backend (``eager``, ``cpu``, ``triton``).
+
+Also here, because more than one module needs them: ``compute_dtype``, ``weights_dict``,
+``FEATURE_KINDS`` and ``chunk_plan`` (the walk over concatenated tensors that the eager loop
+chunks with and the C loop splits across threads with).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from ..network import LSTMOptimizerConfig
+
+__all__ = ["FEATURE_KINDS", "PreparedRule", "Batch", "compute_dtype", "weights_dict", "prepare_rule",
+           "prepare_batch", "chunk_plan", "host_to"]
+
+# Feature name -> the kind number the fused kernels select a feature by (C: lo_rule.kind0/kind1,
+# Triton: the KIND0/KIND1 constexprs): 0 = g / d (the normalized gradient), 1 = the Adam direction.
+FEATURE_KINDS = {"g_norm": 0, "m_norm": 1}
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the rule's maths runs in for parameters of ``dtype``: fp64 parameters keep fp64
+    maths (that is how fast paths are checked against the reference); everything else (fp32,
+    bf16, fp16) computes in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def weights_dict(weights) -> Mapping[str, Tensor]:
+    """The four tensors of a ``CoordinatewiseLSTM`` (or a mapping with them) by name."""
+    if isinstance(weights, Mapping):
+        return weights
+    return {
+        "weight": weights.weight,
+        "bias": weights.bias,
+        "head_weight": weights.head_weight,
+        "head_bias": weights.head_bias,
+    }
+
+
+class PreparedRule(NamedTuple):
+    """The rule for one call: plain weights (compute dtype, parameters' device, contiguous) and
+    the constants. Backends read it and never modify it."""
+
+    hidden_size: int
+    num_features: int
+    dtype: torch.dtype  # the compute dtype
+    weight: Tensor  # [4H, F+H] gates i, f, g, o over [features; h]
+    bias: Tensor  # [4H]
+    head_weight: Tensor  # [2, H]
+    head_bias: Tensor  # [2]
+    beta1: float
+    beta2: float
+    one_minus_beta1: float
+    one_minus_beta2: float
+    eps: float
+    feature_clip: float
+    lr: float
+    decay: float  # 1 - lr * weight_decay
+    log_scale_bound: float
+    direction_bound: float
+    maximize: bool
+    feature_kinds: tuple[int, ...]  # FEATURE_KINDS of config.features, in input order
+
+
+def host_to(t: Tensor, device: torch.device) -> Tensor:
+    """A host-built tensor on ``device`` without waiting: pinned memory, non-blocking copy."""
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+# Device copies of host weights, keyed by the source tensors' identity and version: a pageable
+# CPU->GPU copy every step would block the host.
+_DEVICE_WEIGHTS: dict[tuple, tuple[dict, dict[str, Tensor]]] = {}
+
+
+def _weights_on(w: Mapping[str, Tensor], device: torch.device, cdt: torch.dtype) -> dict[str, Tensor]:
+    if all(t.device == device for t in w.values()):
+        return {k: t.detach().to(dtype=cdt).contiguous() for k, t in w.items()}
+    key = (str(device), cdt) + tuple((k, id(t), t._version) for k, t in sorted(w.items()))
+    hit = _DEVICE_WEIGHTS.get(key)
+    if hit is None:
+        out = {k: host_to(t.detach().to(dtype=cdt).contiguous(), device) if t.device.type == "cpu"
+               else t.detach().to(device=device, dtype=cdt).contiguous() for k, t in w.items()}
+        if len(_DEVICE_WEIGHTS) > 8:  # bounded: stale versions are dropped wholesale
+            _DEVICE_WEIGHTS.clear()
+        # keep the source tensors alive so that their ids in the key cannot be reused
+        hit = _DEVICE_WEIGHTS[key] = (dict(w), out)
+    return hit[1]
+
+
+def prepare_rule(weights, config: LSTMOptimizerConfig, *, device: torch.device, dtype: torch.dtype, lr: float,
+                 weight_decay: float, maximize: bool) -> PreparedRule:
+    """The rule for one call of the batched update, in compute dtype ``dtype`` on ``device``."""
+    w = _weights_on(weights_dict(weights), torch.device(device), dtype)
+    b1, b2 = float(config.beta1), float(config.beta2)
+    return PreparedRule(
+        hidden_size=config.hidden_size, num_features=config.num_features, dtype=dtype,
+        weight=w["weight"], bias=w["bias"], head_weight=w["head_weight"], head_bias=w["head_bias"],
+        beta1=b1, beta2=b2, one_minus_beta1=1 - b1, one_minus_beta2=1 - b2, eps=float(config.eps),
+        feature_clip=float(config.feature_clip), lr=float(lr), decay=1.0 - lr * weight_decay,
+        log_scale_bound=float(config.log_scale_bound), direction_bound=float(config.direction_bound),
+        maximize=bool(maximize), feature_kinds=tuple(FEATURE_KINDS[f] for f in config.features),
+    )
+
+
+@dataclass
+class Batch:
+    """Flat contiguous views of every tensor of one call (``h``/``c`` as ``[H, n]``), and each
+    tensor's bias corrections ``ib1`` = 1/(1-b1^t) and ``sib2`` = sqrt(1/(1-b2^t)) as floats
+    (tensors may be at different steps). ``g`` is read only. A non-contiguous tensor is updated
+    through a contiguous copy that ``finish()`` writes back."""
+
+    p: list[Tensor]
+    g: list[Tensor]
+    m: list[Tensor]
+    v: list[Tensor]
+    h: list[Tensor]
+    c: list[Tensor]
+    ib1: list[float]
+    sib2: list[float]
+    numels: list[int]
+    writebacks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+    def lists(self, idx: Sequence[int]) -> tuple[list[Tensor], ...]:
+        """(p, g, m, v, h, c) of the tensors ``idx``."""
+        return tuple([lst[i] for i in idx] for lst in (self.p, self.g, self.m, self.v, self.h, self.c))
+
+    def finish(self) -> None:
+        for dst, src in self.writebacks:
+            dst.copy_(src.view_as(dst))
+
+
+def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
+                  config: LSTMOptimizerConfig) -> Batch:
+    """The flat views and bias corrections of ``learned_update``'s lists (steps already counted)."""
+    hs = config.hidden_size
+    writebacks: list[tuple[Tensor, Tensor]] = []
+
+    def flat(t: Tensor, rows: int | None) -> Tensor:
+        shape = (-1,) if rows is None else (rows, -1)
+        if t.is_contiguous():
+            return t.view(shape)
+        # memory proportional to this tensor only; rare in practice
+        tmp = t.contiguous()
+        writebacks.append((t, tmp))
+        return tmp.view(shape)
+
+    b1, b2 = config.beta1, config.beta2
+    steps = [float(s) for s in state_steps]  # CPU step tensors (as torch.optim.Adam): no sync
+    return Batch(
+        p=[flat(t, None) for t in params], g=[t.reshape(-1) for t in grads],
+        m=[flat(t, None) for t in exp_avgs], v=[flat(t, None) for t in exp_avg_sqs],
+        h=[flat(t, hs) for t in lstm_hs], c=[flat(t, hs) for t in lstm_cs],
+        ib1=[1.0 / (1 - b1**t) for t in steps], sib2=[(1.0 / (1 - b2**t)) ** 0.5 for t in steps],
+        numels=[p.numel() for p in params], writebacks=writebacks,
+    )
+
+
+def chunk_plan(numels: Sequence[int], chunk_size: int) -> list[list[tuple[int, int, int]]]:
+    """Split the concatenation of tensors of sizes ``numels`` into chunks of <= chunk_size
+    coordinates; each chunk is a list of segments (tensor index, start, end)."""
+    chunks, cur, room = [], [], chunk_size
+    for i, n in enumerate(numels):
+        start = 0
+        while start < n:
+            take = min(room, n - start)
+            cur.append((i, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                chunks.append(cur)
+                cur, room = [], chunk_size
+    if cur:
+        chunks.append(cur)
+    return chunks
+
