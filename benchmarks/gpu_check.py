@@ -1,15 +1,17 @@
-"""GPU check for issue 5: parity of every path on CUDA against the reference, then speed.
+"""GPU check: parity of every path on CUDA against the reference, then speed.
 
     python benchmarks/gpu_check.py                # parity + speed at 1e6, 1e7, 1e8 + training step
     python benchmarks/gpu_check.py --int64        # also a > 2^31-element tensor (~70 GB of memory)
-    python benchmarks/gpu_check.py --sizes 1e6 --no-train
+    python benchmarks/gpu_check.py --sizes 1e6 --no-train --json /tmp/gpu_check.json
 
-Prints one table: each row is a check (PASS/FAIL with its worst error) or a timing. Timings use
-CUDA events, medians over --reps steps. The bytes-moved floor is the bytes the update must read
-and write per coordinate (p, g, m, v, h, c in; p, m, v, h, c out) over the copy bandwidth measured
-here with a large device-to-device copy; issue 5's target is <= 1.5x that floor at 1e8.
+Prints one table: each row is a check (PASS/FAIL with its worst error) or a timing; ``--json``
+also writes the rows and the machine to a file. Timings use CUDA events, medians over --reps steps
+(``learned_optim.benchmarking.measure``). The bytes floor is the bytes the update must read and
+write per coordinate (the speed benchmark's ``step_floor``: p, g, m, v, h, c in; p, m, v, h, c
+out) over the copy bandwidth measured here with a 1 GiB device-to-device copy. The target: the
+learned step at 1e8 parameters within 1.5x that floor.
 
-Without CUDA it says so and exits 0 after a CPU smoke run of the torch path (the parity tests for
+Without CUDA it says so and exits 0 after a CPU smoke run of the eager path (the parity tests for
 CPU live in tests/test_fastpath.py and tests/test_kernels.py).
 """
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,6 +30,10 @@ except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learned_optim import LearnedOptimizer, kernels  # noqa: E402
+from learned_optim.benchmarking.measure import copy_bandwidth, median_time  # noqa: E402
+from learned_optim.benchmarking.speed import step_floor  # noqa: E402
+from learned_optim.common.files import write_json  # noqa: E402
+from learned_optim.common.machine import machine_info, machine_line  # noqa: E402
 from learned_optim.network import CoordinatewiseLSTM  # noqa: E402
 from learned_optim.update import learned_update  # noqa: E402
 
@@ -89,8 +94,9 @@ def worst_rel(got, want) -> float:
 def parity(device) -> None:
     shapes = [(), (1,), (7,), (3, 5, 2, 2), (64, 3, 3, 3), (1025,), (333, 517), (4097,)]
     net = random_net(0)
-    paths = ["torch"] + (["triton"] if kernels.triton_available(device) else [])
-    if "triton" not in paths:
+    # "fused" is the Triton kernel on CUDA; "eager" the torch chunk loop
+    paths = ["eager"] + (["fused"] if kernels.triton_available(device) else [])
+    if "fused" not in paths:
         row("triton kernel available", "FAIL", "triton not importable: pip install triton")
     # (param dtype, state dtype, allowed relative error): fp64 is exact maths; fp32 rounding;
     # low-precision values a few ulps (eps = 2^-7 for bf16, 2^-10 for fp16) after 3 steps
@@ -127,7 +133,7 @@ def int64_check(device) -> None:
     ref = [t[..., tail].clone() for t in (p, g, m, v, h, c)]
     step, step_ref = torch.tensor(0.0), torch.tensor(0.0)
     learned_update([p], [g], [m], [v], [h], [c], [step], weights=net, config=net.config, lr=1e-2,
-                   weight_decay=0.0, maximize=False, impl="triton")
+                   weight_decay=0.0, maximize=False, impl="fused")
     learned_update([ref[0]], [ref[1]], [ref[2]], [ref[3]], [ref[4]], [ref[5]], [step_ref], weights=net,
                    config=net.config, lr=1e-2, weight_decay=0.0, maximize=False, impl="reference")
     err = float((p[tail] - ref[0]).abs().max())
@@ -135,28 +141,15 @@ def int64_check(device) -> None:
 
 
 def cuda_ms(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    """Median milliseconds of ``fn`` over ``reps`` calls after 3 warm-up calls (CUDA events)."""
+    return median_time(fn, "cuda", reps, warmup=3) * 1e3
 
 
 def speed(device, sizes, reps) -> None:
     net = random_net(4)
-    big = torch.empty(2**28, device=device)  # 1 GiB: far beyond L2
-    dst = torch.empty_like(big)
-    bw = 2 * big.numel() * 4 / (cuda_ms(lambda: dst.copy_(big), reps) * 1e-3)
-    row("copy bandwidth (read+write)", f"{bw / 1e9:.0f} GB/s", "1 GiB device-to-device copy_")
-    del big, dst
-    hs = net.config.hidden_size
-    bytes_per = (4 * 4 + 2 * hs * 4) + (3 * 4 + 2 * hs * 4)  # fp32: p g m v h c in, p m v h c out
+    bw = copy_bandwidth(device, 2**30, reps)  # 1 GiB: far beyond L2
+    row("copy bandwidth (read+write)", f"{bw / 1e9:.0f} GB/s", "1 GiB device-to-device copy_, fastest of --reps")
+    bytes_per = step_floor(net.config)["bytes"]  # fp32: p g m v h c in, p m v h c out
     for n_f in sizes:
         n = int(n_f)
         # one tensor of half the parameters, the rest in 2^20-element tensors (~50 at 1e8, as
@@ -175,53 +168,64 @@ def speed(device, sizes, reps) -> None:
             ms = cuda_ms(opt.step, reps)
             row(f"AdamW {kind} step, {n_f:.0e} params", f"{ms:.3f} ms")
             del opt, ps
-        for impl in ["triton", "torch"] if kernels.triton_available(device) else ["torch"]:
+        for impl in ["fused", "eager"] if kernels.triton_available(device) else ["eager"]:
             ps = [p.clone().requires_grad_() for p in params]
             for p, g in zip(ps, grads):
                 p.grad = g
             opt = LearnedOptimizer(ps, weights=net, impl=impl)
             opt.step()
             torch.cuda.synchronize()
-            if impl == "triton":
-                # any host-device synchronisation inside step() raises in "error" mode
+            if impl == "fused":
+                # any host-device synchronisation inside step() raises in "error" mode: the whole
+                # optimizer step, the device-side non-finite check included
                 torch.cuda.set_sync_debug_mode("error")
                 try:
-                    learned_update(*_lists(opt), weights=net, config=net.config, lr=1e-3, weight_decay=0.0,
-                                   maximize=False, impl="triton")
-                    row(f"no host sync in learned_update(triton), {n_f:.0e}", "PASS")
+                    opt.step()
+                    row(f"no host sync in LearnedOptimizer.step() (fused), {n_f:.0e}", "PASS")
                 except RuntimeError as e:
-                    row(f"no host sync in learned_update(triton), {n_f:.0e}", "FAIL", str(e)[:60])
+                    row(f"no host sync in LearnedOptimizer.step() (fused), {n_f:.0e}", "FAIL", str(e)[:60])
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             ms = cuda_ms(opt.step, reps)
             floor = total * bytes_per / bw * 1e3
-            row(f"learned {impl} step, {n_f:.0e} params", f"{ms:.3f} ms", f"{ms / floor:.2f}x bytes floor ({floor:.3f} ms)")
+            row(f"learned {impl} step, {n_f:.0e} params", f"{ms:.3f} ms",
+                f"{ms / floor:.2f}x bytes floor ({floor:.3f} ms)")
             del opt, ps
 
 
 def block_sweep(device, reps) -> None:
-    """Step time of the Triton kernel at 1e8 parameters for a few (BLOCK, num_warps) settings;
-    the defaults in learned_optim/kernels/_triton_update.py were not tuned on a GPU."""
+    """Step time of the Triton kernel at 1e8 parameters for (BLOCK, num_warps) settings around
+    the table in learned_optim/kernels/_triton_update.py (LAUNCH, chosen from the registers per
+    thread measured without a GPU: benchmarks/results/triton_compile.md), per dtype pair."""
+    for p_dtype, s_dtype in [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                             (torch.float32, torch.bfloat16)]:
+        _sweep_one(device, reps, p_dtype, s_dtype)
+
+
+def _sweep_one(device, reps, p_dtype, s_dtype) -> None:
     from learned_optim.kernels import _triton_update as kt
 
     net = random_net(6)
     n = 10**8
-    ps = [torch.randn(n // 2, device=device), torch.randn(n - n // 2, device=device)]
+    ps = [torch.randn(n // 2, device=device).to(p_dtype), torch.randn(n - n // 2, device=device).to(p_dtype)]
     gs = [torch.randn_like(p) for p in ps]
-    state = [[torch.zeros_like(p) for p in ps] for _ in range(2)]
-    hc = [[torch.zeros(4, p.numel(), device=device) for p in ps] for _ in range(2)]
+    state = [[torch.zeros_like(p, dtype=torch.float32) for p in ps] for _ in range(2)]
+    hc = [[torch.zeros(4, p.numel(), device=device, dtype=s_dtype) for p in ps] for _ in range(2)]
     steps = [torch.tensor(0.0) for _ in ps]
-    default = (kt.BLOCK, kt.NUM_WARPS)
+    default = kt.launch_config(p_dtype, s_dtype)
+
+    def step():
+        learned_update(ps, gs, state[0], state[1], hc[0], hc[1], steps, weights=net, config=net.config, lr=1e-3,
+                       weight_decay=0.0, maximize=False, impl="fused")
+
     try:
-        for block, warps in [(256, 4), (512, 4), (1024, 4), (1024, 8), (2048, 8)]:
-            kt.BLOCK, kt.NUM_WARPS = block, warps
-            ms = cuda_ms(lambda: learned_update(ps, gs, state[0], state[1], hc[0], hc[1], steps, weights=net,
-                                                config=net.config, lr=1e-3, weight_decay=0.0, maximize=False,
-                                                impl="triton"), reps)
-            row(f"triton BLOCK={block} num_warps={warps}, 1e8 params", f"{ms:.3f} ms",
-                "(default)" if (block, warps) == default else "")
+        for block, warps in [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8), (1024, 8)]:
+            kt.LAUNCH_OVERRIDE = (block, warps)
+            ms = cuda_ms(step, reps)
+            row(f"fused {str(p_dtype)[6:]}/{str(s_dtype)[6:]} BLOCK={block} num_warps={warps}, 1e8",
+                f"{ms:.3f} ms", "(default)" if (block, warps) == default else "")
     finally:
-        kt.BLOCK, kt.NUM_WARPS = default
+        kt.LAUNCH_OVERRIDE = None
 
 
 def _lists(opt):
@@ -239,10 +243,10 @@ def train_step(device, reps) -> None:
     base = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).to(device)
     x = torch.randn(8, 512, 768, device=device)
     results = {}
-    for name in ("AdamW fused", "learned triton"):
+    for name in ("AdamW fused", "learned fused"):
         model = copy.deepcopy(base)
         opt = (torch.optim.AdamW(model.parameters(), fused=True) if name.startswith("AdamW")
-               else LearnedOptimizer(model.parameters(), weights=random_net(5), impl="triton"))
+               else LearnedOptimizer(model.parameters(), weights=random_net(5), impl="fused"))
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -253,7 +257,7 @@ def train_step(device, reps) -> None:
 
         results[name] = cuda_ms(step, reps)
         row(f"training step, {name} (~85M params)", f"{results[name]:.2f} ms")
-    over = results["learned triton"] / results["AdamW fused"] - 1
+    over = results["learned fused"] / results["AdamW fused"] - 1
     row("training-step overhead of the learned optimizer vs AdamW fused", f"{100 * over:+.1f}%")
 
 
@@ -263,6 +267,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--int64", action="store_true", help="also check a > 2^31-element tensor (~70 GB)")
     ap.add_argument("--no-train", action="store_true", help="skip the whole-training-step comparison")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows and the machine to this file")
     args = ap.parse_args()
 
     if not torch.cuda.is_available():
@@ -270,14 +275,14 @@ def main() -> int:
         net = random_net(0)
         case = make_state([(3, 4), (5,)], torch.device("cpu"), torch.float64, None, torch.Generator().manual_seed(0))
         grads = [[torch.randn(e["p"].shape, dtype=torch.float64) for e in case]]
-        err = worst_rel(apply(case, grads, net, "torch", lr=1e-2, weight_decay=0.0, maximize=False),
+        err = worst_rel(apply(case, grads, net, "eager", lr=1e-2, weight_decay=0.0, maximize=False),
                         apply(case, grads, net, "reference", lr=1e-2, weight_decay=0.0, maximize=False))
-        print(f"CPU smoke: torch path vs reference, max err/(1+|ref|) {err:.1e}")
+        print(f"CPU smoke: eager path vs reference, max err/(1+|ref|) {err:.1e}")
         return 0 if err < 1e-10 else 1
 
     device = torch.device("cuda")
-    print(f"gpu_check on {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
-          f"triton available: {kernels.triton_available(device)}")
+    machine = machine_info(torch.get_num_threads())
+    print(f"gpu_check on {machine_line(machine)}; triton available: {kernels.triton_available(device)}")
     print(f"  {'check':58s} {'result':>10s}  detail")
     parity(device)
     if args.int64:
@@ -289,6 +294,10 @@ def main() -> int:
         train_step(device, args.reps)
     failed = [r for r in ROWS if r[1] == "FAIL"]
     print(f"{len(ROWS)} rows, {len(failed)} FAIL")
+    if args.json:
+        write_json(args.json, {"benchmark": "gpu_check", "command": "python benchmarks/gpu_check.py "
+                               + " ".join(sys.argv[1:]), "machine": machine,
+                               "rows": [{"check": c, "result": r, "detail": d} for c, r, d in ROWS]})
     return 1 if failed else 0
 
 

@@ -1,18 +1,20 @@
 """How much do the learned optimizer's held-out results move with float-level details of its CPU path?
 
-The three CPU implementations of the rule (the AVX-512 C loop, the portable C loop, the eager torch
-loop) compute the same function and agree to ~1e-6 per step (tests/test_fastpath.py), but training
-is chaotic: a difference in the 7th digit of one step can end a 500-step run at a different loss.
-This script trains the default learned optimizer on the quality suite's tasks for many seeds with
-each path (each path in its own process, chosen through LEARNED_OPTIM_C_KERNEL / LEARNED_OPTIM_C_SIMD)
-and reports, per task and path, the spread of final losses. Same seeds, same data order, same
-initialisations for every path: only the rounding differs.
+The CPU implementations of the rule (the hand-vectorized C loop, the portable C loop, the eager
+torch loop) compute the same function and agree to float rounding per step (tests/test_fastpath.py),
+but training is chaotic: a difference in the 7th digit of one step can end a 500-step run at a
+different loss. This script trains the default learned optimizer on the quality suite's tasks for
+many seeds with each path (each path in its own process, selected by the environment of
+``learned_optim.benchmarking.cpu_paths``) and reports, per task and path, the spread of final
+losses. Same seeds, same data order, same initialisations for every path: only the rounding differs.
 
-Run (from the repository root; writes path_sensitivity.{json,md,png} into --out):
+Run (from the repository root; writes path_sensitivity.{json,md,png} into --out, default
+./benchmark-results; results already there are replaced only with --force):
 
-    python benchmarks/path_sensitivity.py                       # 3 tasks x 20 seeds x 3 paths, ~6 min on 2 cores
+    python benchmarks/path_sensitivity.py                       # 3 tasks x 20 seeds x 3 paths
     python benchmarks/path_sensitivity.py --tasks iris_deep_mlp --seeds 40 --paths simd portable
     python benchmarks/path_sensitivity.py --quick --out /tmp/ps  # seconds: 2 seeds, 20 steps
+    python benchmarks/path_sensitivity.py --rerender benchmarks/results/path_sensitivity.json  # .md/.png again
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -34,22 +35,29 @@ try:
 except ImportError:  # a checkout that is not pip-installed: use the package next to this folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# path name -> environment that selects it (see learned_optim.kernels.cpu and learned_optim.update)
-PATHS = {
-    "simd": {"LEARNED_OPTIM_C_KERNEL": "1", "LEARNED_OPTIM_C_SIMD": "1"},
-    "portable": {"LEARNED_OPTIM_C_KERNEL": "1", "LEARNED_OPTIM_C_SIMD": "0"},
-    "eager": {"LEARNED_OPTIM_C_KERNEL": "0"},
-}
+from learned_optim import LearnedOptimizer, from_pretrained  # noqa: E402
+from learned_optim.benchmarking import tasks as T  # noqa: E402
+from learned_optim.benchmarking.common import (  # noqa: E402
+    DEFAULT_OUT,
+    check_no_overwrite,
+    check_out_dir,
+    save_figure,
+)
+from learned_optim.benchmarking.cpu_paths import cpu_path, path_environment  # noqa: E402
+from learned_optim.benchmarking.quality import evaluation_steps, train_once  # noqa: E402
+from learned_optim.common.files import atomic_write_text, write_json  # noqa: E402
+from learned_optim.common.machine import machine_info, machine_line  # noqa: E402
+from learned_optim.kernels import cpu  # noqa: E402
+
+# This script's path names -> the CPU paths of the speed benchmark (learned_optim.benchmarking.cpu_paths)
+PATHS = {"simd": "native_simd", "portable": "native_portable", "eager": "eager"}
 DEFAULT_TASKS = ["iris_deep_mlp", "breast_cancer_mlp", "char_gru_lm"]
+OUTPUT_FILES = ("path_sensitivity.json", "path_sensitivity.md", "path_sensitivity.png")
 
 
 def _worker(args) -> None:
     """One path, in this process: final losses per task and seed."""
     import torch
-
-    from learned_optim import LearnedOptimizer
-    from learned_optim.benchmarking import tasks as T
-    from learned_optim.benchmarking.quality import _eval_steps, train_once
 
     torch.set_num_threads(1)
     out = {}
@@ -58,7 +66,7 @@ def _worker(args) -> None:
         problem = spec.problem()
         steps = 20 if args.quick else spec.steps
         runs = [train_once(problem, lambda ps: LearnedOptimizer(ps, weights=args.weights), seed, steps,
-                           spec.batch_size, _eval_steps(steps))
+                           spec.batch_size, evaluation_steps(steps))
                 for seed in range(args.first_seed, args.first_seed + args.seeds)]
         out[name] = {"steps": steps, "final": [r["final"] for r in runs], "initial": [r["initial"] for r in runs],
                      "diverged": [r["diverged"] for r in runs]}
@@ -69,9 +77,6 @@ def _path_available(path: str, weights: str | None) -> str | None:
     """None if the path can run here, else why not (e.g. no AVX-512 or AVX2 for "simd")."""
     if path == "eager":
         return None
-    from learned_optim import from_pretrained
-    from learned_optim.kernels import cpu
-
     cfg = from_pretrained(weights).config
     if not cpu.available(cfg.hidden_size, cfg.num_features):
         return "the C loop does not build here"
@@ -89,17 +94,25 @@ def _summary(xs: list[float]) -> dict:
             "min": min(xs), "max": max(xs)}
 
 
+def _write_report(report: dict, out_dir: Path) -> None:
+    atomic_write_text(out_dir / "path_sensitivity.md", _markdown(report))
+    _plot(report, out_dir / "path_sensitivity.png")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, help=f"quality-suite tasks (default {DEFAULT_TASKS})")
+    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS,
+                        help=f"quality-suite tasks (default {DEFAULT_TASKS})")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per task and path (default 20)")
     parser.add_argument("--first-seed", type=int, default=100,
                         help="first seed (default 100: not the quality benchmark's seeds 0-4)")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="CPU paths to compare")
     parser.add_argument("--weights", default=None, help="learned-optimizer weights (default: the package default)")
     parser.add_argument("--jobs", type=int, default=2, help="paths run in parallel, one thread each (default 2)")
-    parser.add_argument("--out", default="benchmarks/results", help="output directory")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
+    parser.add_argument("--force", action="store_true", help="replace path_sensitivity.* already in --out")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 20 steps: a pipeline check")
+    parser.add_argument("--rerender", metavar="JSON", help="no runs: write the .md and .png again beside this JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -110,16 +123,22 @@ def main(argv=None) -> int:
     if args.worker:
         _worker(args)
         return 0
-
-    from learned_optim.benchmarking import tasks as T
-    from learned_optim.benchmarking.common import check_out_dir, machine_info, write_json
+    if args.rerender:
+        path = Path(args.rerender)
+        _write_report(json.loads(path.read_text(encoding="utf-8")), path.parent)
+        print(f"wrote {path.parent}/path_sensitivity.md, .png")
+        return 0
 
     for name in args.tasks:
         try:
             T.get_task(name)
         except ValueError as e:  # names the known tasks
             parser.error(f"--tasks: {e}")
-    out_dir = check_out_dir(args.out)
+    try:
+        out_dir = check_out_dir(args.out)
+        check_no_overwrite(out_dir, OUTPUT_FILES, args.force)
+    except ValueError as e:
+        parser.error(str(e))
     machine = machine_info(1)
     skipped = {p: why for p in args.paths if (why := _path_available(p, args.weights))}
     paths = [p for p in args.paths if p not in skipped]
@@ -135,7 +154,7 @@ def main(argv=None) -> int:
                 cmd += ["--weights", args.weights]
             if args.quick:
                 cmd.append("--quick")
-            subprocess.run(cmd, check=True, env={**os.environ, **PATHS[path]})
+            subprocess.run(cmd, check=True, env=path_environment(cpu_path(PATHS[path]).env))
             results[path] = json.loads(out.read_text())
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -148,12 +167,12 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "path_sensitivity", "command": command.strip(),
         "machine": machine, "wall_s": wall,
-        "weights": args.weights or "package default", "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
+        "weights": args.weights or "package default",
+        "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
         "paths": paths, "skipped_paths": skipped, "quick": args.quick, "runs": results, "summary": summary,
     }
     write_json(out_dir / "path_sensitivity.json", report)
-    (out_dir / "path_sensitivity.md").write_text(_markdown(report))
-    _plot(report, out_dir / "path_sensitivity.png")
+    _write_report(report, out_dir)
     print(f"wrote {out_dir}/path_sensitivity.json, .md, .png ({wall:.0f} s)")
     return 0
 
@@ -162,16 +181,15 @@ def _markdown(r: dict) -> str:
     lines = ["# Held-out results against float-level details of the CPU path", ""]
     if r["quick"]:
         lines += ["**QUICK RUN** (2 seeds, 20 steps): a pipeline check, not a measurement.", ""]
-    from learned_optim.benchmarking.report import _machine_line
-
-    lines += [f"Command: `{r['command']}`  ", f"Machine: {_machine_line(r['machine'])}  ",
-              f"Date (UTC): {r['machine']['date_utc']}; wall time {r['wall_s']:.0f} s. Weights: {r['weights']}. Seeds {r['seeds'][0]}..{r['seeds'][-1]} "
-              f"({len(r['seeds'])}), the same for every path.", ""]
+    lines += [f"Command: `{r['command']}`  ", f"Machine: {machine_line(r['machine'])}  ",
+              f"Date (UTC): {r['machine']['date_utc']}; wall time {r['wall_s']:.0f} s. Weights: {r['weights']}. "
+              f"Seeds {r['seeds'][0]}..{r['seeds'][-1]} ({len(r['seeds'])}), the same for every path.", ""]
     if r["skipped_paths"]:
         lines += ["Not run here: " + "; ".join(f"{p} ({why})" for p, why in r["skipped_paths"].items()), ""]
     lines += ["Final full-data training loss of the default learned optimizer (lr 1e-3) per task and CPU path: "
               "median [quartiles], range, and runs that diverged (NaN, or final above initial). `simd`: the "
-              "AVX-512 C loop; `portable`: the portable C loop; `eager`: the torch chunk loop.", "",
+              "hand-vectorized C loop (AVX-512, or AVX2+FMA where the CPU has no AVX-512); `portable`: the "
+              "portable C loop; `eager`: the torch chunk loop.", "",
               "| task | steps | path | median [q1, q3] | min .. max | diverged |", "|---|---|---|---|---|---|"]
     for name, per in r["summary"].items():
         for p, s in per.items():
@@ -215,8 +233,7 @@ def _plot(r: dict, path: Path) -> None:
         ax.set_ylabel("final loss")
     fig.suptitle("Final loss per seed and CPU path (lines join the same seed)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

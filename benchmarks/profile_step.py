@@ -1,24 +1,38 @@
-"""Quick timing of one optimizer step of the learned update's paths (issue 5's own measurements).
+"""Quick sweep of one learned step over implementations, chunk sizes and thread counts.
 
-The official numbers come from ``benchmarks/speed.py``; this script is for iterating on the fast
-path: it times ``learned_update`` per ``impl``/chunk size, fused and foreach Adam, a matmul-rate
-floor, and the peak extra memory allocated during one step.
+For iterating on the fast path; the published numbers come from ``learned-optim benchmark speed``
+(``learned_optim.benchmarking.speed``), whose instruments this script shares
+(``learned_optim.benchmarking.measure``). It times ``learned_update`` per ``--impls`` value and
+chunk size on a transformer-like mix of tensor shapes, with a non-zero output head (so the whole
+rule runs as it would trained), beside fused and foreach Adam and the step's compute floor (the
+speed benchmark's ``step_floor`` FLOPs at the measured matmul rate); ``--memory`` adds the growth
+of resident memory during one step.
 
     python benchmarks/profile_step.py --sizes 1e6 1e7 --threads 1 2
 
-Timings are medians over ``--reps`` steps (the machine is shared: medians, not means).
+Timings are medians over ``--reps`` steps (the machine may be shared: medians, not means).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from learned_optim.network import CoordinatewiseLSTM, LSTMOptimizerConfig
-from learned_optim.update import DEFAULT_CHUNK_SIZE, learned_update
+try:
+    import learned_optim  # noqa: F401
+except ImportError:  # a checkout that is not pip-installed: use the package next to this folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from learned_optim.benchmarking.measure import matmul_rate, median_time, rss_peak_extra  # noqa: E402
+from learned_optim.benchmarking.speed import step_floor  # noqa: E402
+from learned_optim.common.machine import machine_info, machine_line  # noqa: E402
+from learned_optim.network import CoordinatewiseLSTM, LSTMOptimizerConfig  # noqa: E402
+from learned_optim.update import DEFAULT_CHUNK_SIZE, learned_update  # noqa: E402
+
+CPU = torch.device("cpu")
 
 
 def model_shapes(n: int) -> list[tuple[int, ...]]:
@@ -40,41 +54,8 @@ def model_shapes(n: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-def median_ms(fn, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
-
-
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
-
-
-def peak_extra_bytes(fn) -> int:
-    """Peak resident memory above the level before ``fn`` ran, in bytes (Linux: VmHWM after
-    resetting it through /proc/self/clear_refs). torch.profiler's CPU memory events came back
-    empty here, and resident memory is what a user pays anyway."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak-RSS counter (proc(5))
-    before = _proc_status_kib("VmRSS")
-    fn()
-    return max(0, _proc_status_kib("VmHWM") - before) * 1024
-
-
-def matmul_gflops(shape_m: int, shape_k: int, shape_n: int, reps: int = 20) -> float:
-    a, b = torch.randn(shape_m, shape_k), torch.randn(shape_k, shape_n)
-    out = torch.empty(shape_m, shape_n)
-    ms = median_ms(lambda: torch.mm(a, b, out=out), reps)
-    return 2 * shape_m * shape_k * shape_n / (ms * 1e-3) / 1e9
+def _ms(fn, reps: int) -> float:
+    return median_time(fn, CPU, reps, warmup=2) * 1e3
 
 
 def main() -> None:
@@ -83,10 +64,10 @@ def main() -> None:
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--chunks", nargs="+", type=int, default=[DEFAULT_CHUNK_SIZE])
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--impls", nargs="+", default=["torch"])
+    ap.add_argument("--impls", nargs="+", default=["auto"], choices=["auto", "fused", "eager", "reference"])
     ap.add_argument("--state-dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--no-adam", action="store_true")
-    ap.add_argument("--memory", action="store_true", help="also measure peak extra memory (profiler)")
+    ap.add_argument("--memory", action="store_true", help="also measure resident-memory growth during a step (Linux)")
     args = ap.parse_args()
 
     cfg = LSTMOptimizerConfig()
@@ -95,14 +76,16 @@ def main() -> None:
         net.head_weight.normal_(0, 0.1)
         net.head_bias.normal_(0, 0.1)
     hs, nf = cfg.hidden_size, cfg.num_features
-    flops_per_coord = 2 * 4 * hs * (nf + hs) + 2 * 2 * hs  # the two matmuls of the cell and head
+    flops_per_coord = step_floor(cfg)["flops"]
     sdt = getattr(torch, args.state_dtype)
+    print(machine_line(machine_info(torch.get_num_threads())))
 
     for nt in args.threads:
         torch.set_num_threads(nt)
-        big = matmul_gflops(1024, 1024, 1024)
-        skinny = matmul_gflops(4 * hs, nf + hs, DEFAULT_CHUNK_SIZE, reps=200)
-        print(f"threads={nt}: sgemm 1024^3 {big:.1f} GFLOP/s; [{4*hs}x{nf+hs}]@[{nf+hs}x{DEFAULT_CHUNK_SIZE}] {skinny:.1f} GFLOP/s")
+        big = matmul_rate(1024, 1024, 1024, CPU, repeats=20)
+        skinny = matmul_rate(4 * hs, nf + hs, DEFAULT_CHUNK_SIZE, CPU, repeats=200)
+        print(f"threads={nt}: sgemm 1024^3 {big / 1e9:.1f} GFLOP/s; "
+              f"[{4 * hs}x{nf + hs}]@[{nf + hs}x{DEFAULT_CHUNK_SIZE}] {skinny / 1e9:.1f} GFLOP/s")
         for n_f in args.sizes:
             n = int(n_f)
             shapes = model_shapes(n)
@@ -110,17 +93,17 @@ def main() -> None:
             params = [torch.randn(s, generator=gen) for s in shapes]
             grads = [torch.randn(s, generator=gen) for s in shapes]
             state_bytes = sum(p.numel() for p in params) * (2 * 4 + 2 * hs * sdt.itemsize)
-            floor_big = n * flops_per_coord / (big * 1e9) * 1e3
-            floor_skinny = n * flops_per_coord / (skinny * 1e9) * 1e3
-            print(f"  n={n:.0e} ({len(shapes)} tensors), state {state_bytes/2**20:.1f} MiB; "
-                  f"floor {floor_big:.2f} ms (sgemm rate) / {floor_skinny:.2f} ms (skinny-matmul rate)")
+            floor_big = n * flops_per_coord / big * 1e3
+            floor_skinny = n * flops_per_coord / skinny * 1e3
+            print(f"  n={n:.0e} ({len(shapes)} tensors), state {state_bytes / 2**20:.1f} MiB; compute floor "
+                  f"{floor_big:.2f} ms (sgemm rate) / {floor_skinny:.2f} ms (skinny-matmul rate)")
             if not args.no_adam:
                 for kind in ("fused", "foreach"):
                     ps = [p.clone() for p in params]
                     for p, g in zip(ps, grads):
                         p.grad = g
                     opt = torch.optim.Adam(ps, **{kind: True})
-                    print(f"    Adam {kind:8s} {median_ms(opt.step, args.reps):8.2f} ms")
+                    print(f"    Adam {kind:8s} {_ms(opt.step, args.reps):8.2f} ms")
                     del opt, ps
             for impl in args.impls:
                 for cs in args.chunks:
@@ -135,12 +118,13 @@ def main() -> None:
                         learned_update(ps, grads, ms_, vs, hs_, cs_, st, weights=net, config=cfg, lr=1e-3,
                                        weight_decay=0.0, maximize=False, impl=impl, chunk_size=cs)
 
-                    ms = median_ms(step, args.reps)
-                    line = (f"    learned {impl:6s} chunk={cs:6d} {ms:8.2f} ms  = {ms/floor_big:5.1f}x sgemm floor, "
-                            f"{ms/floor_skinny:5.1f}x skinny floor")
+                    ms = _ms(step, args.reps)
+                    line = (f"    learned {impl:9s} chunk={cs:6d} {ms:8.2f} ms  = {ms / floor_big:5.1f}x sgemm floor, "
+                            f"{ms / floor_skinny:5.1f}x skinny floor")
                     if args.memory:
-                        peak = peak_extra_bytes(step)
-                        line += f"; peak extra {peak/2**20:.2f} MiB = {100*peak/state_bytes:.1f}% of state"
+                        peak = rss_peak_extra(step)
+                        line += "; resident-memory growth " + ("n/a" if peak is None else (
+                            f"{peak / 2**20:.2f} MiB = {100 * peak / state_bytes:.1f}% of state"))
                     print(line, flush=True)
 
 

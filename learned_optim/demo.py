@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .common.data import digits
+from .hub import DEFAULT_WEIGHTS, WeightsError, WeightsNotFoundError, resolve
+from .optimizer import LearnedOptimizer
+
 __all__ = ["add_arguments", "run", "train_digits"]
 
 
 def _load_digits(seed: int):
+    """The digits in an order fixed by ``seed``: 1400 training and 397 test examples."""
     try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise SystemExit(
-            "the demo trains on scikit-learn's bundled digits: pip install 'learned-optim[demo]'"
-        ) from None
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x, dtype=torch.float32) / 16.0  # pixel values are 0..16
-    y = torch.tensor(y, dtype=torch.long)
+        x, y = digits()
+    except ImportError as e:
+        raise SystemExit(f"the demo trains on scikit-learn's bundled digits: {e}") from None
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     x, y = x[perm], y[perm]
     n_train = 1400
@@ -60,17 +64,47 @@ def train_digits(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of both optimizers (default 1e-3)")
-    parser.add_argument("--weights", default=None, help="learned optimizer weights: shipped name, directory or Hub id (default: the shipped default)")
+    parser.add_argument("--weights", default=None,
+                        help="learned optimizer weights: shipped name, directory or Hub id "
+                             "(default: the shipped default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None, metavar="PNG", help="also save the two loss curves to this PNG")
 
 
-def run(args: argparse.Namespace) -> int:
-    from . import LearnedOptimizer
-    from .hub import DEFAULT_WEIGHTS
-
+def _validate(args: argparse.Namespace) -> None:
+    """Check every option before any training starts; errors name the option and the fix."""
     if args.steps < 1:
-        raise SystemExit(f"--steps must be >= 1, got {args.steps}")
+        raise ValueError(f"--steps must be >= 1, got {args.steps}; e.g. --steps 300")
+    if not math.isfinite(args.lr) or args.lr < 0:
+        raise ValueError(f"--lr must be a positive number, got {args.lr:g}; e.g. --lr 1e-3")
+    if args.lr == 0:
+        raise ValueError("--lr 0 would train nothing (every step is lr times the rule's output); e.g. --lr 1e-3")
+    try:
+        resolve(args.weights)
+    except (WeightsError, WeightsNotFoundError, TypeError) as e:
+        raise ValueError(f"--weights {args.weights!r}: {e}") from None
+    if args.plot is not None:
+        plot = Path(args.plot).expanduser()
+        if plot.is_dir():
+            raise ValueError(f"--plot {args.plot!r} is a directory; name a file in it, e.g. --plot {plot / 'demo.png'}")
+        if plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot {args.plot!r} must name a .png file, e.g. --plot demo.png")
+        folder = plot.parent
+        if not folder.is_dir():
+            raise ValueError(f"--plot {args.plot!r}: the folder {str(folder)!r} does not exist; create it first")
+        try:
+            with tempfile.TemporaryFile(dir=folder):  # a folder one may not write into fails here
+                pass
+        except OSError as e:
+            raise ValueError(f"--plot {args.plot!r}: cannot write into {str(folder)!r} ({e.strerror or e})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        _validate(args)
+    except ValueError as e:
+        print(f"learned-optim demo: error: {e}", file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     runs = {

@@ -9,12 +9,14 @@ Name resolution in ``from_pretrained(name_or_path, revision=None)``, first match
   2. a name shipped with the package (``pretrained/<name>/``; see ``list_shipped()``);
   3. a Hub repo id ``"org/name"``, fetched with ``huggingface_hub.hf_hub_download`` (its cache,
      ``revision``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` apply as usual).
+
+This module also gives ``CoordinatewiseLSTM`` its Hub-mixin style methods (``save_pretrained``,
+``push_to_hub``, classmethod ``from_pretrained``), so the network module does not depend on it.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -23,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .network import FORMAT_VERSION, CoordinatewiseLSTM, LSTMOptimizerConfig
+from .common.files import atomic_write_bytes, atomic_write_text
+from .network import FORMAT_VERSION, WEIGHT_NAMES, CoordinatewiseLSTM, LSTMOptimizerConfig
 
 __all__ = [
     "CONFIG_NAME",
@@ -239,43 +242,24 @@ def save_pretrained(
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (and ``README.md`` if ``model_card``).
 
-    Files are written to temporary names and renamed, so a crash never leaves a half-written
-    weights file behind.
+    Each file is written atomically (``common.files``: temp file, fsync, rename), so a crash never
+    leaves a half-written file behind.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if not isinstance(network, CoordinatewiseLSTM):
         raise TypeError(f"network must be a CoordinatewiseLSTM, got {type(network).__name__}")
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: getattr(network, k).detach().to("cpu", torch.float32).contiguous() for k in network.expected_shapes()}
+    tensors = {k: getattr(network, k).detach().to("cpu", torch.float32).contiguous() for k in WEIGHT_NAMES}
     for k, t in tensors.items():
         if not torch.isfinite(t).all():
             raise ValueError(f"refusing to save: network tensor {k!r} has non-finite values")
-    files = {
-        CONFIG_NAME: (json.dumps(config_json(network), indent=2, sort_keys=True) + "\n").encode(),
-    }
+    atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config_json(network), indent=2, sort_keys=True) + "\n")
     if model_card is not None:
-        files["README.md"] = model_card.encode()
-    tmp = out / f".{WEIGHTS_NAME}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS_NAME)
-    for name, data in files.items():
-        _atomic_write(out / name, data)
+        atomic_write_text(out / "README.md", model_card)
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def push_to_hub(
@@ -302,3 +286,21 @@ def push_to_hub(
         info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
                                  repo_type="model")
     return str(getattr(info, "commit_url", info))
+
+
+# ----------------------------------------------------------------------------- methods
+# Hub-mixin style conveniences on the network class (huggingface_hub's ModelHubMixin API):
+# ``net.save_pretrained(dir)``, ``net.push_to_hub(repo_id)``, ``CoordinatewiseLSTM.from_pretrained(name)``.
+# They are the functions above, attached to the class when this module is imported
+# (``learned_optim/__init__`` imports it), so ``network`` never imports ``hub``.
+
+
+def _from_pretrained_classmethod(cls: type, name_or_path: str | os.PathLike | None = None,
+                                 revision: str | None = None) -> CoordinatewiseLSTM:
+    """Load by shipped name, local directory or Hub repo id (see ``hub.from_pretrained``)."""
+    return from_pretrained(name_or_path, revision=revision)
+
+
+CoordinatewiseLSTM.save_pretrained = save_pretrained
+CoordinatewiseLSTM.push_to_hub = push_to_hub
+CoordinatewiseLSTM.from_pretrained = classmethod(_from_pretrained_classmethod)

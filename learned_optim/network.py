@@ -8,8 +8,11 @@ and lives in ``optimizer.state[p]``, never on this module.
 
 Layout is feature-major throughout: features are ``[F, N]``, recurrent state ``[H, N]``
 for ``N`` coordinates. A ``[4H, F+H] @ [F+H, N]`` matmul is far faster on CPU than the
-row-major ``[N, F+H] @ [F+H, 4H]`` form (measured 50 ms vs 269 ms at 1e6 coordinates,
-H=8, see ../shared/NOTES-anchors.md).
+row-major ``[N, F+H] @ [F+H, 4H]`` form (measured 50 ms vs 269 ms at 1e6 coordinates, H=8).
+
+Saving and loading (``save_pretrained``, ``from_pretrained``, ``push_to_hub``) live in
+``learned_optim.hub``, which owns the file format and adds them to ``CoordinatewiseLSTM`` as
+methods when it is imported (``import learned_optim`` imports it).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FORMAT_VERSION", "FEATURES", "LSTMOptimizerConfig", "CoordinatewiseLSTM"]
+from .common.config import check_int, check_number, config_error
+
+__all__ = ["FORMAT_VERSION", "FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
 
 # Version of the on-disk format (config.json + model.safetensors). Bump when the meaning
 # of a field or tensor changes; loaders refuse versions newer than they understand.
@@ -35,6 +40,10 @@ FORMAT_VERSION = 1
 # clipped to [-feature_clip, feature_clip]. No absolute-time feature on purpose: it is the
 # main reason learned optimizers fail at horizons longer than they were trained on.
 FEATURES = ("g_norm", "m_norm")
+
+# The meta-parameters of a CoordinatewiseLSTM, by attribute name, in the one order used everywhere:
+# flat meta-parameter vectors, safetensors files, checkpoints, and the mapping lstm_rule accepts.
+WEIGHT_NAMES = ("weight", "bias", "head_weight", "head_bias")
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,9 @@ class LSTMOptimizerConfig:
             sits within +-5 for all but the first steps of a coordinate.
         log_scale_bound: the learned per-coordinate step multiplier is
             exp(log_scale_bound * tanh(y_0)), i.e. within [e^-b, e^b]. Default 3.0, so the
-            rule can reach ~20x the Adam step: per-task tuned Adam learning rates sit 8-30x above
-            the default 1e-3 (NOTES-anchors.md), and a learned rule must be able to get there.
+            rule can reach ~20x the Adam step: per-task tuned Adam learning rates are often 3-100x
+            the default 1e-3 (the "Adam tuned" column of benchmarks/results/quality.md), and a
+            learned rule must be able to get there.
         direction_bound: the learned additive direction is direction_bound * tanh(y_1). Default
             0.5 (the Adam direction itself is O(1)); it lets the rule step where Adam would not.
     """
@@ -69,32 +79,20 @@ class LSTMOptimizerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
-        if isinstance(self.hidden_size, bool) or not isinstance(self.hidden_size, int) or self.hidden_size < 1:
-            raise ValueError(f"hidden_size must be a positive int, got {self.hidden_size!r}")
+        check_int(self, "hidden_size", minimum=1)
         unknown = [f for f in self.features if f not in FEATURES]
         if unknown or not self.features or len(set(self.features)) != len(self.features):
-            raise ValueError(
-                f"features must be distinct names from {FEATURES}, got {self.features!r}"
-            )
-        for name, lo, hi in (("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0)):
-            val = getattr(self, name)
-            if not isinstance(val, (int, float)) or not lo <= val < hi:
-                raise ValueError(f"{name} must be a float in [{lo}, {hi}), got {val!r}")
-        for name in ("eps", "feature_clip", "log_scale_bound", "direction_bound"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
-                raise ValueError(f"{name} must be a finite float >= 0, got {val!r}")
-        if self.eps <= 0 or self.feature_clip <= 0:
-            raise ValueError("eps and feature_clip must be > 0")
+            config_error(self, "features", f"distinct names from {FEATURES}", f"pass a non-empty subset of {FEATURES}")
+        for name in ("beta1", "beta2"):
+            check_number(self, name, ge=0.0, lt=1.0)
+        for name in ("eps", "feature_clip"):
+            check_number(self, name, gt=0.0)
+        for name in ("log_scale_bound", "direction_bound"):
+            check_number(self, name, ge=0.0)
 
     @property
     def num_features(self) -> int:
         return len(self.features)
-
-    @property
-    def state_floats_per_coordinate(self) -> int:
-        """Optimizer-state floats per parameter coordinate: m, v, h (H) and c (H)."""
-        return 2 + 2 * self.hidden_size
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -126,6 +124,9 @@ class CoordinatewiseLSTM(nn.Module):
         config: the architecture and rule constants. Default ``LSTMOptimizerConfig()``.
         provenance: free-form JSON-able dict saved in config.json (how the weights were made).
         seed: seed for the LSTM weight initialisation (torch.nn.LSTM's U(-1/sqrt(H), 1/sqrt(H))).
+
+    ``learned_optim.hub`` adds the methods ``save_pretrained(directory)``, ``push_to_hub(repo_id)``
+    and the classmethod ``from_pretrained(name_or_path)`` (see there).
     """
 
     def __init__(
@@ -152,8 +153,9 @@ class CoordinatewiseLSTM(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(2))
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each meta-parameter, by name, in ``WEIGHT_NAMES`` order."""
         h, f = self.config.hidden_size, self.config.num_features
-        return {"weight": (4 * h, f + h), "bias": (4 * h,), "head_weight": (2, h), "head_bias": (2,)}
+        return dict(zip(WEIGHT_NAMES, ((4 * h, f + h), (4 * h,), (2, h), (2,))))
 
     def forward(
         self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
@@ -163,26 +165,6 @@ class CoordinatewiseLSTM(nn.Module):
         Pure and differentiable (meta-training backpropagates through it).
         """
         return lstm_cell(features, h, c, self.weight, self.bias, self.head_weight, self.head_bias)
-
-    # Hub-mixin style conveniences; the implementation lives in learned_optim.hub.
-    def save_pretrained(self, save_directory, *, model_card: str | None = None):
-        """Write config.json + model.safetensors to ``save_directory`` (see ``hub.save_pretrained``)."""
-        from .hub import save_pretrained
-
-        return save_pretrained(self, save_directory, model_card=model_card)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path=None, revision: str | None = None) -> "CoordinatewiseLSTM":
-        """Load by shipped name, local directory or Hub repo id (see ``hub.from_pretrained``)."""
-        from .hub import from_pretrained
-
-        return from_pretrained(name_or_path, revision=revision)
-
-    def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        """Upload to the Hub repo ``repo_id`` (see ``hub.push_to_hub``)."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.config.hidden_size}, features={self.config.features}"

@@ -1,14 +1,18 @@
-"""Tests of the benchmarks: both ``--quick`` modes end to end, and the bookkeeping they rely on.
+"""Tests of the benchmarks: both ``--quick`` modes end to end, the command line's errors, and
+the bookkeeping they rely on.
 
-Run: ``python -m pytest tests/test_benchmarks.py`` (about 1-2 minutes on 2 cores: the two quick
-runs). The end-to-end tests check that the outputs are well formed, never how fast or how good
-the numbers are (timed assertions would be flaky and are not allowed here).
+Run: ``python -m pytest tests/test_benchmarks.py`` (a few minutes on 2 cores: the quick runs).
+The end-to-end tests check that the outputs are well formed, never how fast or how good the
+numbers are (timed assertions would be flaky and are not allowed here).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -19,13 +23,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a checkout that is not pip-installed
 
-from learned_optim.benchmarking import quality, speed, tasks  # noqa: E402
+from learned_optim.benchmarking import cpu_paths, quality, speed, tasks  # noqa: E402
+from learned_optim.benchmarking.common import DEFAULT_OUT, check_out_dir  # noqa: E402
+from learned_optim.cli import main  # noqa: E402
+from learned_optim.common import adam_baseline  # noqa: E402
 from learned_optim.network import LSTMOptimizerConfig  # noqa: E402
+
+_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _benchmark(which: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``learned-optim benchmark WHICH ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "learned_optim.cli", "benchmark", which, *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600, env=_ENV)
 
 
 def _run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
+                          cwd=cwd, capture_output=True, text=True, timeout=600, env=_ENV)
 
 
 def _check_png(path: Path) -> None:
@@ -48,8 +63,8 @@ def quality_quick(tmp_path_factory):
     # adam-equivalent (Adam by construction) so that test_untrained_weights_tie_adam can check
     # that every optimizer saw the same data and initialisations; the well-formedness checks
     # do not depend on the weights.
-    proc = _run_script("quality", "--quick", "--no-progress", "--weights", "adam-equivalent", "--out", str(out),
-                       cwd=out)
+    proc = _benchmark("quality", "--quick", "--no-progress", "--weights", "adam-equivalent", "--out", str(out),
+                      cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -57,7 +72,7 @@ def quality_quick(tmp_path_factory):
 @pytest.fixture(scope="module")
 def speed_quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("speed")
-    proc = _run_script("speed", "--quick", "--no-progress", "--out", str(out), cwd=out)
+    proc = _benchmark("speed", "--quick", "--no-progress", "--out", str(out), cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -140,7 +155,7 @@ def test_speed_quick_outputs_are_well_formed(speed_quick):
     assert set(res["training_step"]["timing"]) == keys
     # every CPU path ran or says why not; the eager path never builds the C loop
     cp = res["cpu_paths"]
-    assert set(cp["paths"]) | set(cp["skipped"]) == {k for k, _, _ in speed.CPU_PATHS}
+    assert set(cp["paths"]) | set(cp["skipped"]) == {p.key for p in cpu_paths.CPU_PATHS}
     assert "eager" in cp["paths"] and cp["paths"]["eager"]["median_s"] > 0
     for v in cp["paths"].values():
         assert 0 < v["min_s"] <= v["median_s"] and v["over_compute_floor"] > 0
@@ -171,7 +186,8 @@ def _fake_task(finals: dict[str, list[float]], curves: dict[str, list[list[float
     for key, fs in finals.items():
         cs = curves[key] if curves and key in curves else [[1.0, (1.0 + f) / 2, f] for f in fs]
         runs[key] = {"lr": float(key.split("=")[1]) if "=" in key else 1e-3, "final": fs, "curve": cs,
-                     "diverged": [quality._diverged(c[0], c[-1]) for c in cs], "optimizer_step_s": [1e-3] * len(fs)}
+                     "diverged": [adam_baseline.diverged(c[0], c[-1]) for c in cs],
+                     "optimizer_step_s": [1e-3] * len(fs)}
     return {"eval_steps": eval_steps, "adam_lr_grid": list(quality.ADAM_LR_GRID), "runs": runs}
 
 
@@ -217,9 +233,9 @@ def test_identical_curves_give_a_speedup_of_one_even_when_noisy():
 
 
 def test_divergence_rule():
-    assert quality._diverged(1.0, math.nan)
-    assert quality._diverged(1.0, 1.5)
-    assert not quality._diverged(1.0, 0.9)
+    assert adam_baseline.diverged(1.0, math.nan)
+    assert adam_baseline.diverged(1.0, 1.5)
+    assert not adam_baseline.diverged(1.0, 0.9)
 
 
 def test_compare_ties_within_tolerance():
@@ -238,7 +254,7 @@ def test_compare_ties_within_tolerance():
     (["quality", "--learned-kwargs", "not json"], "--learned-kwargs"),
 ])
 def test_bad_options_are_refused_with_a_readable_error(args, needle, tmp_path):
-    proc = _run_script(args[0], *args[1:], "--out", str(tmp_path / "o"), cwd=tmp_path)
+    proc = _benchmark(args[0], *args[1:], "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
 
@@ -255,8 +271,8 @@ def test_quality_takes_a_weights_directory(tmp_path):
     wdir = tmp_path / "my-weights"
     net.save_pretrained(wdir)
     out = tmp_path / "out"
-    proc = _run_script("quality", "--quick", "--no-progress", "--weights", str(wdir), "--out", str(out),
-                       "--tasks", "wine_mlp", "diabetes_mse", "--seeds", "1", cwd=tmp_path)
+    proc = _benchmark("quality", "--quick", "--no-progress", "--weights", str(wdir), "--out", str(out),
+                      "--tasks", "wine_mlp", "diabetes_mse", "--seeds", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = _strict_json(out / "quality.json")
     assert res["weights"]["path"] == str(wdir) and res["weights"]["is_default"] is False
@@ -271,6 +287,110 @@ def test_out_must_not_be_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         quality.run_quality(quick=True, out=f, progress=False)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_existing_results_are_replaced_only_with_force(tmp_path):
+    """The default --out is a fresh ./benchmark-results, not the committed benchmarks/results; a
+    folder that already holds this benchmark's results is refused (exit 2, before any work)
+    unless --force."""
+    assert DEFAULT_OUT == "benchmark-results"
+    (tmp_path / DEFAULT_OUT).mkdir()
+    (tmp_path / DEFAULT_OUT / "quality.json").write_text("{}")
+    proc = _benchmark("quality", "--quick", "--no-progress", "--tasks", "wine_mlp", "--seeds", "1", cwd=tmp_path)
+    _one_error_line(proc, "learned-optim benchmark quality: error: --out", "quality.json", "--force")
+    assert (tmp_path / DEFAULT_OUT / "quality.json").read_text() == "{}"
+    # the speed benchmark's files are its own: quality.json does not stop it, speed.md does
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "speed.md").write_text("x")
+    proc = _benchmark("speed", "--sizes", "1e4", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    _one_error_line(proc, "speed.md", "--force")
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "in_proc"])
+def test_an_uncreatable_out_is_one_line_and_exit_2(tmp_path, where):
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "results"
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc here")
+        out = Path("/proc/self/no_such_folder/results")  # no one may create folders in /proc
+    proc = _benchmark("quality", "--quick", "--no-progress", "--out", str(out), cwd=tmp_path)
+    _one_error_line(proc, "--out", str(out), "cannot be created or written")
+    with pytest.raises(ValueError, match="cannot be created or written"):
+        check_out_dir(out)
+
+
+def test_rerender_rewrites_the_report_from_the_json_alone(speed_quick, tmp_path):
+    for name in ("speed.json", "speed.md"):
+        shutil.copy(speed_quick / name, tmp_path / name)
+    (tmp_path / "speed.md").write_text("stale")
+    saved = (tmp_path / "speed.json").read_bytes()
+    assert main(["benchmark", "speed", "--rerender", str(tmp_path / "speed.json")]) == 0
+    assert (tmp_path / "speed.md").read_text(encoding="utf-8") == (speed_quick / "speed.md").read_text(encoding="utf-8")
+    assert (tmp_path / "speed.json").read_bytes() == saved
+    _check_png(tmp_path / "speed.png")
+    # a file that is not this benchmark's results: one line, exit 2
+    assert main(["benchmark", "quality", "--rerender", str(tmp_path / "speed.json")]) == 2
+    assert main(["benchmark", "quality", "--rerender", str(tmp_path / "nothing.json")]) == 2
+
+
+def test_few_shot_is_a_benchmark_subcommand(tmp_path, capsys):
+    assert main(["benchmark", "few-shot", "--episodes", "0", "--out", str(tmp_path)]) == 2
+    assert "--episodes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["benchmark", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(w in out for w in ("quality", "speed", "few-shot"))
+
+
+def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """The modules (of ``modules``) that ``path``, the module ``module``, imports at any level;
+    ``from PACKAGE import name`` counts as importing the submodule where ``name`` is one."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            subs = {f"{base}.{a.name}" for a in node.names} & modules
+            out |= subs or {base}
+    return out & modules
+
+
+def test_benchmarking_has_no_import_cycles():
+    """No chain of imports, function-level ones included, leads from a module of the benchmarks,
+    the CLI or the demo back to itself."""
+    modules = {}
+    for path in (ROOT / "learned_optim").rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        modules[name] = path
+    graph = {m: _imports(p, m, set(modules)) - {m} for m, p in modules.items()}
+    mine = [m for m in modules if m.startswith("learned_optim.benchmarking") or m in (
+        "learned_optim.cli", "learned_optim.demo")]
+    for start in mine:
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, trail = stack.pop()
+            for dep in graph[node]:
+                assert dep != start, " -> ".join(trail + (dep,))
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, trail + (dep,)))
 
 
 def test_task_table_is_held_out_and_long():

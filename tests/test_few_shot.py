@@ -1,27 +1,30 @@
 """Few-shot family: episodes, the meta-gradient through the unrolled inner loop, training, benchmark."""
 
+import argparse
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from learned_optim import CoordinatewiseLSTM, LearnedOptimizer, LSTMOptimizerConfig, from_pretrained
+from learned_optim.benchmarking.few_shot import add_cli_arguments, evaluate, run_cli
 from learned_optim.meta.few_shot import (
     EpisodeSampler,
     FewShotConfig,
     adapt,
     digits_classes,
-    evaluate,
     init_params,
     load_init,
     mlp_logits,
     train_few_shot,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+
+def _benchmark(argv):
+    """``learned-optim benchmark few-shot ARGV`` through the options and runner the CLI wires."""
+    parser = argparse.ArgumentParser(prog="learned-optim benchmark few-shot")
+    add_cli_arguments(parser)
+    return run_cli(parser.parse_args(argv))
 
 
 def test_digits_classes_split_and_episodes():
@@ -166,12 +169,12 @@ def test_learn_init_saves_a_loadable_init_that_training_moved(tmp_path):
 
 
 def test_few_shot_benchmark_quick(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "few_shot.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    threads = torch.get_num_threads()
+    assert _benchmark(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert torch.get_num_threads() == threads  # --threads applies to the run only
     data = json.loads((tmp_path / "few_shot.json").read_text())
+    assert data["command"].startswith("learned-optim benchmark few-shot --quick")
+    assert data["machine"]["torch_threads"] == 1
     for setting in data["results"].values():
         assert set(setting) == {"learned", "sgd", "adam"}
         for r in setting.values():
@@ -183,11 +186,7 @@ def test_few_shot_benchmark_quick(tmp_path):
 def test_few_shot_benchmark_quick_learned_init(tmp_path):
     """--init learned: the learned optimizer starts from its meta-learned init, each baseline from
     one meta-learned for its own inner loop (recorded), all on the same held-out episodes."""
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "few_shot.py"), "--quick", "--init", "learned", "--out",
-         str(tmp_path)], capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert _benchmark(["--quick", "--init", "learned", "--out", str(tmp_path), "--no-progress"]) == 0
     data = json.loads((tmp_path / "few_shot_learned_init.json").read_text())
     assert data["init"] == "learned" and set(data["baseline_init_training"]) == {"sgd", "adam"}
     for v in data["baseline_init_training"].values():
@@ -196,10 +195,28 @@ def test_few_shot_benchmark_quick_learned_init(tmp_path):
         assert set(setting) == {"learned", "sgd", "adam"}
     assert not (tmp_path / "few_shot.json").exists()  # the fresh-init results are never overwritten
     assert (tmp_path / "few_shot_learned_init.png").stat().st_size > 1000
+
+
+def test_few_shot_benchmark_refuses_bad_options(tmp_path, capsys):
     # weights trained without a learned init are refused with a clear message
-    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "few_shot.py"), "--weights", "lstm-fewshot-digits",
-                          "--init", "learned", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and "trained without learn_init" in bad.stderr
+    assert _benchmark(["--weights", "lstm-fewshot-digits", "--init", "learned", "--out", str(tmp_path)]) == 2
+    assert "trained without learn_init" in capsys.readouterr().err
+    for argv, msg in ((["--episodes", "0"], "--episodes must be >= 1"),
+                      (["--quick", "--weights", "lstm-fewshot-digits"], "drop --weights"),
+                      (["--weights", str(tmp_path / "nowhere")], "nowhere")):
+        assert _benchmark([*argv, "--out", str(tmp_path)]) == 2
+        assert msg in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was written
+    (tmp_path / "few_shot.md").write_text("earlier results")
+    assert _benchmark(["--quick", "--out", str(tmp_path)]) == 2  # never replaced without --force
+    assert "--force" in capsys.readouterr().err and (tmp_path / "few_shot.md").read_text() == "earlier results"
+
+
+def test_few_shot_benchmark_is_a_learned_optim_subcommand(tmp_path, capsys):
+    from learned_optim.cli import main
+
+    assert main(["benchmark", "few-shot", "--episodes", "0", "--out", str(tmp_path)]) == 2
+    assert "learned-optim benchmark few-shot: error: --episodes must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_preset_trains_few_shot_weights(tmp_path):

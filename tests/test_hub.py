@@ -20,11 +20,11 @@ from learned_optim import (
     WeightsError,
     WeightsNotFoundError,
     from_pretrained,
+    hub,
     list_shipped,
     push_to_hub,
     save_pretrained,
 )
-from learned_optim import hub
 
 
 def _same(a: CoordinatewiseLSTM, b: CoordinatewiseLSTM) -> bool:

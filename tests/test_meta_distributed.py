@@ -4,8 +4,8 @@ import os
 
 import torch
 import torch.distributed as dist
-
 from conftest import spawn_2
+
 from learned_optim.meta import MetaTrainer, get_preset, meta_train
 
 CONFIG = get_preset("tiny").replace(slot_rng=True, num_trajectories=3)  # 3 slots: uneven split 2 + 1

@@ -7,7 +7,13 @@ import torch
 
 from learned_optim.meta import tasks as T
 from learned_optim.meta.estimators import (
-    WEIGHT_NAMES, AntitheticPES, InnerState, Trajectory, TruncatedBPTT, _unroll, meta_objective,
+    WEIGHT_NAMES,
+    AntitheticPES,
+    InnerState,
+    Trajectory,
+    TruncatedBPTT,
+    _unroll,
+    meta_objective,
 )
 from learned_optim.network import CoordinatewiseLSTM, LSTMOptimizerConfig
 

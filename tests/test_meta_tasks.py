@@ -7,7 +7,6 @@ import torch
 
 from learned_optim.meta import tasks as T
 
-
 FAMILIES = [T.DigitsMLPFamily(), T.DigitsCNNFamily(), T.DigitsLogRegFamily(), T.DigitsAutoencoderFamily(),
             T.SyntheticClassificationFamily(), T.SyntheticRegressionFamily()]
 

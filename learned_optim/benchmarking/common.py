@@ -1,98 +1,76 @@
-"""Helpers shared by the quality and speed benchmarks: output folder, machine facts, JSON."""
+"""What every benchmark command shares: the output folder rules, saving a figure,
+``--learned-kwargs``, and the learned optimizer's setup (its network, loaded once, plus those
+keyword arguments).
+
+Output folder rules (``check_out_dir``, ``check_no_overwrite``): the default folder is
+``DEFAULT_OUT`` (``./benchmark-results``, not the repository's committed
+``benchmarks/results``); a folder that cannot be created or written is refused before any work
+starts; results already in the folder are replaced only with ``--force``.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import platform
-import sys
-import time
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
-__all__ = ["check_out_dir", "machine_info", "write_json", "to_jsonable", "LearnedSetup", "parse_learned_kwargs"]
+from ..common.files import atomic_write
+from ..optimizer import LearnedOptimizer
+
+__all__ = ["DEFAULT_OUT", "check_out_dir", "check_no_overwrite", "save_figure", "parse_learned_kwargs", "LearnedSetup"]
+
+DEFAULT_OUT = "benchmark-results"
 
 
 def check_out_dir(out: str | os.PathLike) -> Path:
-    """Create ``out`` if needed; refuse a path that is an existing file."""
+    """Create the folder ``out`` if needed and check that files can be written into it.
+
+    Raises:
+        TypeError: ``out`` is not a path.
+        ValueError: ``out`` is an existing file, cannot be created (e.g. it lies under a file or in
+            a read-only place) or cannot be written into; the message is one line naming the path.
+    """
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a directory path (str), got {type(out).__name__} {out!r}")
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"out={str(path)!r} is a file; pass a directory, e.g. --out benchmarks/results")
-    path.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"--out {str(path)!r} is a file; pass a directory, e.g. --out {DEFAULT_OUT}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # a folder one may not write into fails here
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ValueError(f"--out {str(path)!r} cannot be created or written ({reason}); "
+                         f"pass a writable directory, e.g. --out {DEFAULT_OUT}") from None
     return path
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def check_no_overwrite(out: str | os.PathLike, names: Iterable[str], force: bool) -> None:
+    """Refuse to replace results already in ``out`` (any of ``names``) unless ``force``.
+
+    Raises:
+        ValueError: one of the files exists and ``force`` is false.
+    """
+    if force:
+        return
+    existing = [n for n in names if (Path(out).expanduser() / n).exists()]
+    if existing:
+        raise ValueError(f"--out {str(out)!r} already holds {', '.join(existing)}; pass --force to replace "
+                         f"them, or another --out")
 
 
-def _git_state() -> tuple[str | None, list[str]]:
-    """The checkout's commit (+ "-dirty" if the package differs from it) and the package files
-    that differ (modified or untracked); (None, []) outside a git checkout, e.g. from a wheel."""
-    import subprocess
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
 
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None, []
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--", "learned_optim"], cwd=root,
-                                capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None, []
-    dirty = sorted(line[3:].strip() for line in status.splitlines() if line.strip())
-    return (sha + ("-dirty" if dirty else "")) or None, dirty
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    """What the numbers were measured on (recorded in every result file)."""
-    info = {
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    info["git_commit"], info["uncommitted_files"] = _git_state()
-    try:
-        info["load_average_1min"] = os.getloadavg()[0]  # other users of a shared machine skew timings
-    except OSError:
-        pass
-    return info
-
-
-def to_jsonable(obj: Any) -> Any:
-    """NaN/inf become null (strict JSON); tuples become lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    return obj
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    plt.close(fig)
 
 
 def _convert_kwargs(raw: dict[str, Any]) -> dict[str, Any]:
@@ -123,8 +101,6 @@ def parse_learned_kwargs(text: str | None) -> dict[str, Any]:
     for bad in ("weights", "params"):
         if bad in raw:
             raise ValueError(f"--learned-kwargs may not set {bad!r}; use --weights for the weights")
-    from ..optimizer import LearnedOptimizer
-
     probe = torch.nn.Parameter(torch.zeros(2))
     try:
         LearnedOptimizer([probe], **_convert_kwargs(raw))
@@ -142,8 +118,6 @@ class LearnedSetup:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def make(self, params, lr: float) -> torch.optim.Optimizer:
-        from ..optimizer import LearnedOptimizer
-
         return LearnedOptimizer(params, weights=self.network, **{"lr": lr, **_convert_kwargs(self.kwargs)})
 
     def label(self, base: str) -> str:

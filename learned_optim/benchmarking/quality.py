@@ -2,24 +2,29 @@
 
 Run (from a checkout or an installed wheel; scikit-learn and matplotlib needed)::
 
-    learned-optim benchmark quality                      # full run, writes benchmarks/results/
-    learned-optim benchmark quality --quick --out /tmp/q # < 2 minutes on 2 cores
+    learned-optim benchmark quality                      # full run, into ./benchmark-results
+    learned-optim benchmark quality --quick --out /tmp/q # a pipeline check (short horizons, 2 seeds)
     learned-optim benchmark quality --weights DIR_OR_NAME --out DIR
+    learned-optim benchmark quality --rerender benchmarks/results/quality.json   # summaries and tables again
 
 Protocol. For every task of ``tasks.TASKS`` and every seed, each optimizer of ``OPTIMIZERS``
 trains a model from the same initialisation on the same minibatches. Adam is also run at every
-learning rate of ``ADAM_LR_GRID``; "Adam tuned" is, per task, the grid lr with the lowest mean
-final loss over the seeds, chosen on the very runs that are reported (an optimistic baseline: its
-tuning cost, 7 full runs per seed, is reported beside it). The loss is the full-data training
+learning rate of ``ADAM_LR_GRID`` (``learned_optim.common.adam_baseline``); "Adam tuned" is,
+per task, the grid lr with the lowest mean final loss over the seeds, chosen on the very runs
+that are reported (an optimistic baseline: its tuning cost, one full run per grid lr and seed,
+is reported beside it). The loss is the full-data training
 objective, evaluated ``EVAL_POINTS`` times along the run. A run diverges when its loss becomes
-NaN/inf or ends above where it started; it is flagged, and it loses every comparison.
+NaN/inf or ends above where it started (``common.adam_baseline.diverged``); it is flagged, and it
+loses every comparison.
 
 Outputs (stable names, in ``--out``): ``quality.json`` (every curve and setting),
-``quality.md`` (the tables) and ``quality.png`` (one panel per task).
+``quality.md`` (the tables) and ``quality.png`` (one panel per task), the last two from
+``quality_report``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -29,18 +34,22 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
+from ..common.adam_baseline import ADAM_LR_GRID, diverged
+from ..common.files import write_json
+from ..common.machine import machine_info
 from ..hub import DEFAULT_WEIGHTS, from_pretrained, resolve
 from ..network import CoordinatewiseLSTM
 from . import tasks as tasks_mod
-from .common import LearnedSetup, check_out_dir, machine_info, write_json
+from .common import DEFAULT_OUT, LearnedSetup, check_out_dir
+from .quality_report import write_quality_report
 
-__all__ = ["OptimizerSpec", "OPTIMIZERS", "ADAM_LR_GRID", "run_quality", "summarize", "finish", "rerender"]
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "BASELINES", "ADAM_LR_GRID", "OUTPUT_FILES", "run_quality", "train_once",
+           "evaluation_steps", "summarize", "finish", "rerender"]
 
-# 7-point log grid, half a decade apart (1, 3, 10, ...), from 1e-4 to 1e-1: it contains Adam's
-# default 1e-3 and reaches past the 8-30x-default optimum reported for small nets
-# (NOTES-anchors.md, "Tuned Adam is far above default").
-ADAM_LR_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+OUTPUT_FILES = ("quality.json", "quality.md", "quality.png")
+
 ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default (Kingma & Ba, 2015)
 
 # Loss evaluations per run (plus one at step 0): speed-ups are resolved to 1/EVAL_POINTS of the
@@ -134,18 +143,16 @@ def train_once(problem: tasks_mod.Problem, make_opt: Callable[[Any], torch.optim
         "curve": values,
         "initial": values[0],
         "final": values[-1],
-        "diverged": _diverged(values[0], values[-1]),
+        "diverged": diverged(values[0], values[-1]),
         "optimizer_step_s": step_time / steps,
         "wall_s": time.perf_counter() - t0,
         "nonfinite_grad_warnings": skipped,
     }
 
 
-def _diverged(initial: float, final: float) -> bool:
-    return not math.isfinite(final) or final > initial
-
-
-def _eval_steps(steps: int) -> list[int]:
+def evaluation_steps(steps: int) -> list[int]:
+    """The steps at which a run of ``steps`` steps is evaluated: 0, about every
+    steps / EVAL_POINTS, and the last."""
     every = max(1, steps // EVAL_POINTS)
     pts = list(range(0, steps + 1, every))
     if pts[-1] != steps:
@@ -257,7 +264,7 @@ def _weights_info(weights: str | None, network: CoordinatewiseLSTM) -> dict[str,
     }
 
 
-def run_quality(*, weights: str | None = None, quick: bool = False, out: str | Path = "benchmarks/results",
+def run_quality(*, weights: str | None = None, quick: bool = False, out: str | Path = DEFAULT_OUT,
                 seeds: int | None = None, task_filter: Sequence[str] | None = None, threads: int = 1,
                 learned_kwargs: dict[str, Any] | None = None, progress: bool = True,
                 command: str = "") -> dict[str, Any]:
@@ -277,10 +284,6 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
     Returns:
         The results dict that was written to quality.json.
     """
-    from tqdm.auto import tqdm
-
-    from .report import write_quality_report
-
     if seeds is None:
         seeds = QUICK_SEEDS if quick else FULL_SEEDS
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -318,7 +321,7 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
             for spec in specs:
                 problem = spec.problem()
                 steps = max(QUICK_MIN_STEPS, spec.steps // QUICK_STEP_DIVISOR) if quick else spec.steps
-                eval_steps = _eval_steps(steps)
+                eval_steps = evaluation_steps(steps)
                 task_runs: dict[str, Any] = {}
                 for key, ospec, lr in plan:
                     if ospec.key == "learned":
@@ -370,16 +373,13 @@ def _nan_from_null(x: Any) -> Any:
     return x
 
 
-def rerender(path: str | Path) -> dict[str, Any]:
-    """Recompute the summaries of a saved quality.json from its raw curves and rewrite it and its
-    .md/.png beside it (no training). Use after a change to how results are summarized.
+def rerender(path: str | Path, figure: bool = True) -> dict[str, Any]:
+    """Recompute the summaries of a saved quality.json from its raw curves, rewrite it, and
+    write its .md (and, with ``figure``, its .png) beside it; no training. Use after a change to
+    how results are summarized or reported.
 
-    Run: ``python -c "from learned_optim.benchmarking.quality import rerender; rerender('benchmarks/results/quality.json')"``
+    Run: ``learned-optim benchmark quality --rerender benchmarks/results/quality.json``
     """
-    import json
-
-    from .report import write_quality_report
-
     path = Path(path)
     results = json.loads(path.read_text(encoding="utf-8"))
     for tr in results["tasks"].values():
@@ -389,7 +389,7 @@ def rerender(path: str | Path) -> dict[str, Any]:
     finish(results)
     results["summary_recomputed_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     write_json(path, results)
-    write_quality_report(results, path.parent)
+    write_quality_report(results, path.parent, figure=figure)
     return results
 
 
@@ -410,5 +410,6 @@ def _totals(results: dict[str, Any]) -> dict[str, Any]:
                                   else 0.5 * (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]))
             if ratios else math.nan,
         }
-    tot["learned_diverged_runs"] = sum(t["summary"]["columns"]["learned"]["diverged"] for t in results["tasks"].values())
+    tot["learned_diverged_runs"] = sum(t["summary"]["columns"]["learned"]["diverged"]
+                                       for t in results["tasks"].values())
     return tot

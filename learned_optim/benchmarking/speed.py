@@ -2,10 +2,11 @@
 
 Run::
 
-    learned-optim benchmark speed                        # full: 1e4..1e7 params, writes benchmarks/results/
+    learned-optim benchmark speed                        # full: 1e4..1e7 params, into ./benchmark-results
     learned-optim benchmark speed --quick --out /tmp/s   # seconds: 1e4 and 1e6, fewer repeats
-    learned-optim benchmark speed --quick --sizes 1e6 1e7 --out /tmp/s   # the fast-path targets (issue 5)
+    learned-optim benchmark speed --quick --sizes 1e6 1e7 --out /tmp/s   # the sizes the CPU targets are set at
     learned-optim benchmark speed --device cuda          # CUDA events and CUDA memory stats
+    learned-optim benchmark speed --rerender benchmarks/results/speed.json   # tables and figure again, no runs
 
 What is measured, per parameter count N (a stack of 4 square linear layers with biases):
 
@@ -24,12 +25,13 @@ What is measured, per parameter count N (a stack of 4 square linear layers with 
   copy bandwidth; reported as measured time / floor.
 * a whole training step (zero_grad, forward, backward, step) of a small transformer language
   model, per optimizer, interleaved the same way.
-* on CPU, the learned step at 1e6 parameters on each CPU implementation (hand-vectorized and
+* on CPU, the learned step on each CPU path of ``cpu_paths.CPU_PATHS`` (hand-vectorized and
   portable C loops, for this CPU and built for AVX2, and the eager torch loop), each in a fresh
-  process selected by environment variables (skipped with ``--learned-kwargs``).
+  process (skipped with ``--learned-kwargs``).
 
-The CUDA path (``--device cuda``) times with CUDA events; it has not been run on a GPU by this
-package's CI (none was available), so treat its first results with care.
+The tables and the figure come from ``speed_report``. The CUDA path (``--device cuda``) times
+with CUDA events; it has not been run on a GPU by this package's CI (none was available), so
+treat its first results with care.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import math
 import os
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,17 +48,37 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..common.files import write_json
+from ..common.machine import machine_info
 from ..hub import DEFAULT_WEIGHTS, from_pretrained, resolve
+from ..kernels import cpu
 from ..network import LSTMOptimizerConfig
+from ..optimizer import LearnedOptimizer
 from ..update import DEFAULT_CHUNK_SIZE
-from .common import LearnedSetup, check_out_dir, machine_info, write_json
+from .common import DEFAULT_OUT, LearnedSetup, check_out_dir
+from .cpu_paths import CPU_PATHS, run_python, skip_reason
+from .measure import (
+    clone_params,
+    copy_bandwidth,
+    interleaved,
+    make_params,
+    matmul_rate,
+    peak_extra,
+    rss_peak_extra,
+    state_bytes,
+    times,
+)
+from .speed_report import write_speed_report
 
-__all__ = ["SpeedConfig", "CONFIGS", "run_speed", "step_floor", "speed_markdown", "plot_speed"]
+__all__ = ["SpeedConfig", "CONFIGS", "OUTPUT_FILES", "run_speed", "rerender", "step_floor", "measure_machine"]
+
+OUTPUT_FILES = ("speed.json", "speed.md", "speed.png")
 
 FULL_SIZES = (1e4, 1e5, 1e6, 1e7)
 QUICK_SIZES = (1e4, 1e6)
-CUDA_EXTRA_SIZES = (1e8,)  # issue 5's CUDA target size; only with --device cuda
+CUDA_EXTRA_SIZES = (1e8,)  # a large model's parameter count, where a GPU step is bandwidth-bound; CUDA only
 
 # Timing: repeat each optimizer until it has spent ~budget seconds, within [min, max] repeats.
 WARMUP = 3
@@ -76,7 +97,7 @@ class SpeedConfig:
 
 
 # The optimizers compared. Adam foreach/fused are torch's two fast Adam paths; fused AdamW is the
-# baseline issue 5 names for whole-training-step overhead.
+# usual baseline for the overhead of a whole training step.
 CONFIGS: tuple[SpeedConfig, ...] = (
     SpeedConfig("adam_foreach", "Adam (foreach)", lambda p, _setup: torch.optim.Adam(p, lr=1e-3, foreach=True)),
     SpeedConfig("adam_fused", "Adam (fused)", lambda p, _setup: torch.optim.Adam(p, lr=1e-3, fused=True)),
@@ -108,261 +129,75 @@ def step_floor(config: LSTMOptimizerConfig, param_bytes: int = 4, state_bytes: i
             "flops": matmul + head + elementwise, "bytes": bytes_}
 
 
-def _times(fn: Callable[[], Any], sync: Callable[[], None], repeats: int) -> list[float]:
-    ts = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t)
-    return ts
-
-
-def _median_time(fn: Callable[[], Any], sync: Callable[[], None], repeats: int) -> float:
-    return statistics.median(_times(fn, sync, repeats))
-
-
-def _best_time(fn: Callable[[], Any], sync: Callable[[], None], repeats: int) -> float:
-    # A machine *peak* is the fastest the machine did the work: the minimum, not the median, so
-    # that a busy neighbour does not lower the floor the optimizer is measured against.
-    return min(_times(fn, sync, repeats))
-
-
 def measure_machine(config: LSTMOptimizerConfig, sizes: Sequence[int], device: torch.device,
                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, Any]:
     """Peak matmul rate for the step's own gate-matmul shape, and peak copy bandwidth (read +
     write), each from the fastest of several repeats."""
-    sync = _sync(device)
     h, f = config.hidden_size, config.num_features
-    w = torch.randn(4 * h, f + h, device=device)
-    b = torch.randn(4 * h, 1, device=device)
-    rates = {}
-    for k in sorted({chunk_size, *sizes}):
-        z = torch.randn(f + h, k, device=device)
-        out = torch.empty(4 * h, k, device=device)
-        fn = lambda: torch.addmm(b, w, z, out=out)  # noqa: E731
-        for _ in range(2):
-            fn()
-        reps = max(10, min(200, int(2e8 / max(k, 1) / 16)))
-        t = _best_time(fn, sync, reps)
-        rates[str(k)] = 2 * 4 * h * (f + h) * k / t
-        del z, out
-    # Copy bandwidth on a buffer well past the last-level cache (the 32 MiB L3 of the reference
-    # machine, `lscpu`): 256 MiB on CUDA, 64 MiB on CPU.
-    n = (256 if device.type == "cuda" else 64) * 2**20 // 4
-    src = torch.empty(n, device=device).uniform_()
-    dst = torch.empty_like(src)
-    for _ in range(2):
-        dst.copy_(src)
-    t = _best_time(lambda: dst.copy_(src), sync, 30)
+    rates = {str(k): matmul_rate(4 * h, f + h, k, device, repeats=max(10, min(200, int(2e8 / max(k, 1) / 16))))
+             for k in sorted({chunk_size, *sizes})}
+    # Copy bandwidth on a buffer well past the last-level cache: 256 MiB on CUDA, 64 MiB on CPU.
+    nbytes = (256 if device.type == "cuda" else 64) * 2**20
     return {"matmul_flops_per_s": rates, "matmul_shape": f"[{4 * h}, {f + h}] @ [{f + h}, K]",
             "best_matmul_flops_per_s": max(rates.values()),
-            "copy_bytes_per_s": 2 * src.nbytes / t, "copy_buffer_bytes": src.nbytes}
+            "copy_bytes_per_s": copy_bandwidth(device, nbytes, repeats=30), "copy_buffer_bytes": nbytes}
 
 
-# ---------------------------------------------------------------- parameters and timing
-
-def make_params(n: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
-    """~n parameters as 4 square linear layers (weight [d, d], bias [d]), with fixed gradients."""
-    d = max(2, round(math.sqrt(n / 4)))
-    gen = torch.Generator().manual_seed(seed)
-    params = []
-    for _ in range(4):
-        for shape in ((d, d), (d,)):
-            p = torch.randn(shape, generator=gen).to(device).requires_grad_()
-            p.grad = torch.randn(shape, generator=gen).to(device)
-            params.append(p)
-    return params
-
-
-def _clone_params(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    out = []
-    for p in params:
-        q = p.detach().clone().requires_grad_()
-        q.grad = p.grad.clone()
-        out.append(q)
-    return out
-
-
-def _sync(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
-
-
-def _state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
-               if isinstance(t, torch.Tensor))
-
-
-def _interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, budget_s: float) -> dict[str, Any]:
-    """Median time of each fn, measured round-robin (rotating order) after WARMUP calls each."""
-    sync = _sync(device)
-    for fn in fns.values():
-        for _ in range(WARMUP):
-            fn()
-    sync()
-    # Size the repeat count from the slowest fn so the whole measurement fits the budget.
-    probe = {k: _median_time(fn, sync, 1) for k, fn in fns.items()}
-    repeats = int(max(MIN_REPEATS, min(MAX_REPEATS, budget_s / max(sum(probe.values()), 1e-9))))
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    use_events = device.type == "cuda"
-    for r in range(repeats):
-        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
-            if use_events:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fns[k]()
-                end.record()
-                end.synchronize()
-                times[k].append(start.elapsed_time(end) / 1e3)
-            else:
-                t = time.perf_counter()
-                fns[k]()
-                times[k].append(time.perf_counter() - t)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "repeats": len(v)}
-            for k, v in times.items()}
-
-
-# ---------------------------------------------------------------- memory
-
-def _profiled_peak_extra(fn: Callable[[], Any]) -> int:
-    """Peak of (bytes allocated - bytes freed) by torch on the CPU during fn(), from the profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    cur = peak = 0
-    for _, nb in events:
-        cur += nb
-        peak = max(peak, cur)
-    return peak
-
-
-def _peak_extra(fn: Callable[[], Any], device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(device) - base
-    return _profiled_peak_extra(fn)
-
-
-def _read_status(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
+# ---------------------------------------------------------------- memory in a fresh process
 
 def _rss_probe(key: str, n: int, weights_dir: str, threads: int, learned_kwargs_json: str = "{}") -> None:
     """Subprocess entry: one optimizer at one size; prints the RSS high-water growth of a
     steady-state step (bytes) as JSON. Linux only (``/proc/self/clear_refs``)."""
     torch.set_num_threads(threads)
     setup = LearnedSetup(from_pretrained(weights_dir), json.loads(learned_kwargs_json))
-    params = make_params(n, torch.device("cpu"))
-    opt = _BY_KEY[key].make(params, setup)
+    opt = _BY_KEY[key].make(make_params(n, torch.device("cpu")), setup)
     for _ in range(2):  # state and any cached buffers exist after these
         opt.step()
-    rss = _read_status("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0, proc(5))
-    except OSError:
-        print(json.dumps({"rss_extra": None}))
-        return
-    opt.step()
-    hwm = _read_status("VmHWM")
-    print(json.dumps({"rss_extra": None if rss is None or hwm is None else max(0, hwm - rss)}))
+    print(json.dumps({"rss_extra": rss_peak_extra(opt.step)}))
 
 
 def _rss_extra(key: str, n: int, weights_dir: str, threads: int, learned_kwargs: dict[str, Any]) -> int | None:
-    if not sys.platform.startswith("linux"):
+    if not os.path.exists("/proc/self/clear_refs"):
         return None
     code = ("from learned_optim.benchmarking.speed import _rss_probe; "
             f"_rss_probe({key!r}, {n}, {weights_dir!r}, {threads}, {json.dumps(learned_kwargs)!r})")
     try:
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-                                 str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))})
-        return json.loads(res.stdout.strip().splitlines()[-1])["rss_extra"]
+        return run_python(code)["rss_extra"]
     except (subprocess.SubprocessError, ValueError, IndexError, KeyError):
         return None
 
 
-# ---------------------------------------------------------------- CPU implementations
-
-# The CPU paths of the learned step, each selected by environment variables in a fresh process
-# (the C library is built once per process): (key, label, environment).
-CPU_PATHS = (
-    ("native_simd", "C loop, hand-vectorized (this CPU's -march=native)", {}),
-    ("native_portable", "C loop, portable (this CPU's -march=native)", {"LEARNED_OPTIM_C_SIMD": "0"}),
-    ("avx2_simd", "C loop, hand-vectorized, built for AVX2 (-march=x86-64-v3)",
-     {"LEARNED_OPTIM_C_MARCH": "x86-64-v3"}),
-    ("avx2_portable", "C loop, portable, built for AVX2 (-march=x86-64-v3)",
-     {"LEARNED_OPTIM_C_MARCH": "x86-64-v3", "LEARNED_OPTIM_C_SIMD": "0"}),
-    ("eager", "eager torch chunk loop (no compiler)", {"LEARNED_OPTIM_C_KERNEL": "0"}),
-)
-
+# ---------------------------------------------------------------- CPU paths
 
 def _path_probe(n: int, weights_dir: str, threads: int, repeats: int) -> None:
     """Subprocess entry: median time of the learned step at ``n`` parameters on the CPU path the
     environment selects; prints JSON with the time and which C loop ran."""
     torch.set_num_threads(threads)
-    from ..kernels import cpu
-    from ..optimizer import LearnedOptimizer
-
     net = from_pretrained(weights_dir)
-    params = make_params(n, torch.device("cpu"))
-    opt = LearnedOptimizer(params, weights=net)
+    opt = LearnedOptimizer(make_params(n, torch.device("cpu")), weights=net)
     for _ in range(WARMUP):
         opt.step()
-    times = _times(opt.step, lambda: None, repeats)
+    ts = times(opt.step, "cpu", repeats)
     built = cpu.available(net.config.hidden_size, net.config.num_features)
     simd = cpu.simd_width(net.config.hidden_size, net.config.num_features) if built else None
-    print(json.dumps({"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
+    print(json.dumps({"median_s": statistics.median(ts), "min_s": min(ts), "repeats": len(ts),
                       "c_loop_built": built, "simd_width": simd}))
-
-
-def _has_avx2() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags
 
 
 def _cpu_paths_bench(n: int, weights_dir: str, threads: int, repeats: int) -> dict[str, Any]:
     """The learned step at ``n`` parameters on every CPU path this machine can run."""
     out: dict[str, Any] = {"n_params_requested": n, "threads": threads, "paths": {}, "skipped": {}}
-    for key, label, env in CPU_PATHS:
-        if "LEARNED_OPTIM_C_MARCH" in env and not _has_avx2():
-            out["skipped"][key] = "the CPU has no AVX2+FMA"
+    for path in CPU_PATHS:
+        why = skip_reason(path)
+        if why:
+            out["skipped"][path.key] = why
             continue
         code = ("from learned_optim.benchmarking.speed import _path_probe; "
                 f"_path_probe({n}, {weights_dir!r}, {threads}, {repeats})")
-        full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, [
-            str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
-        for k in ("LEARNED_OPTIM_C_KERNEL", "LEARNED_OPTIM_C_SIMD", "LEARNED_OPTIM_C_MARCH"):
-            if k not in env:
-                full_env.pop(k, None)  # only this path's settings, not the caller's
         try:
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                                 env=full_env)
-            out["paths"][key] = {"label": label, "env": env, **json.loads(res.stdout.strip().splitlines()[-1])}
+            out["paths"][path.key] = {"label": path.label, "env": dict(path.env), **run_python(code, path.env)}
         except (subprocess.SubprocessError, ValueError, IndexError) as e:
-            out["skipped"][key] = f"the probe failed: {type(e).__name__}"
+            out["skipped"][path.key] = f"the probe failed: {type(e).__name__}"
     return out
 
 
@@ -414,7 +249,7 @@ def _training_step_bench(setup: LearnedSetup, device: torch.device, quick: bool,
         fns[cfg.key] = step
         models[cfg.key] = model
     n_params = sum(p.numel() for p in base.parameters())
-    timing = _interleaved(fns, device, budget_s * 2)
+    timing = interleaved(fns, device, budget_s * 2, warmup=WARMUP, min_repeats=MIN_REPEATS, max_repeats=MAX_REPEATS)
     return {"model": f"causal transformer LM: vocab {vocab}, d_model {d}, {layers} layers, batch {batch}, "
                      f"seq {seq}", "params": n_params, "timing": timing,
             "ratio_learned_to": {k: timing["learned"]["median_s"] / timing[k]["median_s"] for k in timing}}
@@ -433,7 +268,7 @@ def _parse_sizes(sizes: Sequence[float] | None, quick: bool, device: torch.devic
     return out
 
 
-def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Path = "benchmarks/results",
+def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Path = DEFAULT_OUT,
               sizes: Sequence[float] | None = None, threads: int = 1, device: str = "cpu",
               rss_check: bool = True, learned_kwargs: dict[str, Any] | None = None, progress: bool = True,
               command: str = "") -> dict[str, Any]:
@@ -453,10 +288,6 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
         progress: show a tqdm progress bar.
         command: the command line, recorded in the outputs.
     """
-    from tqdm.auto import tqdm
-
-    from .report import write_speed_report
-
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -502,15 +333,16 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
                 n_actual = sum(p.numel() for p in base)
                 opts, fns = {}, {}
                 for cfg in CONFIGS:
-                    ps = _clone_params(base)
+                    ps = clone_params(base)
                     opts[cfg.key] = cfg.make(ps, setup)
                     fns[cfg.key] = opts[cfg.key].step
                 del base
-                timing = _interleaved(fns, dev, budget)
+                timing = interleaved(fns, dev, budget, warmup=WARMUP, min_repeats=MIN_REPEATS,
+                                     max_repeats=MAX_REPEATS)
                 entry: dict[str, Any] = {"n_params": n_actual, "timing": timing, "memory": {}}
                 for key, opt in opts.items():
-                    state = _state_bytes(opt)
-                    extra = _peak_extra(opt.step, dev)
+                    state = state_bytes(opt)
+                    extra = peak_extra(opt.step, dev)
                     mem = {"state_bytes": state, "state_bytes_per_param": state / n_actual,
                            "peak_extra_bytes": extra,
                            "peak_extra_over_state": extra / state if state else None}
@@ -549,143 +381,15 @@ def run_speed(*, weights: str | None = None, quick: bool = False, out: str | Pat
     return res
 
 
-# ---------------------------------------------------------------- report
-
-def _ms(s: float) -> str:
-    return f"{s * 1e3:.3g}"
 
 
-def _mib(b: float | None) -> str:
-    return "n/a" if b is None else f"{b / 2**20:.3g}"
+def rerender(path: str | Path, figure: bool = True) -> dict[str, Any]:
+    """Rewrite the Markdown (and, with ``figure``, the PNG) beside a saved speed.json from it,
+    without measuring anything; the JSON is left as it is. Use after a change to the report.
 
-
-def speed_markdown(res: dict[str, Any]) -> str:
-    labels = res["settings"]["configs"]
-    fl = res["floor_per_param"]
-    mp = res["machine_peaks"]
-    cfg = res["weights"]["config"]
-    from .report import _machine_line
-
-    lines = [f"# Speed and memory: LearnedOptimizer.step() vs torch.optim.Adam ({res['device']})", ""]
-    if res["settings"]["quick"]:
-        lines += ["**QUICK RUN** (short timing budget): indicative only.", ""]
-    lines += [
-        f"Command: `{res['command']}`  ",
-        f"Machine: {_machine_line(res['machine'])}  ",
-        f"Date (UTC): {res['machine']['date_utc']}; wall time {res['wall_s']:.0f} s. Weights `{res['weights']['name']}` "
-        f"(H = {cfg['hidden_size']}, F = {len(cfg['features'])}). Parameters: {res['settings']['param_layout']}. "
-        f"Timer: {res['settings']['timer']}; medians after {res['settings']['warmup']} warm-up steps, optimizers "
-        "interleaved round-robin in one process.",
-        "",
-        "## Optimizer step time (ms, median)", "",
-        "| params | " + " | ".join(labels.values()) + " | learned / Adam fused | learned / Adam foreach |",
-        "|---|" + "---|" * (len(labels) + 2),
-    ]
-    for e in res["sizes"]:
-        t = e["timing"]
-        lines.append(f"| {e['n_params']:.3g} | " + " | ".join(_ms(t[k]["median_s"]) for k in labels)
-                     + f" | {e['ratio_learned_to']['adam_fused']:.1f}x | {e['ratio_learned_to']['adam_foreach']:.1f}x |")
-    lines += [
-        "", "## The learned step against its floor", "",
-        f"Per parameter the step must do {fl['flops']} FLOPs ({fl['flops_matmul']} gate matmul, {fl['flops_head']} head, "
-        f"{fl['flops_elementwise']} elementwise) and move {fl['bytes']} bytes (read+write of param, m, v, h, c; read of "
-        f"grad; fp32). Measured peaks: matmul {mp['matmul_shape']} at "
-        + ", ".join(f"K={k}: {v / 1e9:.1f} GFLOP/s" for k, v in mp["matmul_flops_per_s"].items())
-        + f" (floor uses the best, {mp['best_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s); copy bandwidth "
-        f"{mp['copy_bytes_per_s'] / 1e9:.1f} GB/s (read+write, {mp['copy_buffer_bytes'] / 2**20:.0f} MiB buffer); "
-        "both peaks are the fastest of their repeats. Floor = max(compute floor, bytes floor).",
-        "",
-        "| params | learned (ms) | compute floor (ms) | bytes floor (ms) | measured / compute floor | measured / bytes floor | measured / floor |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for e in res["sizes"]:
-        f = e["floor"]
-        lines.append(f"| {e['n_params']:.3g} | {_ms(e['timing']['learned']['median_s'])} | {_ms(f['compute_s'])} | "
-                     f"{_ms(f['bytes_s'])} | {f['measured_over_compute_floor']:.2f}x | {f['measured_over_bytes_floor']:.2f}x | "
-                     f"{f['measured_over_floor']:.2f}x |")
-    rss_cols = any("rss_extra_bytes" in m for e in res["sizes"] for m in e["memory"].values())
-    lines += ["", "## Memory", "",
-              "State bytes/param: tensors in `optimizer.state`. Peak extra: the most memory allocated beyond what "
-              "existed before one steady-state `step()` ("
-              + ("torch.cuda.max_memory_allocated" if res["device"] == "cuda" else
-                 "torch profiler, every CPU allocation and free of the step")
-              + "), in MiB and as a fraction of the optimizer's state"
-              + ("; RSS: growth of the resident-set high-water mark over that step in a fresh process." if rss_cols else ".")
-              + " Workspace an optimizer allocates once and keeps between steps (e.g. cached chunk buffers) is"
-              " not in either figure; the state column counts only `optimizer.state`.",
-              ""]
-    head = "| params | optimizer | state B/param | state (MiB) | peak extra (MiB) | peak extra / state |"
-    if rss_cols:
-        head += " RSS extra (MiB) | RSS extra / state |"
-    lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    for e in res["sizes"]:
-        for k, m in e["memory"].items():
-            row = (f"| {e['n_params']:.3g} | {labels[k]} | {m['state_bytes_per_param']:.1f} | {_mib(m['state_bytes'])} | "
-                   f"{_mib(m['peak_extra_bytes'])} | "
-                   + ("n/a" if m["peak_extra_over_state"] is None else f"{100 * m['peak_extra_over_state']:.1f}%") + " |")
-            if rss_cols:
-                r = m.get("rss_extra_over_state")
-                row += f" {_mib(m.get('rss_extra_bytes'))} | " + ("n/a" if r is None else f"{100 * r:.1f}%") + " |"
-            lines.append(row)
-    ts = res["training_step"]
-    lines += ["", f"## Whole training step: {ts['model']} ({ts['params'] / 1e6:.2f}M params)", "",
-              "zero_grad + forward + backward + step: median and minimum over the repeats (ms), and the learned "
-              "optimizer's median over this one's.", "",
-              "| optimizer | median ms | min ms | learned / this (medians) |", "|---|---|---|---|"]
-    for k, v in ts["timing"].items():
-        lines.append(f"| {labels[k]} | {_ms(v['median_s'])} | {_ms(v['min_s'])} | {ts['ratio_learned_to'][k]:.2f}x |")
-    # Adam (fused) and AdamW (fused) do nearly the same work, so their gap is a gauge of timing
-    # noise on this machine (other processes, frequency changes).
-    gaps = [abs(e["timing"]["adam_fused"]["median_s"] - e["timing"]["adamw_fused"]["median_s"])
-            / e["timing"]["adam_fused"]["median_s"] for e in res["sizes"]]
-    tgap = abs(ts["timing"]["adam_fused"]["median_s"] - ts["timing"]["adamw_fused"]["median_s"]) \
-        / ts["timing"]["adam_fused"]["median_s"]
-    lines += ["", f"Noise gauge: Adam (fused) and AdamW (fused) do nearly the same work; their medians differ by "
-              f"{', '.join(f'{100 * g:.0f}%' for g in gaps)} over the step sizes above and by {100 * tgap:.0f}% on the "
-              "training step. Differences of that order are not signal."]
-    cp = res.get("cpu_paths")
-    if cp:
-        lines += ["", f"## CPU implementations of the learned step ({cp['n_params_requested']:.0e} params, "
-                  f"{cp['threads']} thread(s))", "",
-                  "The same step on each CPU path, each in a fresh process with the environment shown (medians; "
-                  "the floor is the compute floor above). The AVX2 builds run on this CPU, so they show what the "
-                  "AVX2 code costs here, not on an AVX2-only machine.", "",
-                  "| path | environment | median ms | / compute floor | C loop |", "|---|---|---|---|---|"]
-        for v in cp["paths"].values():
-            env = " ".join(f"`{k}={x}`" for k, x in v["env"].items()) or "(default)"
-            loop = ("none" if not v["c_loop_built"] or v["env"].get("LEARNED_OPTIM_C_KERNEL") == "0" else
-                    "portable" if v["env"].get("LEARNED_OPTIM_C_SIMD") == "0" or not v["simd_width"] else
-                    f"{v['simd_width']}-bit vectors")
-            lines.append(f"| {v['label']} | {env} | {_ms(v['median_s'])} | {v['over_compute_floor']:.2f}x | {loop} |")
-        for k, why in cp["skipped"].items():
-            lines.append(f"| {k} | skipped: {why} | | | |")
-    lines += ["", "Targets of issue 5 (CPU, 1e6 and 1e7 params): measured / compute floor <= 2; peak extra / state "
-              "<= 25%. Raw numbers: `speed.json`; figure: `speed.png`.", ""]
-    return "\n".join(lines)
-
-
-def plot_speed(res: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = res["settings"]["configs"]
-    ns = [e["n_params"] for e in res["sizes"]]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for k, lab in labels.items():
-        a1.plot(ns, [e["timing"][k]["median_s"] * 1e3 for e in res["sizes"]], marker="o", label=lab,
-                lw=2.2 if k == "learned" else 1.2)
-        line, = a2.plot(ns, [e["memory"][k]["state_bytes_per_param"] for e in res["sizes"]], marker="o",
-                        label=f"{lab}: state", lw=2.2 if k == "learned" else 1.2)
-        a2.plot(ns, [e["memory"][k]["peak_extra_bytes"] / e["n_params"] for e in res["sizes"]], ls="--", marker="x",
-                color=line.get_color(), label=f"{lab}: peak extra during step")
-    a1.plot(ns, [e["floor"]["floor_s"] * 1e3 for e in res["sizes"]], "k:", label="learned floor")
-    a1.set(xscale="log", yscale="log", xlabel="parameters", ylabel="step time (ms, median)",
-           title=f"optimizer.step() time ({res['device']}, {res['settings']['threads']} thread(s))")
-    a1.legend(fontsize=7)
-    a2.set(xscale="log", xlabel="parameters", ylabel="bytes / parameter", title="optimizer memory per parameter")
-    a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    Run: ``learned-optim benchmark speed --rerender benchmarks/results/speed.json``
+    """
+    path = Path(path)
+    res = json.loads(path.read_text(encoding="utf-8"))
+    write_speed_report(res, path.parent, figure=figure)
+    return res

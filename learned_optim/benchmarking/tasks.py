@@ -39,6 +39,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..common.data import standardize
+
 __all__ = ["Problem", "TaskSpec", "TASKS", "task_names", "get_task", "corpus_info"]
 
 # Data generation seed for synthetic data: the dataset is part of the task, not of the seed.
@@ -107,17 +109,15 @@ class LanguageProblem(Problem):
 
 # ---------------------------------------------------------------- data (cached per process)
 
-def _standardize(x: np.ndarray) -> torch.Tensor:
-    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
-    return torch.as_tensor(x, dtype=torch.float32)
-
-
 @functools.lru_cache(maxsize=None)
 def _sklearn(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scikit-learn bundled dataset (no download): features standardised in fp64 with the
+    population std and eps 1e-8, then cast to fp32; the targets as they come."""
     import sklearn.datasets
 
-    bunch = getattr(sklearn.datasets, f"load_{name}")()  # bundled with scikit-learn: no download
-    return _standardize(bunch.data), torch.as_tensor(bunch.target)
+    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    x = standardize(torch.as_tensor(bunch.data, dtype=torch.float64), eps=1e-8, unbiased=False)
+    return x.to(torch.float32), torch.as_tensor(bunch.target)
 
 
 @functools.lru_cache(maxsize=None)
@@ -278,9 +278,12 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("breast_cancer_mlp", _cancer, 500, 32, "load_breast_cancer, MLP 30-64-64-1 GELU, BCE"),
     TaskSpec("iris_deep_mlp", _iris_deep, 500, 16, "load_iris, 7-layer tanh MLP of width 16, cross-entropy"),
     TaskSpec("diabetes_mse", _diabetes, 500, 32, "load_diabetes, MLP 10-64-1 ReLU, MSE on standardized target"),
-    TaskSpec("cancer_autoencoder", _autoencoder, 500, 32, "load_breast_cancer features, autoencoder 30-16-4-16-30 tanh, MSE"),
-    TaskSpec("shapes_cnn", _shapes_problem, 400, 32, "procedural 16x16 shapes (4 classes), 2-conv CNN + global avg pool"),
-    TaskSpec("char_gru_lm", _char_lm, 400, 16, "char-level GRU LM (emb 16, hidden 64, seq 32) on Python stdlib sources"),
+    TaskSpec("cancer_autoencoder", _autoencoder, 500, 32,
+             "load_breast_cancer features, autoencoder 30-16-4-16-30 tanh, MSE"),
+    TaskSpec("shapes_cnn", _shapes_problem, 400, 32,
+             "procedural 16x16 shapes (4 classes), 2-conv CNN + global avg pool"),
+    TaskSpec("char_gru_lm", _char_lm, 400, 16,
+             "char-level GRU LM (emb 16, hidden 64, seq 32) on Python stdlib sources"),
     TaskSpec("breast_cancer_mlp_long", _cancer, 2000, 32,
              "breast_cancer_mlp at 2000 steps (10x the 200-step meta-training horizon)", long_horizon=True),
 )

@@ -41,10 +41,12 @@ def digits() -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def standardize(x: Tensor, eps: float, dim: int = 0) -> Tensor:
-    """``(x - mean) / (std + eps)`` along ``dim`` (unbiased std, as ``Tensor.std``).
+def standardize(x: Tensor, eps: float, dim: int = 0, *, unbiased: bool = True) -> Tensor:
+    """``(x - mean) / (std + eps)`` along ``dim``.
 
     ``eps`` keeps constant features finite; callers pass the value their results were made with
     (meta-training's tasks use 1e-6, the benchmark's 1e-8), so results reproduce bit for bit.
+    ``unbiased``: divide the variance by n - 1 (``Tensor.std``'s default, meta-training's tasks)
+    or, with False, by n (numpy's ``std``, the quality benchmark's tasks).
     """
-    return (x - x.mean(dim)) / (x.std(dim) + eps)
+    return (x - x.mean(dim)) / (x.std(dim, correction=1 if unbiased else 0) + eps)

@@ -21,7 +21,8 @@ import shlex
 import sys
 
 from . import distributed as _dist
-from .trainer import PRESETS, load_config, meta_train
+from .config import PRESETS, load_config
+from .trainer import meta_train
 
 __all__ = ["add_arguments", "run"]
 
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt (starts fresh if there is none)")
     parser.add_argument("--init", default=None,
-                        help="fine-tune from these weights: shipped name, directory or Hub id (default: a fresh network)")
+                        help="fine-tune from these weights: shipped name, directory or Hub id "
+                             "(default: a fresh network)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field, e.g. --set meta_steps=100 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = _parse_overrides(args.overrides)
         if overrides:
             config = config.replace(**overrides)
-        command = "learned-optim meta-train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+        command = ("learned-optim meta-train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+                   if len(sys.argv) > 2 else None)
         started_group = _dist.init_from_env()  # under torchrun: one process group for the run
         rank = _dist.world()[0]
         try:

@@ -13,10 +13,10 @@ of inner trajectories that continue across meta-steps.
 
 where :math:`L_{init}` is the task's loss at the start of its trajectory. The log makes tasks of
 any loss scale count alike and rewards progress late in training as much as early on; the cap
-(default ``loss_cap`` 1.5: for a C-class task, whose initial loss is about ln C, this is the
-"clip at 1.5 ln C" listed among learned_optimization's stabilising tricks in NOTES-anchors.md)
-bounds what one exploding task contributes, and a non-finite loss counts as
-the cap with no gradient, so one divergent task cannot poison a meta-step with NaN.
+(default ``loss_cap`` 1.5: for a C-class task, whose initial loss is about ln C, this is
+learned_optimization's "clip at 1.5 ln C" stabilising trick) bounds what one exploding task
+contributes, and a non-finite loss counts as the cap with no gradient, so one divergent task
+cannot poison a meta-step with NaN.
 
 **Truncated BPTT** (``TruncatedBPTT``): unroll :math:`n` steps with the parameters carrying
 autograd graph back to :math:`\theta` and backpropagate :math:`J`. The inner state (parameters,
@@ -48,10 +48,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
-from ..update import lstm_rule
-from .tasks import Task, unflatten_params
+from ..network import WEIGHT_NAMES, CoordinatewiseLSTM, LSTMOptimizerConfig
+from .inner import InnerState, inner_step
+from .task_core import Task, unflatten_params
 
+# WEIGHT_NAMES (network) and InnerState (inner) are re-exported: estimator code and tests use them.
 __all__ = [
     "WEIGHT_NAMES",
     "InnerState",
@@ -62,9 +63,6 @@ __all__ = [
     "flat_weights",
     "weights_from_flat",
 ]
-
-# The meta-parameters of a CoordinatewiseLSTM, in the order used for flat vectors.
-WEIGHT_NAMES = ("weight", "bias", "head_weight", "head_bias")
 
 
 def flat_weights(net: CoordinatewiseLSTM) -> Tensor:
@@ -79,35 +77,6 @@ def weights_from_flat(flat: Tensor, net: CoordinatewiseLSTM) -> dict[str, Tensor
 
 
 @dataclass
-class InnerState:
-    """The state of one inner optimisation: flat parameters and the rule's per-coordinate state."""
-
-    params: Tensor  # [N]
-    exp_avg: Tensor  # [N]
-    exp_avg_sq: Tensor  # [N]
-    h: Tensor  # [H, N]
-    c: Tensor  # [H, N]
-
-    @classmethod
-    def fresh(cls, params: Tensor, hidden_size: int) -> "InnerState":
-        n = params.numel()
-        z = torch.zeros(n, dtype=params.dtype)
-        return cls(params.detach().clone(), z.clone(), z.clone(),
-                   torch.zeros(hidden_size, n, dtype=params.dtype), torch.zeros(hidden_size, n, dtype=params.dtype))
-
-    def detached(self) -> "InnerState":
-        """A copy cut from any autograd graph: the truncation boundary."""
-        return InnerState(*(t.detach() for t in (self.params, self.exp_avg, self.exp_avg_sq, self.h, self.c)))
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {"params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
-                "h": self.h, "c": self.c}
-
-    def clone(self) -> "InnerState":
-        return InnerState(*(t.detach().clone() for t in self.tensors().values()))
-
-
-@dataclass
 class Trajectory:
     """One inner training run in flight across meta-steps.
 
@@ -117,7 +86,8 @@ class Trajectory:
         horizon: total inner steps of this trajectory; ``step``: steps done so far.
         data_gen: generator for minibatches (and the initial parameters).
         init_loss: full-batch loss at step 0 (the reference for ``loss_cap``).
-        states: one ``InnerState`` (BPTT) or two (PES: +, -).
+        states: one ``InnerState`` (BPTT) or two (PES: +, -). ``step`` above, not the states'
+            own ``step``, is the step count the next truncation continues from.
         pes_acc: PES's accumulated perturbation (None for BPTT).
         first_truncation: length of the first truncation (randomised to de-synchronise workers).
         done: set when the horizon is reached or the run diverged.
@@ -175,19 +145,20 @@ def _unroll(
     second_order: bool = False,
     log_cap: float,
 ) -> tuple[list[Tensor], InnerState]:
-    """Run ``len(batches) - 1`` inner steps from ``state`` (cut from its graph first).
+    """Run ``len(batches) - 1`` inner steps (``inner.inner_step``) from ``state``, cut from its
+    graph first, continuing the step count from ``step0`` (the trajectory's, not ``state.step``).
 
     Returns the losses after each update (the last one on the extra final batch) and the new
     state. With ``differentiable=True`` the returned losses and state carry graph to ``weights``.
     """
-    st = state.detached()  # the truncation boundary: nothing before this point is reachable
-    p = st.params.requires_grad_(True)
-    m, v, h, c = st.exp_avg, st.exp_avg_sq, st.h, st.c
+    # The truncation boundary: nothing before this point is reachable.
+    state = state.detached()._replace(step=step0)
+    state = state._replace(params=state.params.requires_grad_(True))
     losses: list[Tensor] = []
     n = len(batches) - 1
     for i in range(n + 1):
         with torch.enable_grad():
-            loss = task.loss(unflatten_params(p, shapes), batches[i])
+            loss = task.loss(unflatten_params(state.params, shapes), batches[i])
             if i > 0:
                 losses.append(loss)
             if i == n:
@@ -198,17 +169,14 @@ def _unroll(
                 # stop early and report the cap for the remaining steps.
                 losses.extend([torch.tensor(float("inf"))] * (n - i))
                 break
-            (g,) = torch.autograd.grad(loss, p, retain_graph=differentiable, create_graph=second_order)
+            (g,) = torch.autograd.grad(loss, state.params, retain_graph=differentiable, create_graph=second_order)
         if not second_order:
             g = g.detach()
         with torch.set_grad_enabled(differentiable):
-            out = lstm_rule(g, m, v, h, c, float(step0 + i + 1), weights, config)
-            p_new = p - lr * out.direction
-        m, v, h, c = out.exp_avg, out.exp_avg_sq, out.h, out.c
+            state = inner_step(state, g, weights, config, lr)
         if not differentiable:
-            p_new = p_new.detach().requires_grad_(True)
-        p = p_new
-    return losses, InnerState(p, m, v, h, c)
+            state = state._replace(params=state.params.detach().requires_grad_(True))
+    return losses, state
 
 
 def _batches(traj: Trajectory, n: int) -> list[Any]:

@@ -7,39 +7,52 @@ A trajectory that reaches its horizon or diverges is replaced by a fresh task.
 
 Output directory ``out``:
     ``config.json`` + ``model.safetensors``: the best weights so far by held-out evaluation
-        (``save_pretrained`` format; the meta-training config and results are in the provenance);
-    ``checkpoint.pt``: everything needed to resume (meta-parameters, meta-optimizer state, RNG
-        states, step counter, the trajectories in flight, best-so-far), written atomically
-        (temp file + fsync + ``os.replace``), a plain dict of tensors and Python scalars loaded
-        with ``torch.load(weights_only=True)``;
+        (``validation``; ``save_pretrained`` format; the meta-training config and results are in
+        the provenance);
+    ``checkpoint.pt``: everything needed to resume (``checkpoint``), written atomically;
     ``log.jsonl``: one JSON object per logged meta-step and per evaluation.
 
 Determinism: the run is a function of the config (and ``init``/``tasks``). All randomness comes
 from ``torch.Generator`` objects whose states are checkpointed, so a run killed at any moment
 and resumed produces bit-identical weights to an uninterrupted one (with the same thread count).
+
+The config (``MetaTrainConfig``, ``PRESETS``, ``load_config``), the checkpoint file names and
+``run_inner`` are importable from here too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..common.adam_baseline import ADAM_LR_GRID
 from ..hub import from_pretrained, save_pretrained
-from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
-from ..update import lstm_rule
-from . import tasks as T
+from ..network import WEIGHT_NAMES, CoordinatewiseLSTM, LSTMOptimizerConfig
 from . import distributed as _dist
-from .estimators import WEIGHT_NAMES, AntitheticPES, InnerState, Trajectory, TruncatedBPTT
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    append_log,
+    gen_state,
+    make_gen,
+    read_checkpoint,
+    traj_from_dict,
+    traj_to_dict,
+    truncate_log,
+    write_checkpoint,
+)
+from .config import PRESETS, TRAIN_FAMILIES, VAL_TASKS, MetaTrainConfig, get_preset, load_config
+from .estimators import AntitheticPES, Trajectory, TruncatedBPTT
+from .inner import init_inner
+from .task_core import as_family, as_task, flatten_params
+from .validation import adam_baselines, evaluate, full_loss, run_inner
 
 __all__ = [
     "MetaTrainConfig",
@@ -54,304 +67,6 @@ __all__ = [
     "LOG_NAME",
 ]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "log.jsonl"
-_CKPT_FORMAT = "learned_optim.meta.checkpoint/1"
-
-# Learning rates for "tuned Adam" in held-out evaluation: a 7-point log grid around Adam's
-# default 1e-3, the size the issue's quality target uses (best of a 7-point log grid).
-ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-
-
-@dataclass
-class MetaTrainConfig:
-    """Everything that defines a meta-training run (serialised to JSON in checkpoints and in
-    the provenance of the saved ``config.json``).
-
-    Attributes:
-        seed: seeds every generator of the run. Default 0.
-        network: ``LSTMOptimizerConfig`` fields of a fresh network (ignored when fine-tuning
-            from ``init``, whose config is kept). Default: ``LSTMOptimizerConfig()``'s.
-        estimator: ``"pes"`` (antithetic PES) or ``"tbptt"`` (truncated BPTT). Default "pes".
-        truncation_length: inner steps per truncation. Default 20 (Andrychowicz et al. 2016).
-        second_order: TBPTT only: backpropagate through inner gradients. Default False.
-        pes_sigma: PES perturbation std. Default 0.01.
-        num_trajectories: trajectories advanced per meta-step. Default 8.
-        horizon_min, horizon_max: trajectory lengths are drawn log-uniformly from this range.
-            Defaults 20 and 200 (200 = the agreed cap on meta-training horizons; the held-out
-            benchmark's long-horizon task uses 10x that).
-        curriculum_fraction: the upper end of the horizon range grows log-linearly from
-            ``horizon_min`` to ``horizon_max`` over this fraction of the run. Default 0.3.
-        inner_lr: the ``lr`` the rule is trained at: 1e-3, ``LearnedOptimizer``'s default, so
-            the learned step multiplier is calibrated for the default setting.
-        meta_steps: number of meta-steps. Default 2000.
-        meta_lr: Adam learning rate on the meta-parameters. Default 3e-3.
-        meta_lr_final_fraction: cosine decay of meta_lr to this fraction. Default 0.1.
-        warmup_steps: linear meta_lr warm-up steps. Default 20.
-        grad_clip: global-norm clip of the meta-gradient. Default 1.0.
-        loss_cap: the meta-objective caps each loss at loss_cap x the task's initial loss.
-            Default 1.5 (learned_optimization; NOTES-anchors.md).
-        train_tasks: name of the training task family (see ``TASK_PRESETS``). Default "default".
-        val_tasks: name of the held-out task set ("none" disables evaluation). Default "default".
-        eval_every: meta-steps between held-out evaluations. Default 100.
-        log_every: meta-steps between log lines. Default 10.
-        checkpoint_every: meta-steps between checkpoints (also every ``checkpoint_seconds``).
-            Default 50.
-        checkpoint_seconds: wall seconds between checkpoints. Default 60.
-        num_threads: ``torch.set_num_threads`` for the run. Default 1 (determinism and a shared
-            machine); results are bit-identical only at the same thread count.
-        slot_rng: give every trajectory slot its own random stream (seeded from ``seed`` and the
-            slot) instead of one stream for the whole run, so the run does not depend on how the
-            slots are split across processes: 1 and N processes then follow the same
-            meta-trajectory (to float rounding of the all-reduced sum). Required for distributed
-            meta-training (``torchrun``). Default False: the single stream the shipped default was
-            trained with, so ``--config default`` still reproduces it.
-    """
-
-    seed: int = 0
-    network: dict = field(default_factory=lambda: LSTMOptimizerConfig().to_dict())
-    estimator: str = "pes"
-    truncation_length: int = 20
-    second_order: bool = False
-    pes_sigma: float = 0.01
-    num_trajectories: int = 8
-    horizon_min: int = 20
-    horizon_max: int = 200
-    curriculum_fraction: float = 0.3
-    inner_lr: float = 1e-3
-    meta_steps: int = 2000
-    meta_lr: float = 3e-3
-    meta_lr_final_fraction: float = 0.1
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    loss_cap: float = 1.5
-    train_tasks: str = "default"
-    val_tasks: str = "default"
-    eval_every: int = 100
-    log_every: int = 10
-    checkpoint_every: int = 50
-    checkpoint_seconds: float = 60.0
-    num_threads: int = 1
-    slot_rng: bool = False
-
-    def __post_init__(self) -> None:
-        def pos_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MetaTrainConfig.{name} must be a positive int, got {v!r}")
-
-        def pos_float(name, allow_zero=False):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-                raise ValueError(f"MetaTrainConfig.{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
-
-        for n in ("truncation_length", "num_trajectories", "horizon_min", "horizon_max", "meta_steps",
-                  "eval_every", "log_every", "checkpoint_every", "num_threads"):
-            pos_int(n)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"MetaTrainConfig.seed must be an int >= 0, got {self.seed!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"MetaTrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
-        for n in ("pes_sigma", "inner_lr", "meta_lr", "grad_clip", "checkpoint_seconds"):
-            pos_float(n)
-        pos_float("meta_lr_final_fraction", allow_zero=True)
-        pos_float("curriculum_fraction", allow_zero=True)
-        if not isinstance(self.slot_rng, bool):
-            raise ValueError(f"MetaTrainConfig.slot_rng must be true or false, got {self.slot_rng!r}")
-        if not self.loss_cap > 1 or not math.isfinite(self.loss_cap):
-            raise ValueError(f"MetaTrainConfig.loss_cap must be a finite number > 1, got {self.loss_cap!r}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"MetaTrainConfig.estimator must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}")
-        if self.horizon_max < self.horizon_min:
-            raise ValueError(
-                f"MetaTrainConfig.horizon_max ({self.horizon_max}) must be >= horizon_min ({self.horizon_min})"
-            )
-        if self.train_tasks not in TRAIN_FAMILIES:
-            raise ValueError(f"MetaTrainConfig.train_tasks must be one of {sorted(TRAIN_FAMILIES)}, got {self.train_tasks!r}")
-        if self.val_tasks not in VAL_TASKS:
-            raise ValueError(f"MetaTrainConfig.val_tasks must be one of {sorted(VAL_TASKS)}, got {self.val_tasks!r}")
-        if not isinstance(self.network, dict):
-            raise TypeError(f"MetaTrainConfig.network must be a dict of LSTMOptimizerConfig fields, got {type(self.network).__name__}")
-        try:
-            LSTMOptimizerConfig.from_dict({**LSTMOptimizerConfig().to_dict(), **self.network})
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"MetaTrainConfig.network is not a valid LSTMOptimizerConfig: {e}") from None
-        self.network = {**LSTMOptimizerConfig().to_dict(), **self.network}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MetaTrainConfig":
-        if not isinstance(d, dict):
-            raise TypeError(f"a meta-training config must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown meta-training config field(s) {unknown}; known fields: {sorted(names)}")
-        return cls(**d)
-
-    def replace(self, **changes) -> "MetaTrainConfig":
-        return MetaTrainConfig.from_dict({**self.to_dict(), **changes})
-
-
-ESTIMATORS = {"pes", "tbptt"}
-
-
-def _tiny_family():
-    # Seconds-scale tasks for tests and smoke runs.
-    return T.Mixture([
-        T.SyntheticRegressionFamily(n_samples=(64,), n_features=(4,), hidden=((), (8,)), batch_sizes=(16, None)),
-        T.SyntheticClassificationFamily(n_samples=(64,), n_features=(4,), n_classes=(2,), hidden=((), (8,)),
-                                        batch_sizes=(16, None)),
-    ])
-
-
-def _tiny_val():
-    from sklearn.datasets import make_moons
-
-    xm, ym = make_moons(n_samples=64, noise=0.2, random_state=3)
-    xm = torch.tensor(xm, dtype=torch.float32)
-    ym = torch.tensor(ym, dtype=torch.long)
-    return [(T.MLPTask(xm, ym, 16, "ce", "tiny-moons-mlp8", hidden=(8,), out_dim=2), 30)]
-
-
-TRAIN_FAMILIES = {"default": T.default_train_family, "tiny": _tiny_family}
-VAL_TASKS = {"default": T.default_validation_tasks, "tiny": _tiny_val, "none": lambda: []}
-
-# The shipped default (pretrained/lstm-h4-v1), measured in its model card. PES because in a
-# 7-minute side-by-side the first-order TBPTT weights were less stable at 2.5x their training
-# horizon; log_scale_bound 4 (step multiplier up to e^4 ~ 55x) because tuned Adam on the
-# validation tasks wants lr 0.01-0.1 (10-100x the default 1e-3 the rule runs at).
-_LSTM_H4_V1 = dict(estimator="pes", meta_steps=2500, eval_every=125, checkpoint_every=25,
-                   network={**LSTMOptimizerConfig().to_dict(), "log_scale_bound": 4.0})
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": _LSTM_H4_V1,
-    "lstm-h4-v1": _LSTM_H4_V1,
-    # A seconds-long run for tests and smoke checks.
-    "tiny": dict(num_trajectories=2, horizon_min=5, horizon_max=20, truncation_length=5, meta_steps=6,
-                 train_tasks="tiny", val_tasks="tiny", eval_every=3, log_every=1, checkpoint_every=2,
-                 warmup_steps=0),
-}
-
-
-def get_preset(name: str) -> MetaTrainConfig:
-    """The ``MetaTrainConfig`` of a named preset (``PRESETS``)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown meta-training preset {name!r}; presets: {sorted(PRESETS)}, or pass a JSON file")
-    return MetaTrainConfig(**PRESETS[name])
-
-
-def load_config(spec: str | os.PathLike | dict | MetaTrainConfig | None) -> MetaTrainConfig:
-    """A config from a preset name, a JSON file path, a dict or a config (``None``: "default")."""
-    if spec is None:
-        return get_preset("default")
-    if isinstance(spec, MetaTrainConfig):
-        return spec
-    if isinstance(spec, dict):
-        return MetaTrainConfig.from_dict(spec)
-    if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"config must be a preset name, a JSON file path, a dict or a MetaTrainConfig, got {type(spec).__name__}")
-    path = Path(spec)
-    if path.is_file():
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"config file {str(path)!r} is not valid JSON: {e}") from None
-        if isinstance(raw, dict) and "preset" in raw:  # {"preset": "default", ...overrides}
-            base = get_preset(raw.pop("preset")).to_dict()
-            return MetaTrainConfig.from_dict({**base, **raw})
-        return MetaTrainConfig.from_dict(raw)
-    if str(spec) in PRESETS:
-        return get_preset(str(spec))
-    raise ValueError(
-        f"config {str(spec)!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing JSON file"
-    )
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-def _full_loss(task, params_flat, shapes) -> float:
-    with torch.no_grad():
-        return float(task.loss(T.unflatten_params(params_flat, shapes), task.full_batch()))
-
-
-def run_inner(task, horizon: int, seed: int, *, weights: CoordinatewiseLSTM | None = None,
-              lr: float = 1e-3) -> dict[str, Any]:
-    """Train ``task`` for ``horizon`` steps with the learned rule (``weights``) or, with
-    ``weights=None``, ``torch.optim.Adam``; both see the same initial parameters and minibatches.
-
-    Returns ``{"init_loss", "final_loss", "diverged"}`` with full-batch losses; diverged means
-    a non-finite loss or a final loss above the initial one (the issue's definition).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    params = task.init_params(gen)
-    shapes = [p.shape for p in params]
-    p = T.flatten_params(params).detach().clone()
-    init = _full_loss(task, p, shapes)
-    if weights is None:
-        p.requires_grad_(True)
-        opt = torch.optim.Adam([p], lr=lr)
-    else:
-        st = InnerState.fresh(p, weights.config.hidden_size)
-        p = st.params.requires_grad_(True)
-    for t in range(horizon):
-        batch = task.sample_batch(gen)
-        loss = task.loss(T.unflatten_params(p, shapes), batch)
-        if not torch.isfinite(loss.detach()):
-            return {"init_loss": init, "final_loss": float("nan"), "diverged": True}
-        (g,) = torch.autograd.grad(loss, p)
-        with torch.no_grad():
-            if weights is None:
-                p.grad = g
-                opt.step()
-            else:
-                out = lstm_rule(g, st.exp_avg, st.exp_avg_sq, st.h, st.c, float(t + 1), weights, weights.config)
-                p.sub_(lr * out.direction)
-                st.exp_avg, st.exp_avg_sq, st.h, st.c = out.exp_avg, out.exp_avg_sq, out.h, out.c
-    final = _full_loss(task, p.detach(), shapes)
-    return {"init_loss": init, "final_loss": final, "diverged": not math.isfinite(final) or final > init}
-
-
-def _ratio_log(final: float, init: float, ref: float, cap: float) -> float:
-    # Log of final / reference; a diverged run counts as cap x its initial loss.
-    if not math.isfinite(final) or final > init:
-        final = max(init * cap, final if math.isfinite(final) else 0.0)
-    return math.log(max(final, 1e-12) / max(ref, 1e-12))
-
-
-# ----------------------------------------------------------------------------- I/O helpers
-
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)  # persist the rename itself
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _gen_state(g: torch.Generator) -> torch.Tensor:
-    return g.get_state().clone()
-
-
-def _make_gen(state: torch.Tensor) -> torch.Generator:
-    g = torch.Generator()
-    g.set_state(state)
-    return g
-
-
-# ----------------------------------------------------------------------------- trainer
 
 class MetaTrainer:
     """Meta-train a ``CoordinatewiseLSTM`` (see the module docstring for outputs and guarantees).
@@ -377,17 +92,15 @@ class MetaTrainer:
             raise ValueError(f"out={os.fspath(out)!r} is a file; pass a directory (it is created if missing)")
         self.config = load_config(config)
         self.out = Path(out)
-        self.init = init
-        self.progress = progress
         self.command = command
         self.custom_tasks = tasks is not None
-        self.family = T.as_family(tasks) if tasks is not None else TRAIN_FAMILIES[self.config.train_tasks]()
+        self.family = as_family(tasks) if tasks is not None else TRAIN_FAMILIES[self.config.train_tasks]()
         if val_tasks is not None:
             vt = []
             for item in val_tasks:
                 if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], int)):
                     raise TypeError(f"val_tasks must be a list of (task, horizon) pairs, got an item {item!r}")
-                vt.append((T.as_task(item[0]), item[1]))
+                vt.append((as_task(item[0]), item[1]))
             self.val_tasks = vt
         else:
             self.val_tasks = VAL_TASKS[self.config.val_tasks]()
@@ -433,8 +146,8 @@ class MetaTrainer:
         return math.exp(math.log(c.horizon_min) + frac * (math.log(c.horizon_max) - math.log(c.horizon_min)))
 
     def _build_task(self, seed: int):
-        task = self.family.sample(torch.Generator().manual_seed(seed))
-        return task
+        """The training task of a trajectory: a deterministic function of its seed."""
+        return self.family.sample(torch.Generator().manual_seed(seed))
 
     def _new_traj(self, slot: int, first: bool) -> Trajectory:
         c = self.config
@@ -450,70 +163,26 @@ class MetaTrainer:
         data_gen = torch.Generator().manual_seed(seed + 1)
         params = task.init_params(data_gen)
         shapes = [p.shape for p in params]
-        flat = T.flatten_params(params).detach()
-        init_loss = _full_loss(task, flat, shapes)
+        flat = flatten_params(params).detach()
+        init_loss = full_loss(task, flat, shapes)
         if not math.isfinite(init_loss) or init_loss <= 0:
             init_loss = max(init_loss, 1e-8) if math.isfinite(init_loss) else 1.0
-        st = InnerState.fresh(flat, self.net.config.hidden_size)
+        st = init_inner(flat.clone(), self.net.config)
         states = [st] + [st.clone() for _ in range(self.estimator.n_states - 1)]
         return Trajectory(task, shapes, seed, horizon, data_gen, init_loss, states, 0, None, first_trunc)
 
-    def _traj_to_dict(self, t: Trajectory) -> dict:
-        return {
-            "task_seed": t.task_seed, "horizon": t.horizon, "step": t.step, "init_loss": t.init_loss,
-            "first_truncation": t.first_truncation, "done": t.done, "data_gen": _gen_state(t.data_gen),
-            "states": [{k: v.detach().clone() for k, v in s.tensors().items()} for s in t.states],
-            "pes_acc": None if t.pes_acc is None else t.pes_acc.clone(),
-        }
-
-    def _traj_from_dict(self, d: dict) -> Trajectory:
-        task = self._build_task(d["task_seed"])
-        shapes = [p.shape for p in task.init_params(torch.Generator().manual_seed(0))]
-        states = [InnerState(s["params"], s["exp_avg"], s["exp_avg_sq"], s["h"], s["c"]) for s in d["states"]]
-        return Trajectory(task, shapes, d["task_seed"], d["horizon"], _make_gen(d["data_gen"]), d["init_loss"],
-                          states, d["step"], d["pes_acc"], d["first_truncation"], d["done"])
-
     # ------------------------------------------------------------------ evaluation
-    def _ensure_baselines(self) -> None:
-        if self.baselines is not None:
-            return
-        self.baselines = []
-        for i, (task, horizon) in enumerate(self.val_tasks):
-            runs = {lr: run_inner(task, horizon, 1000 + i, lr=lr) for lr in ADAM_LR_GRID}
-            finals = {lr: (r["final_loss"] if not r["diverged"] else float("inf")) for lr, r in runs.items()}
-            best_lr = min(finals, key=finals.get)
-            self.baselines.append({
-                "task": task.name, "horizon": horizon, "init_loss": runs[1e-3]["init_loss"],
-                "adam_1e-3": runs[1e-3]["final_loss"], "tuned_adam": runs[best_lr]["final_loss"],
-                "tuned_lr": best_lr,
-            })
-
     def evaluate(self, net: CoordinatewiseLSTM | None = None) -> dict[str, Any]:
-        """Held-out evaluation of ``net`` (default: the current weights) against Adam.
-
-        Returns ``{"metric", "wins_vs_adam", "diverged", "n", "rows"}``: ``metric`` is the mean over
-        tasks of log(final loss / tuned-Adam final loss) (lower is better; a divergence counts as
-        ``loss_cap`` x the initial loss), ``wins_vs_adam`` the number of tasks with a lower final
-        loss than Adam at lr 1e-3.
-        """
-        net = net or self.net
-        self._ensure_baselines()
-        rows, logs, wins, div = [], [], 0, 0
-        for i, ((task, horizon), base) in enumerate(zip(self.val_tasks, self.baselines)):
-            r = run_inner(task, horizon, 1000 + i, weights=net, lr=self.config.inner_lr)
-            lr_ = _ratio_log(r["final_loss"], r["init_loss"], base["tuned_adam"], self.config.loss_cap)
-            logs.append(lr_)
-            wins += int(not r["diverged"] and r["final_loss"] < base["adam_1e-3"])
-            div += int(r["diverged"])
-            rows.append({**base, "learned": r["final_loss"], "diverged": r["diverged"],
-                         "ratio_vs_tuned": math.exp(lr_)})
-        metric = sum(logs) / len(logs) if logs else float("nan")
-        return {"metric": metric, "wins_vs_adam": wins, "diverged": div, "n": len(rows), "rows": rows}
+        """Held-out evaluation of ``net`` (default: the current weights) against Adam on the
+        validation tasks (``validation.evaluate``; the Adam baselines are computed once per run)."""
+        if self.baselines is None:
+            self.baselines = adam_baselines(self.val_tasks)
+        return evaluate(net or self.net, self.val_tasks, self.baselines, inner_lr=self.config.inner_lr,
+                        loss_cap=self.config.loss_cap)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> dict:
         return {
-            "format": _CKPT_FORMAT,
             "config": json.dumps(self.config.to_dict(), sort_keys=True),
             "init": self.init_name,
             "custom_tasks": self.custom_tasks,
@@ -522,11 +191,11 @@ class MetaTrainer:
             "network_config": json.dumps(self.net.config.to_dict(), sort_keys=True),
             "net": {n: getattr(self.net, n).detach().clone() for n in WEIGHT_NAMES},
             "meta_opt": self.meta_opt.state_dict(),
-            "meta_gen": _gen_state(self.meta_gen),
-            "trajs": _dist.gather_slots([None if t is None else self._traj_to_dict(t) for t in self.trajs],
+            "meta_gen": gen_state(self.meta_gen),
+            "trajs": _dist.gather_slots([None if t is None else traj_to_dict(t) for t in self.trajs],
                                         self.rank, self.world),
             "slot_gens": (None if self.slot_gens is None else
-                          _dist.gather_slots([_gen_state(g) for g in self.slot_gens], self.rank, self.world)),
+                          _dist.gather_slots([gen_state(g) for g in self.slot_gens], self.rank, self.world)),
             "best": dict(self.best),
             "baselines": json.dumps(self.baselines),
             "last_eval": json.dumps(self.last_eval),
@@ -537,7 +206,7 @@ class MetaTrainer:
         path = self.out / CHECKPOINT_NAME
         ck = self._checkpoint()
         if self.rank == 0:
-            _atomic_torch_save(ck, path)
+            write_checkpoint(ck, path)
         return path
 
     def load_checkpoint(self) -> bool:
@@ -545,9 +214,7 @@ class MetaTrainer:
         path = self.out / CHECKPOINT_NAME
         if not path.is_file():
             return False
-        ck = torch.load(path, weights_only=True)
-        if not isinstance(ck, dict) or ck.get("format") != _CKPT_FORMAT:
-            raise ValueError(f"{path} is not a learned_optim.meta checkpoint (format {ck.get('format') if isinstance(ck, dict) else None!r})")
+        ck = read_checkpoint(path)
         saved = MetaTrainConfig.from_dict(json.loads(ck["config"]))
         if saved != self.config:
             diff = {k: (v, getattr(self.config, k)) for k, v in saved.to_dict().items() if getattr(self.config, k) != v}
@@ -556,7 +223,8 @@ class MetaTrainer:
                 f"resume with the same --config, or use a new --out directory"
             )
         if ck["custom_tasks"] != self.custom_tasks:
-            raise ValueError(f"cannot resume {path}: it was {'' if ck['custom_tasks'] else 'not '}trained on custom tasks; pass the same tasks")
+            raise ValueError(f"cannot resume {path}: it was {'' if ck['custom_tasks'] else 'not '}trained on "
+                             f"custom tasks; pass the same tasks")
         netcfg = LSTMOptimizerConfig.from_dict(json.loads(ck["network_config"]))
         self.net = CoordinatewiseLSTM(netcfg)
         with torch.no_grad():
@@ -564,52 +232,30 @@ class MetaTrainer:
                 getattr(self.net, n).copy_(ck["net"][n])
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=self.config.meta_lr)
         self.meta_opt.load_state_dict(ck["meta_opt"])
-        self.meta_gen = _make_gen(ck["meta_gen"])
+        self.meta_gen = make_gen(ck["meta_gen"])
         self.step = ck["step"]
         self.elapsed = ck["elapsed"]
         self.init_name = ck["init"]
-        self.trajs = [None if d is None or not self._owns(i) else self._traj_from_dict(d)
+        self.trajs = [None if d is None or not self._owns(i) else traj_from_dict(d, self._build_task)
                       for i, d in enumerate(ck["trajs"])]
         if self.slot_gens is not None:
-            self.slot_gens = [_make_gen(g) for g in ck["slot_gens"]]
+            self.slot_gens = [make_gen(g) for g in ck["slot_gens"]]
         self.best = dict(ck["best"])
         self.baselines = json.loads(ck["baselines"])
         self.last_eval = json.loads(ck["last_eval"])
-        self._truncate_log()
+        if self.rank == 0:
+            truncate_log(self.out, self.step)
         return True
 
-    def _truncate_log(self) -> None:
-        # Entries written after the checkpoint will be written again by the resumed run: drop
-        # them (and any half-written last line) so the log reads as one uninterrupted run.
-        path = self.out / LOG_NAME
-        if self.rank != 0 or not path.is_file():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and rec.get("step", 0) <= self.step:
-                keep.append(line)
-        data = ("\n".join(keep) + "\n") if keep else ""
-        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=f".{LOG_NAME}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
     def _log(self, rec: dict) -> None:
-        if self.rank != 0:
-            return
-        with open(self.out / LOG_NAME, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        if self.rank == 0:
+            append_log(self.out, rec)
 
     # ------------------------------------------------------------------ weights out
     def _best_network(self) -> CoordinatewiseLSTM:
         net = CoordinatewiseLSTM(self.net.config)
-        src = self.best["weights"] if self.best["weights"] is not None else {n: getattr(self.net, n) for n in WEIGHT_NAMES}
+        found = self.best["weights"] is not None
+        src = self.best["weights"] if found else {n: getattr(self.net, n) for n in WEIGHT_NAMES}
         with torch.no_grad():
             for n in WEIGHT_NAMES:
                 getattr(net, n).copy_(src[n])
@@ -619,9 +265,9 @@ class MetaTrainer:
             "meta_train_config": self.config.to_dict(),
             "init": self.init_name,
             "custom_tasks": self.custom_tasks,
-            "selected_step": self.best["step"] if self.best["weights"] is not None else self.step,
+            "selected_step": self.best["step"] if found else self.step,
             "meta_steps_done": self.step,
-            "heldout_metric_mean_log_ratio_vs_tuned_adam": None if self.best["weights"] is None else self.best["metric"],
+            "heldout_metric_mean_log_ratio_vs_tuned_adam": self.best["metric"] if found else None,
             "heldout_table": self.best["table"],
             "wall_seconds": round(self.elapsed, 1),
             "command": self.command,
@@ -706,11 +352,11 @@ class MetaTrainer:
             if not resumed and self.rank == 0:
                 (self.out / LOG_NAME).unlink(missing_ok=True)
                 self._log({"event": "start", "step": 0, "config": c.to_dict(), "init": self.init_name})
-            return self._loop(resumed)
+            return self._loop()
         finally:
             torch.set_num_threads(prev_threads)
 
-    def _loop(self, resumed: bool) -> CoordinatewiseLSTM:
+    def _loop(self) -> CoordinatewiseLSTM:
         c = self.config
         from tqdm.auto import tqdm
 
@@ -755,7 +401,8 @@ class MetaTrainer:
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
                 now = time.monotonic()
-                due = self.step % c.checkpoint_every == 0 or now - last_ck >= c.checkpoint_seconds or self.step == c.meta_steps
+                due = (self.step % c.checkpoint_every == 0 or now - last_ck >= c.checkpoint_seconds
+                       or self.step == c.meta_steps)
                 if _dist.agree(due, self.world):  # rank 0's clock decides: saving is collective
                     self.elapsed = now - t_start
                     if self.best["weights"] is not None and self.best["step"] == self.step or self.step == c.meta_steps:

@@ -1,0 +1,180 @@
+"""The quality benchmark's report: Markdown tables and a PNG figure from a quality.json dict.
+
+``write_quality_report(res, out)`` writes ``quality.md`` and ``quality.png`` into ``out``. It
+reads only the results dict (the optimizer columns, their labels and order come from
+``res["settings"]["optimizers"]``), so a saved quality.json renders again without training.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..common.files import atomic_write_text
+from ..common.machine import machine_line
+from .common import save_figure
+
+__all__ = ["quality_markdown", "write_quality_report"]
+
+# Plot colours per optimizer column, so every figure reads the same way.
+_COLORS = {"learned": "tab:red", "adam": "tab:blue", "adamw": "tab:cyan", "sgd_momentum": "tab:gray",
+           "adam_tuned": "tab:green"}
+
+
+def _columns(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The table's columns in order: key -> {"label", "lr"} (lr None: tuned over the grid)."""
+    return res["settings"]["optimizers"]
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "nan"
+    return f"{x:.{digits}g}"
+
+
+def _speedup(v: dict[str, Any], horizon: int) -> str:
+    if v["speedup"] is None:
+        if not v.get("learned_steps_to_reach"):
+            return "n/a (learned diverged)"
+        return f"> {horizon / v['learned_steps_to_reach']:.2f}x (not reached in {horizon})"
+    return f"{v['speedup']:.2f}x"
+
+
+def quality_markdown(res: dict[str, Any]) -> str:
+    """The tables of ``quality.md`` (Markdown) from a quality.json dict."""
+    columns = _columns(res)
+    baselines = [key for key in columns if key != "learned"]
+    w = res["weights"]
+    seeds = len(res["settings"]["seeds"])
+    lines = [f"# Quality: learned optimizer vs Adam on {len(res['tasks'])} held-out tasks", ""]
+    if res["settings"]["quick"]:
+        lines += ["**QUICK RUN** (horizons cut down, few seeds): a pipeline check, not a measurement.", ""]
+    prov = w.get("provenance") or {}
+    lines.append(f"Weights: `{w['name']}`" + (" (the package default)" if w["is_default"] else "")
+                 + (f". Provenance: {prov.get('note')}" if prov.get("note") else ""))
+    if prov.get("trained") is False:
+        lines += ["", "**These weights are untrained: the rule is exactly Adam by construction (zero output head),"
+                  " so the learned column must tie Adam (lr 1e-3) everywhere. This run checks the benchmark,"
+                  " not a learned optimizer.**"]
+    lines += [
+        "",
+        f"Command: `{res['command']}`  ",
+        f"Machine: {machine_line(res['machine'])}  ",
+        *([f"Tables recomputed from the saved curves (`learned-optim benchmark quality --rerender`) at "
+           f"{res['summary_recomputed_utc']} UTC.  "]
+          if res.get("summary_recomputed_utc") else []),
+        f"Date (UTC): {res['machine']['date_utc']}; wall time {res['wall_s']:.0f} s; {seeds} seeds per optimizer "
+        f"and lr; Adam lr grid {', '.join(f'{x:g}' for x in res['settings']['adam_lr_grid'])}.",
+        "",
+        f"Final full-data training loss, mean ± std over {seeds} seeds (same initialisations and minibatches for "
+        "every optimizer; lower is better). **Adam tuned** takes, per task, the grid lr with the lowest mean final "
+        "loss on these same seeds (optimistic for Adam); its tuning cost is the grid's runs. "
+        "Speed-up = steps Adam needs (mean curve) to first reach the learned optimizer's mean final loss / steps the "
+        "learned optimizer needs to first reach it (> 1: learned is faster). "
+        f"Ties: within {res['settings']['tie_rtol']:g} relative. "
+        "⚠ marks runs that diverged (NaN, or final loss above initial).",
+        "",
+    ]
+    labels = {key: c["label"] for key, c in columns.items()}
+    head = ["task", "steps"] + list(labels.values()) + [
+        "speed-up vs Adam", "speed-up vs Adam tuned", "tuning cost (runs / steps)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, t in res["tasks"].items():
+        s = t["summary"]
+        cells = [name + (" (long)" if t["long_horizon"] else ""), str(t["steps"])]
+        best = min((s["columns"][key]["final_mean"] for key in columns
+                    if s["columns"][key]["final_mean"] is not None and math.isfinite(s["columns"][key]["final_mean"])),
+                   default=math.nan)
+        for key, spec in columns.items():
+            c = s["columns"][key]
+            cell = f"{_num(c['final_mean'])} ± {_num(c['final_std'], 2)}"
+            if c["final_mean"] == best:
+                cell = f"**{cell}**"
+            if spec["lr"] is None:
+                cell += f" (lr {c['lr']:g}{', grid edge' if s['adam_tuned_at_grid_edge'] else ''})"
+            if c["diverged"]:
+                cell += f" ⚠ {c['diverged']}/{c['seeds']} diverged"
+            cells.append(cell)
+        cells.append(_speedup(s["vs"]["adam"], t["steps"]))
+        cells.append(_speedup(s["vs"]["adam_tuned"], t["steps"]))
+        cells.append(f"{t['tuning_cost']['adam_runs']} / {t['tuning_cost']['optimizer_steps']}")
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lines += ["", "Learned optimizer against each baseline: tasks (by mean final loss) and seed pairs won / tied / "
+              "lost, and the median over tasks of learned final loss / baseline final loss.", "",
+              "| baseline | tasks won / tied / lost | seed pairs won / tied / lost | median loss ratio |",
+              "|---|---|---|---|"]
+    for base in baselines:
+        tt = res["totals"][base]
+        lines.append(f"| {labels[base]} | {tt['tasks_won']} / {tt['tasks_tied']} / {tt['tasks_lost']} | "
+                     f"{tt['seed_wins']} / {tt['seed_ties']} / {tt['seed_losses']} | "
+                     f"{_num(tt['median_loss_ratio'], 3)} |")
+    lines += ["", f"Learned-optimizer runs that diverged: {res['totals']['learned_diverged_runs']}.", "",
+              "Mean optimizer.step() time per task (ms; 1 thread, includes Python overhead on these small models):", "",
+              "| task | learned | Adam | ratio |", "|---|---|---|---|"]
+    for name, t in res["tasks"].items():
+        c = t["summary"]["columns"]
+        lr_, ad = c["learned"]["optimizer_step_ms"], c["adam"]["optimizer_step_ms"]
+        lines.append(f"| {name} | {lr_:.3f} | {ad:.3f} | {lr_ / ad:.1f}x |")
+    lines += ["", "Tasks:", ""]
+    for name, t in res["tasks"].items():
+        extra = ""
+        if "corpus" in t:
+            cp = t["corpus"]
+            extra = f" Corpus: {', '.join(cp['files'])} ({cp['chars']} chars, sha256 {cp['sha256'][:12]})."
+        lines.append(f"- `{name}`: {t['description']}; batch {t['batch_size']}.{extra}")
+    lines += ["", "Curves: `quality.json` (every run, every seed, every grid lr); figure: `quality.png`.", ""]
+    return "\n".join(lines)
+
+
+def _plot_quality(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["tasks"])
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        t = res["tasks"][name]
+        steps = t["eval_steps"]
+        positive = True
+        for key, spec in _columns(res).items():
+            col = t["summary"]["columns"][key]
+            curves = t["runs"][col["run"]]["curve"]
+            per_step = [[v for v in vals if v is not None and math.isfinite(v)] for vals in zip(*curves)]
+            xs = [s for s, v in zip(steps, per_step) if v]
+            mean = [sum(v) / len(v) for v in per_step if v]
+            lo = [min(v) for v in per_step if v]
+            hi = [max(v) for v in per_step if v]
+            positive &= all(v > 0 for v in lo)
+            label = spec["label"] if spec["lr"] is not None else f"{spec['label']} (lr {col['lr']:g})"
+            lw, ls = (2.2, "-") if key == "learned" else (1.2, "--" if key == "adam" else "-")
+            ax.plot(xs, mean, color=_COLORS.get(key), lw=lw, ls=ls, label=label,
+                    zorder=3 if key == "adam" else 2)  # dashed Adam on top: a tie stays visible
+            ax.fill_between(xs, lo, hi, color=_COLORS.get(key), alpha=0.15, lw=0)
+        if positive:
+            ax.set_yscale("log")
+        ax.set_title(name + (" (10x horizon)" if t["long_horizon"] else ""), fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("full-data train loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    w = res["weights"]
+    fig.suptitle(f"learned optimizer (weights {w['name']}) vs baselines; mean and min-max over "
+                 f"{len(res['settings']['seeds'])} seeds" + (" [QUICK]" if res["settings"]["quick"] else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def write_quality_report(res: dict[str, Any], out: Path, figure: bool = True) -> None:
+    """Write ``quality.md`` (and, with ``figure``, ``quality.png``) into the folder ``out``."""
+    atomic_write_text(Path(out) / "quality.md", quality_markdown(res))
+    if figure:
+        _plot_quality(res, Path(out) / "quality.png")

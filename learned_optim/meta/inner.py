@@ -1,0 +1,149 @@
+r"""The inner optimizer as a pure function: ``init_inner`` and ``inner_step`` on an ``InnerState``.
+
+Meta-training (``trainer``, ``estimators``, ``validation``) and the few-shot family
+(``few_shot``) all run the learned rule on one flat parameter vector; this module is the one
+place that does it, in the style of learned_optimization's ``init``/``update`` pair: the state is
+an immutable tuple, a step returns a new one, and nothing is modified in place, so a step is
+differentiable in the parameters, the gradient, the rule's weights and the learning rate.
+
+One step, with :math:`u_t` and the new ``m, v, h, c`` from ``learned_optim.update.lstm_rule``
+(the rule's maths is documented there), :math:`t` the number of this step (1 for the first):
+
+.. math::
+    (u_t, m_t, v_t, h_t, c_t) = \mathrm{lstm\_rule}(g_t, m_{t-1}, v_{t-1}, h_{t-1}, c_{t-1}, t)
+
+    p_t = p_{t-1} - \eta\, u_t
+
+Example::
+
+    >>> import torch
+    >>> from learned_optim.network import CoordinatewiseLSTM
+    >>> from learned_optim.meta.inner import init_inner, inner_step
+    >>> net = CoordinatewiseLSTM()                 # zero head: the rule is exactly Adam
+    >>> state = init_inner(torch.tensor([1.0, -2.0]), net.config)
+    >>> for _ in range(3):
+    ...     grads = 2 * state.params               # gradient of sum(p^2)
+    ...     state = inner_step(state, grads, net, net.config, lr=0.1)
+    >>> state.step, [round(x, 4) for x in state.params.tolist()]   # ~ p - 3 * lr * sign(p)
+    (3, [0.7016, -1.7006])
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
+from ..update import lstm_rule
+
+__all__ = ["InnerState", "init_inner", "inner_step"]
+
+
+class InnerState(NamedTuple):
+    """The state of one inner optimisation: flat parameters and the rule's per-coordinate state.
+
+    Attributes:
+        params: ``[N]`` the flat parameters :math:`p`.
+        exp_avg: ``[N]`` the first moment :math:`m` (Adam's ``exp_avg``).
+        exp_avg_sq: ``[N]`` the second moment :math:`v` (Adam's ``exp_avg_sq``).
+        h: ``[H, N]`` the LSTM hidden state, ``H = config.hidden_size``.
+        c: ``[H, N]`` the LSTM cell state.
+        step: the number of updates applied so far, a Python ``int`` (0 for a fresh state). The
+            rule receives ``float(step + 1)``: its bias corrections ``1 - beta**t`` are then
+            Python float powers, the same values for an ``int`` or a ``float`` ``t``.
+    """
+
+    params: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    h: Tensor
+    c: Tensor
+    step: int = 0
+
+    @classmethod
+    def fresh(cls, params: Tensor, hidden_size: int) -> "InnerState":
+        """A fresh state on an independent copy of ``params`` (detached, cloned) for an LSTM of
+        ``hidden_size`` units: ``init_inner`` for callers that hold only the hidden size."""
+        return _zeros(params.detach().clone(), hidden_size)
+
+    def detached(self) -> "InnerState":
+        """The same values cut from any autograd graph (a truncation boundary); no copy."""
+        return self._replace(**{k: getattr(self, k).detach() for k in _TENSORS})
+
+    def clone(self) -> "InnerState":
+        """An independent copy (detached), e.g. for the second member of a PES pair."""
+        return self._replace(**{k: getattr(self, k).detach().clone() for k in _TENSORS})
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The five tensors by name (how checkpoints store a state)."""
+        return {k: getattr(self, k) for k in _TENSORS}
+
+
+_TENSORS = ("params", "exp_avg", "exp_avg_sq", "h", "c")
+
+
+def init_inner(params: Tensor, config: LSTMOptimizerConfig) -> InnerState:
+    """A fresh state for the flat parameters ``params``: zero moments and LSTM state, step 0.
+
+    Args:
+        params: ``[N]`` flat parameters. Kept as given (not detached or copied), so an inner
+            loop can stay differentiable in its starting point (a learned initialisation);
+            pass ``params.detach().clone()`` for an independent leaf.
+        config: the rule's config; ``config.hidden_size`` sets the shape ``[H, N]`` of ``h``, ``c``.
+    Returns:
+        ``InnerState(params, m=0, v=0, h=0, c=0, step=0)``, the zeros in ``params``' dtype and device.
+
+    Example::
+
+        >>> import torch
+        >>> from learned_optim.network import LSTMOptimizerConfig
+        >>> s = init_inner(torch.zeros(5), LSTMOptimizerConfig(hidden_size=4))
+        >>> tuple(s.h.shape), s.step
+        ((4, 5), 0)
+    """
+    return _zeros(params, config.hidden_size)
+
+
+def _zeros(params: Tensor, hidden_size: int) -> InnerState:
+    n = params.numel()
+    kw = {"dtype": params.dtype, "device": params.device}
+    z = torch.zeros(n, **kw)
+    return InnerState(params, z, z.clone(), torch.zeros(hidden_size, n, **kw), torch.zeros(hidden_size, n, **kw), 0)
+
+
+def inner_step(
+    state: InnerState,
+    grads: Tensor,
+    weights: CoordinatewiseLSTM | Mapping[str, Tensor],
+    config: LSTMOptimizerConfig,
+    lr: float | Tensor,
+) -> InnerState:
+    """One update of the learned rule: ``p - lr * u`` with ``u`` from ``lstm_rule``. Pure.
+
+    Nothing is modified in place; the result carries autograd graph to whatever inputs carry it
+    (``state``, ``grads``, ``weights``, ``lr``) when grad mode is on. Call it under
+    ``torch.no_grad()`` for a graph-free step.
+
+    Args:
+        state: the state before the step (``state.step`` updates done so far).
+        grads: ``[N]`` the gradient of the loss at ``state.params``.
+        weights: the rule's meta-parameters: a ``CoordinatewiseLSTM`` or a mapping with its
+            four tensors (``network.WEIGHT_NAMES``), e.g. perturbed copies for PES.
+        config: the rule's constants (normally ``weights.config``).
+        lr: the learning rate :math:`\\eta`, a float or a scalar tensor (a learned step scale).
+    Returns:
+        The state after the step, ``step`` incremented by one.
+
+    Example::
+
+        >>> import torch
+        >>> from learned_optim.network import CoordinatewiseLSTM
+        >>> net = CoordinatewiseLSTM()
+        >>> s = inner_step(init_inner(torch.ones(2), net.config), torch.ones(2), net, net.config, 1e-3)
+        >>> s.step, [round(x, 6) for x in s.params.tolist()]     # Adam's first step: p - lr * sign(g)
+        (1, [0.999, 0.999])
+    """
+    out = lstm_rule(grads, state.exp_avg, state.exp_avg_sq, state.h, state.c, float(state.step + 1), weights, config)
+    return InnerState(state.params - lr * out.direction, out.exp_avg, out.exp_avg_sq, out.h, out.c, state.step + 1)

@@ -1,0 +1,135 @@
+"""Held-out meta-validation: the learned rule against plain and tuned Adam on tasks it never trained on.
+
+During meta-training the trainer evaluates its current weights every ``eval_every`` meta-steps
+and keeps the best by ``metric``: the mean over validation tasks of
+
+    log(final loss of the learned rule / final loss of tuned Adam)
+
+(lower is better; "tuned Adam" is the best of ``common.adam_baseline.ADAM_LR_GRID`` on that task;
+a diverged run counts as ``loss_cap`` x its initial loss). Losses are full-batch training losses
+after ``horizon`` steps; every method sees the same initial parameters and minibatches.
+
+Example::
+
+    >>> from learned_optim.meta.task_families import tiny_validation_tasks
+    >>> from learned_optim.network import CoordinatewiseLSTM
+    >>> tasks = tiny_validation_tasks()
+    >>> ev = evaluate(CoordinatewiseLSTM(), tasks, adam_baselines(tasks), inner_lr=1e-3, loss_cap=1.5)
+    >>> ev["n"], ev["diverged"]          # the untrained rule is Adam at lr 1e-3
+    (1, 0)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..common.adam_baseline import ADAM_LR_GRID, diverged
+from ..network import CoordinatewiseLSTM
+from .inner import init_inner, inner_step
+from .task_core import Task, flatten_params, unflatten_params
+
+__all__ = ["full_loss", "run_inner", "ratio_log", "adam_baselines", "evaluate"]
+
+# Task i of a validation set runs with seed VAL_SEED + i, for every method and every evaluation.
+VAL_SEED = 1000
+
+
+def full_loss(task: Task, params_flat: Tensor, shapes: Sequence[torch.Size]) -> float:
+    """``task``'s loss on its full batch at the flat parameters ``params_flat`` (no graph)."""
+    with torch.no_grad():
+        return float(task.loss(unflatten_params(params_flat, shapes), task.full_batch()))
+
+
+def run_inner(task: Task, horizon: int, seed: int, *, weights: CoordinatewiseLSTM | None = None,
+              lr: float = 1e-3) -> dict[str, Any]:
+    """Train ``task`` for ``horizon`` steps with the learned rule (``weights``) or, with
+    ``weights=None``, ``torch.optim.Adam``; both see the same initial parameters and minibatches.
+
+    Args:
+        task: the task; its initial parameters and minibatches come from one generator seeded
+            with ``seed``.
+        horizon: inner steps.
+        seed: the generator's seed.
+        weights: the learned rule's network, or None for Adam. Default None.
+        lr: the learning rate. Default 1e-3.
+    Returns:
+        ``{"init_loss", "final_loss", "diverged"}`` with full-batch losses; diverged means a
+        non-finite loss or a final loss above the initial one (``common.adam_baseline.diverged``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    params = task.init_params(gen)
+    shapes = [p.shape for p in params]
+    p = flatten_params(params).detach().clone()
+    init = full_loss(task, p, shapes)
+    if weights is None:
+        p.requires_grad_(True)
+        opt = torch.optim.Adam([p], lr=lr)
+    else:
+        state = init_inner(p.clone(), weights.config)
+        p = state.params.requires_grad_(True)
+    for _ in range(horizon):
+        batch = task.sample_batch(gen)
+        loss = task.loss(unflatten_params(p, shapes), batch)
+        if not torch.isfinite(loss.detach()):
+            return {"init_loss": init, "final_loss": float("nan"), "diverged": True}
+        (g,) = torch.autograd.grad(loss, p)
+        with torch.no_grad():
+            if weights is None:
+                p.grad = g
+                opt.step()
+            else:
+                state = inner_step(state._replace(params=p), g, weights, weights.config, lr)
+                p = state.params.requires_grad_(True)
+    final = full_loss(task, p.detach(), shapes)
+    return {"init_loss": init, "final_loss": final, "diverged": diverged(init, final)}
+
+
+def ratio_log(final: float, init: float, ref: float, cap: float) -> float:
+    """log(final / ref); a diverged run (``common.adam_baseline.diverged``) counts as
+    ``cap`` x its initial loss (or its final loss, if larger and finite)."""
+    if diverged(init, final):
+        final = max(init * cap, final if math.isfinite(final) else 0.0)
+    return math.log(max(final, 1e-12) / max(ref, 1e-12))
+
+
+def adam_baselines(val_tasks: Sequence[tuple[Task, int]]) -> list[dict[str, Any]]:
+    """Adam at every lr of ``ADAM_LR_GRID`` on each ``(task, horizon)``: one row per task with
+    ``task``, ``horizon``, ``init_loss``, ``adam_1e-3`` (final loss at lr 1e-3), ``tuned_adam``
+    (the best final loss; diverged runs never win) and ``tuned_lr``."""
+    rows = []
+    for i, (task, horizon) in enumerate(val_tasks):
+        runs = {lr: run_inner(task, horizon, VAL_SEED + i, lr=lr) for lr in ADAM_LR_GRID}
+        finals = {lr: (r["final_loss"] if not r["diverged"] else float("inf")) for lr, r in runs.items()}
+        best_lr = min(finals, key=finals.get)
+        rows.append({
+            "task": task.name, "horizon": horizon, "init_loss": runs[1e-3]["init_loss"],
+            "adam_1e-3": runs[1e-3]["final_loss"], "tuned_adam": runs[best_lr]["final_loss"],
+            "tuned_lr": best_lr,
+        })
+    return rows
+
+
+def evaluate(net: CoordinatewiseLSTM, val_tasks: Sequence[tuple[Task, int]], baselines: Sequence[dict[str, Any]],
+             *, inner_lr: float, loss_cap: float) -> dict[str, Any]:
+    """Held-out evaluation of ``net`` at ``inner_lr`` against the rows of ``adam_baselines``.
+
+    Returns ``{"metric", "wins_vs_adam", "diverged", "n", "rows"}``: ``metric`` is the mean over
+    tasks of log(final loss / tuned-Adam final loss) (lower is better; a divergence counts as
+    ``loss_cap`` x the initial loss), ``wins_vs_adam`` the number of tasks with a lower final
+    loss than Adam at lr 1e-3, ``rows`` the baseline rows with ``learned``, ``diverged`` and
+    ``ratio_vs_tuned`` added.
+    """
+    rows, logs, wins, div = [], [], 0, 0
+    for i, ((task, horizon), base) in enumerate(zip(val_tasks, baselines)):
+        r = run_inner(task, horizon, VAL_SEED + i, weights=net, lr=inner_lr)
+        lr_ = ratio_log(r["final_loss"], r["init_loss"], base["tuned_adam"], loss_cap)
+        logs.append(lr_)
+        wins += int(not r["diverged"] and r["final_loss"] < base["adam_1e-3"])
+        div += int(r["diverged"])
+        rows.append({**base, "learned": r["final_loss"], "diverged": r["diverged"], "ratio_vs_tuned": math.exp(lr_)})
+    metric = sum(logs) / len(logs) if logs else float("nan")
+    return {"metric": metric, "wins_vs_adam": wins, "diverged": div, "n": len(rows), "rows": rows}

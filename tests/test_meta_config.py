@@ -1,0 +1,57 @@
+"""Config validation (``learned_optim.common.config``) as the meta-training configs use it."""
+
+import pytest
+
+from learned_optim.common.config import ConfigTypeError
+from learned_optim.meta import MetaTrainConfig
+from learned_optim.network import LSTMOptimizerConfig
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, text",
+    [
+        (dict(meta_steps=0), ValueError, "MetaTrainConfig.meta_steps must be a positive int, got 0; pass an int >= 1"),
+        (dict(meta_steps="10"), ConfigTypeError, "MetaTrainConfig.meta_steps must be a positive int, got '10'"),
+        (dict(seed=-1), ValueError, "MetaTrainConfig.seed must be an int >= 0, got -1"),
+        (dict(meta_lr=float("nan")), ValueError, "MetaTrainConfig.meta_lr must be a finite number > 0, got nan"),
+        (dict(loss_cap=1), ValueError, "MetaTrainConfig.loss_cap must be a finite number > 1, got 1"),
+        (dict(slot_rng="yes"), ConfigTypeError, "MetaTrainConfig.slot_rng must be true or false, got 'yes'"),
+        (dict(second_order=1), ConfigTypeError, "MetaTrainConfig.second_order must be true or false"),
+        (dict(train_tasks="big"), ValueError, "MetaTrainConfig.train_tasks must be one of ['default', 'tiny']"),
+        (dict(network=[]), ConfigTypeError, "MetaTrainConfig.network must be a dict of LSTMOptimizerConfig fields"),
+    ],
+)
+def test_meta_train_config_errors_name_field_value_and_fix(kwargs, exc, text):
+    with pytest.raises(exc) as info:
+        MetaTrainConfig(**kwargs)
+    assert text in str(info.value)
+
+
+def test_type_errors_are_also_value_errors():
+    # configs come from JSON: callers that catch ValueError (the CLI, the weights loader) see them too
+    with pytest.raises(ValueError):
+        MetaTrainConfig(num_threads=1.5)
+    with pytest.raises(TypeError):
+        LSTMOptimizerConfig(beta1="0.9")
+
+
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(hidden_size=0), "LSTMOptimizerConfig.hidden_size must be a positive int, got 0"),
+        (dict(beta2=1.0), "LSTMOptimizerConfig.beta2 must be a finite number in [0.0, 1.0), got 1.0"),
+        (dict(eps=0.0), "LSTMOptimizerConfig.eps must be a finite number > 0.0, got 0.0"),
+        (dict(features=("g_norm", "g_norm")), "LSTMOptimizerConfig.features must be distinct names"),
+    ],
+)
+def test_network_config_errors(kwargs, text):
+    with pytest.raises(ValueError) as info:
+        LSTMOptimizerConfig(**kwargs)
+    assert text in str(info.value)
+
+
+def test_unknown_fields_are_listed():
+    with pytest.raises(ValueError, match=r"unknown meta-training config field\(s\) \['meta_stepz'\]; known fields"):
+        MetaTrainConfig.from_dict({"meta_stepz": 3})
+    with pytest.raises(TypeError, match="must be a JSON object"):
+        MetaTrainConfig.from_dict([1])
