@@ -39,19 +39,22 @@ The rule (per coordinate, step t counted from 1, all maths in fp32 or fp64):
 
     (h_t, c_t) = \mathrm{LSTMCell}(x_t, (h_{t-1}, c_{t-1})),\qquad y_t = W_y h_t + b_y \in \mathbb{R}^2
 
-    u_t = a_t \exp(s \tanh y_{t,0}) + r \tanh y_{t,1}
+    u_t = a_t \exp(s \tanh y_{t,0}) + r \tanh y_{t,1},\qquad u_t = 0 \text{ where } v_t = 0
 
     p_t = p_{t-1}(1 - \eta\lambda) - \eta u_t
 
 with :math:`\eta` the learning rate, :math:`\lambda` the decoupled weight decay, :math:`C`
 ``feature_clip``, :math:`s` ``log_scale_bound`` and :math:`r` ``direction_bound``. With a zero
-output head (:math:`W_y = 0, b_y = 0`) the rule is exactly Adam(W).
+output head (:math:`W_y = 0, b_y = 0`) the rule is exactly Adam(W). A coordinate whose gradient
+has been exactly 0 at every step so far (:math:`v_t = 0`) does not move, apart from weight decay.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from typing import NamedTuple, Sequence
+from collections import deque
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -61,7 +64,8 @@ from .kernels.eager import DEFAULT_CHUNK_SIZE
 from .kernels.rule import compute_dtype, prepare_batch, prepare_rule, weights_dict
 from .network import LSTMOptimizerConfig, lstm_cell
 
-__all__ = ["RuleOutput", "lstm_rule", "learned_update", "finite_flags", "IMPLS", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["RuleOutput", "lstm_rule", "learned_update", "finite_flags", "finite_flags_on_device", "skips_on_device",
+           "DeferredSkips", "all_ranks_min", "warn_skipped", "IMPLS", "DEFAULT_CHUNK_SIZE"]
 
 IMPLS = ("auto", "reference", "eager", "fused")
 # earlier impl names -> the name to use now (they still work, with a FutureWarning)
@@ -119,6 +123,10 @@ def lstm_rule(
     )
     direction = adam * torch.exp(config.log_scale_bound * torch.tanh(y[0]))
     direction = direction + config.direction_bound * torch.tanh(y[1])
+    # A coordinate whose gradient has been exactly 0 at every step so far (v_t = 0) does not move
+    # (the head's r tanh(y_1) is not 0 at zero features). A select, not a product with a mask, so
+    # a NaN elsewhere stays NaN; every backend makes the same select.
+    direction = torch.where(v == 0, 0.0, direction)
     return RuleOutput(direction, m, v, h_new, c_new)
 
 
@@ -138,6 +146,8 @@ def learned_update(
     maximize: bool,
     impl: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    betas: tuple[float, float] | None = None,
+    finite: Tensor | None = None,
 ) -> None:
     """Apply the learned rule in place to every tensor of the lists (see the module docstring).
 
@@ -146,6 +156,15 @@ def learned_update(
     dtype (fp64 for fp64 params, else fp32); any other floating dtype (e.g. bf16 LSTM state) is
     read and written with one rounding, the maths staying in the compute dtype. ``state_steps``
     are scalar float tensors, incremented here. Runs without autograd.
+
+    ``betas`` (default ``None``: ``(config.beta1, config.beta2)``) are the moments' decays
+    :math:`\beta_1, \beta_2`, also in the bias corrections. ``finite`` (default ``None``: update
+    every tensor) is one flag per tensor on the parameters' device (``finite_flags_on_device``);
+    a tensor whose flag is false is left untouched. Where ``skips_on_device(impl, device)`` (the
+    Triton kernel) the flags go to the kernel and nothing is read on the host, but then *every*
+    step count is incremented (the caller takes back those of skipped tensors once it reads the
+    flags; ``LearnedOptimizer`` does); on every other path the flags are read here and skipped
+    tensors keep their step count.
     """
     if not params:
         return
@@ -159,17 +178,21 @@ def learned_update(
             f"{[len(lst) for lst in lists]}"
         )
     device = params[0].device
-    fused = kernels.FUSED_BACKENDS.get(device.type)
-    if impl in LEGACY_IMPLS:
-        warnings.warn(f"learned_update: impl={impl!r} is deprecated, use impl={LEGACY_IMPLS[impl]!r} "
-                      f"(see the learned_optim.update docstring)", FutureWarning, stacklevel=2)
-        if impl == "torch":  # the chunk loop, with the C loop for what it covers on CPU; never Triton
-            impl = "auto" if device.type == "cpu" else "eager"
-        else:
-            impl, fused = "fused", kernels.triton
+    impl, fused = _resolve(impl, device)
     if impl != "reference" and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}; the default is {DEFAULT_CHUNK_SIZE}")
-    kw = dict(weights=weights, config=config, lr=lr, weight_decay=weight_decay, maximize=maximize)
+    if finite is not None and not _device_flags(impl, fused, device):
+        # a path that needs the flags on the host: read them, drop the skipped tensors
+        keep = finite.bool().tolist()
+        if len(keep) != len(params):
+            raise ValueError(f"finite needs one flag per parameter: got {len(keep)} for {len(params)} parameters")
+        if not all(keep):
+            params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps = (
+                [t for t, ok in zip(lst, keep) if ok] for lst in (params, *lists))
+            if not params:
+                return
+        finite = None
+    kw = dict(weights=weights, config=config, lr=lr, weight_decay=weight_decay, maximize=maximize, betas=betas)
     with torch.no_grad():
         torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
@@ -182,8 +205,9 @@ def learned_update(
                 "call it separately for fp64 and for fp32/bf16/fp16 parameters"
             )
         rule = prepare_rule(weights, config, device=device, dtype=cdt, lr=lr, weight_decay=weight_decay,
-                            maximize=maximize)
-        batch = prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, config=config)
+                            maximize=maximize, betas=betas)
+        batch = prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, config=config,
+                              betas=betas, finite=finite)
         todo = [i for i, n in enumerate(batch.numels) if n > 0]
         if impl != "eager" and todo:
             done = fused.select(rule, batch, todo) if fused is not None else []
@@ -202,11 +226,40 @@ def learned_update(
         batch.finish()
 
 
-def finite_flags(grads: Sequence[Tensor]) -> Tensor:
-    """Bool tensor, one entry per gradient: True where it has no NaN or inf.
+def _resolve(impl: str, device: torch.device):
+    """(impl, fused backend) after mapping the earlier names, with their FutureWarning."""
+    fused = kernels.FUSED_BACKENDS.get(device.type)
+    if impl in LEGACY_IMPLS:
+        warnings.warn(f"learned_update: impl={impl!r} is deprecated, use impl={LEGACY_IMPLS[impl]!r} "
+                      f"(see the learned_optim.update docstring)", FutureWarning, stacklevel=3)
+        if impl == "torch":  # the chunk loop, with the C loop for what it covers on CPU; never Triton
+            impl = "auto" if device.type == "cpu" else "eager"
+        else:
+            impl, fused = "fused", kernels.triton
+    return impl, fused
 
-    A drop-in for the ``torch._foreach_norm(grads, inf)`` test in
-    ``LearnedOptimizer._drop_nonfinite``, which measured 2.6 ms for 1e6 fp32 coordinates on one
+
+def _device_flags(impl: str, fused, device: torch.device) -> bool:
+    return (impl in ("auto", "fused") and fused is not None and getattr(fused, "DEVICE_FLAGS", False)
+            and fused.available(device))
+
+
+def skips_on_device(impl: str, device: torch.device | str) -> bool:
+    """Whether ``learned_update(impl=impl, finite=...)`` on ``device`` applies the finite flags on
+    the device without reading them (the Triton kernel: CUDA, or CPU tensors under its
+    interpreter when a test maps ``FUSED_BACKENDS["cpu"]`` to it). Never warns."""
+    device = torch.device(device)
+    fused = kernels.FUSED_BACKENDS.get(device.type)
+    if impl == "triton":
+        impl, fused = "fused", kernels.triton
+    return _device_flags(impl, fused, device)
+
+
+def finite_flags(grads: Sequence[Tensor]) -> Tensor:
+    """Bool tensor, one entry per gradient: True where it has no NaN or inf. Exact; it reads the
+    norms on the host (the CPU paths' check; ``finite_flags_on_device`` reads nothing).
+
+    A drop-in for a ``torch._foreach_norm(grads, inf)`` test, which measured 2.6 ms for 1e6 fp32 coordinates on one
     core of the benchmark machine against 0.12 ms for the L2 norm used here (the inf-norm takes a
     slow path in torch 2.13 on CPU). A gradient with a NaN or inf has a non-finite L2 norm; a
     finite one has a finite norm unless its sum of squares overflows, so every non-finite norm
@@ -220,8 +273,92 @@ def finite_flags(grads: Sequence[Tensor]) -> Tensor:
     return ok
 
 
+def finite_flags_on_device(grads: Sequence[Tensor]) -> Tensor:
+    """Like ``finite_flags`` (exact, bool, one per gradient, on the gradients' device) with no host
+    read, so the launch queue never waits. The L2 norms are accumulated in fp64: for fp32, bf16 and
+    fp16 gradients the sum of squares cannot overflow (at most 2^40 x 1.2e77), so a non-finite norm
+    means a NaN or inf. fp64 gradients can overflow it; there a non-finite L2 norm with a finite
+    inf-norm is a finite gradient (a NaN makes the L2 norm NaN, so a max that skips NaN does not
+    matter)."""
+    grads = list(grads)
+    if all(g.dtype == torch.float64 for g in grads):
+        l2 = torch.stack(torch._foreach_norm(grads, 2))
+        linf = torch.stack(torch._foreach_norm(grads, float("inf")))
+        return torch.isfinite(l2) | (torch.isinf(l2) & torch.isfinite(linf))
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)))
+
+
+def all_ranks_min(ok: Tensor, mesh) -> Tensor:
+    """Sharded (FSDP2) parameters: a NaN in any rank's shard skips the whole parameter on every
+    rank, so the shards never disagree about whether a step happened. The rule's only cross-rank
+    statistic; one all-reduce of an int32 flag per tensor, on the device (no host read)."""
+    if mesh is not None:
+        import torch.distributed as dist
+
+        for dim in range(mesh.ndim):
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=mesh.get_group(dim))
+    return ok
+
+
+def warn_skipped(n: int, when: str) -> None:
+    warnings.warn(f"LearnedOptimizer: {n} parameter(s) had non-finite gradients (NaN or inf){when}; their "
+                  f"update was skipped, values and state unchanged", RuntimeWarning, stacklevel=4)
+
+
+def _host_copy(flags: Tensor) -> tuple[Tensor, Any]:
+    """A host copy of device flags made without waiting (pinned memory, non-blocking) and the event
+    after which it may be read; on other devices a plain copy and no event."""
+    if flags.device.type != "cuda":
+        return flags.to("cpu", copy=True), None
+    host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+    host.copy_(flags, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(flags.device))
+    return host, event
+
+
+class DeferredSkips:
+    """Device-side non-finite checks (``learned_update(finite=...)`` on the Triton path) whose flags
+    the host has not read yet, one entry per ``step()`` that ran any: a host copy of the flags
+    (pinned, non-blocking), its event, and the step tensors of the checked parameters.
+
+    ``settle`` reads the entries whose device work has finished (all of them, waiting, with
+    ``block=True``): one ``RuntimeWarning`` per step that skipped any parameter, and the skipped
+    parameters' step counts, which ``learned_update`` incremented without reading the flags,
+    taken back. A step whose device work is still running stays pending (in order)."""
+
+    def __init__(self) -> None:
+        self.pending: deque = deque()
+        self.calls = 0
+
+    def record(self, checks: list[tuple[Tensor, list[Tensor]]]) -> None:
+        """One ``step()`` call's checks: (device flags, step tensors) per bucket."""
+        self.calls += 1
+        if checks:
+            self.pending.append((self.calls, [(*_host_copy(ok), steps) for ok, steps in checks]))
+
+    def settle(self, block: bool) -> None:
+        while self.pending:
+            call, parts = self.pending[0]
+            if not block and not all(event is None or event.query() for _, event, _ in parts):
+                return
+            n_bad = 0
+            for host, event, steps in parts:
+                if event is not None:
+                    event.synchronize()
+                # the host copy, read as host memory (numpy) once its copy has completed
+                for i in (host.numpy() == 0).nonzero()[0]:
+                    steps[i].sub_(1)
+                    n_bad += 1
+            self.pending.popleft()
+            if n_bad:
+                warn_skipped(n_bad, f" at step() call {call} (checked on the device, reported now)")
+
+
 def _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
-                      weights, config, lr, weight_decay, maximize) -> None:
+                      weights, config, lr, weight_decay, maximize, betas) -> None:
+    if betas is not None and tuple(map(float, betas)) != (config.beta1, config.beta2):
+        config = dataclasses.replace(config, beta1=float(betas[0]), beta2=float(betas[1]))
     w = weights_dict(weights)
     hs = config.hidden_size
     decay = 1 - lr * weight_decay

@@ -675,6 +675,16 @@ for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",))):
             for key in ("p", "h", "c"):
                 err = ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item()
                 assert err < tol, (seed, hs, sdt, key, err)
+# the zero-gradient contract: coordinates whose moments are 0 and whose gradient is 0 do not move
+gen = torch.Generator().manual_seed(fresh_seed())
+net = random_net(gen)
+case = make_case([(23,), (50,)], gen, dtype=torch.float32)
+for e in case:
+    e["m"].zero_()
+    e["v"].zero_()
+with cpu_loop("c") as impl:
+    got = run(case, [[torch.zeros(23), torch.zeros(50)]] * 4, net, impl=impl)
+assert all(torch.equal(a["p"], b["p"]) for a, b in zip(got, case))
 print("ok")
 """
 

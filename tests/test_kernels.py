@@ -9,19 +9,23 @@ interpreter is slow (one Python iteration per program), so sizes stay small.
 
 Not testable here, only on a GPU (``benchmarks/gpu_check.py``): the compiled kernel itself,
 round-to-nearest bf16/fp16 stores (the interpreter truncates: tolerances below allow one ulp),
-tensors above 2^31 elements (int64 offsets), stream ordering and the absence of host syncs.
+tensors above 2^31 elements (int64 offsets) and stream ordering. The absence of host reads in
+``step()`` is checked here on CPU tensors (a dispatch mode counting every read of a value);
+compiling the kernel for real GPUs: tests/test_triton_compile.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import warnings
 
 import pytest
 import torch
 from test_fastpath import assert_same, fresh_seed, grads_for, make_case, random_net, run
 
-from learned_optim import kernels
+from learned_optim import LearnedOptimizer, kernels
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 if HAVE_TRITON:
@@ -201,3 +205,114 @@ def test_old_name_triton_runs_the_triton_kernel_with_a_warning(monkeypatch):
     monkeypatch.setitem(kernels.FUSED_BACKENDS, "cpu", kernels.triton)
     want = run(case, grads_seq, net, impl="fused")
     assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want) for k in a)
+
+
+class _HostReads:
+    """Counts host reads of tensor values: ``aten._local_scalar_dense`` (``.item()``, ``float(t)``,
+    ``bool(t)``, seen through a ``TorchDispatchMode``) and ``Tensor.tolist`` (patched; it does not
+    dispatch). The one exception, made explicit: reads of the per-parameter step counters, CPU
+    scalars that ``torch.optim.Adam`` also keeps and reads on the host (``excepted``)."""
+
+    def __init__(self, monkeypatch, excepted):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.reads: list[str] = []
+        self.excepted = excepted
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default and not any(
+                        args[0] is t for t in outer.excepted()):
+                    outer.reads.append(f"{func} on a {tuple(args[0].shape)} {args[0].dtype} tensor")
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode
+        tolist = torch.Tensor.tolist
+
+        def counted_tolist(t):
+            outer.reads.append(f"tolist of a {tuple(t.shape)} {t.dtype} tensor")
+            return tolist(t)
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+
+    @contextlib.contextmanager
+    def counting(self):
+        self.reads.clear()
+        with self.mode():
+            yield self.reads
+
+
+@needs_triton
+@needs_interpreter
+def test_step_reads_nothing_on_the_host_and_defers_the_nonfinite_warning(monkeypatch):
+    """The fused (Triton) path of ``step()`` reads no tensor value on the host, with finite and with
+    non-finite gradients: the finite flags are computed on the device and go to the kernel, which
+    leaves a flagged tensor untouched. The warning, and the skipped tensor's step count (counted
+    on the host without reading the flags), come at the next ``step()``, from a host copy of the
+    flags read as host memory once its device work has completed (on CPU: at once)."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(7,), (3, 5), (1100,)]]
+    opt = LearnedOptimizer(params, weights=net, lr=1e-2, weight_decay=0.1)
+    steps = lambda: [opt.state[p]["step"] for p in params if "step" in opt.state[p]]  # noqa: E731
+    host = _HostReads(monkeypatch, steps)
+
+    def set_grads(bad=None):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        if bad is not None:
+            params[bad].grad.view(-1)[2] = float("nan")
+
+    for i in range(2):  # the first step creates state; the second is steady
+        set_grads()
+        with host.counting() as reads, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt.step()
+        assert reads == [], f"step {i + 1}: {reads}"
+    before = {k: v.clone() for k, v in opt.state[params[1]].items()}
+    p1 = params[1].detach().clone()
+    set_grads(bad=1)
+    with host.counting() as reads, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning yet: nothing was read
+        opt.step()
+    assert reads == [], reads
+    assert torch.equal(params[1], p1)
+    assert all(torch.equal(before[k], opt.state[params[1]][k]) for k in before if k != "step")
+    assert [float(s) for s in steps()] == [3.0, 3.0, 3.0]  # counted on the host, taken back below
+    set_grads()
+    with host.counting() as reads, pytest.warns(RuntimeWarning, match=r"1 parameter\(s\) had non-finite .* at "
+                                                                       r"step\(\) call 3") as rec:
+        opt.step()
+    assert reads == [], reads
+    assert len([w for w in rec if issubclass(w.category, RuntimeWarning)]) == 1
+    assert [float(s) for s in steps()] == [4.0, 3.0, 4.0]
+    assert not torch.equal(params[1], p1)
+
+
+@needs_triton
+@needs_interpreter
+def test_device_side_skip_matches_the_host_side_skip():
+    """The same training with a NaN gradient at one step: the Triton path (flags on the device,
+    step count taken back at the next step) ends where the reference path (flags read on the
+    host) does."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(9,), (4, 6)]]
+    grads = [[torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in init] for _ in range(5)]
+    grads[2][0][3] = float("inf")
+    out = []
+    for impl in ("fused", "reference"):
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = LearnedOptimizer(ps, weights=net, lr=1e-2, impl=impl)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for gs in grads:
+                for p, g in zip(ps, gs):
+                    p.grad = g.clone()
+                opt.step()
+        assert sum(issubclass(x.category, RuntimeWarning) for x in w) == 1, impl
+        out.append((ps, opt.state_dict()))
+    for a, b in zip(out[0][0], out[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert [s["step"].item() for s in out[0][1]["state"].values()] == [4.0, 5.0]

@@ -289,9 +289,12 @@ def test_load_state_dict_from_other_hidden_size_is_a_clear_error():
     p.grad = torch.ones(4)
     opt.step()
     opt2 = LearnedOptimizer([p])
-    opt2.load_state_dict(opt.state_dict())
-    with pytest.raises(ValueError, match="hidden_size"):
-        opt2.step()
+    before = {k: v.clone() for k, v in opt2.state_dict()["state"].items()}
+    with pytest.warns(UserWarning, match="made with weights \\(unnamed\\).*uses 'lstm-h4-v1'"), \
+            pytest.raises(ValueError, match=r"state 'lstm_h' of parameter 0 of param group 0 \(shape \[4\]\) has "
+                                            r"shape \(2, 4\), expected .* shape \(4, 4\) \(hidden_size 4"):
+        opt2.load_state_dict(opt.state_dict())  # at load time, before anything is loaded
+    assert opt2.state_dict()["state"] == before and len(opt2.state) == 0
 
 
 def test_grad_scaler():

@@ -44,7 +44,7 @@ def _add_shared(parser: argparse.ArgumentParser, which: str, quick_help: str) ->
     parser.add_argument("--force", action="store_true", help=f"replace {which}.json/.md/.png already in --out")
     parser.add_argument("--threads", type=int, default=1, help="torch threads during the runs (default 1)")
     parser.add_argument("--learned-kwargs", default=None, metavar="JSON",
-                        help='extra LearnedOptimizer keyword arguments as a JSON object, e.g. \'{"impl": "torch"}\' '
+                        help='extra LearnedOptimizer keyword arguments as a JSON object, e.g. \'{"impl": "eager"}\' '
                              'or \'{"state_dtype": "bfloat16"}\'')
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--rerender", default=None, metavar="JSON",

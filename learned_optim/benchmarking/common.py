@@ -87,7 +87,7 @@ def _convert_kwargs(raw: dict[str, Any]) -> dict[str, Any]:
 
 def parse_learned_kwargs(text: str | None) -> dict[str, Any]:
     """Parse ``--learned-kwargs`` (a JSON object of extra LearnedOptimizer keyword arguments,
-    e.g. ``'{"impl": "torch", "chunk_size": 4096}'``) and check that LearnedOptimizer accepts it.
+    e.g. ``'{"impl": "eager", "chunk_size": 4096}'``) and check that LearnedOptimizer accepts it.
     Returns the JSON-able dict (dtype values stay strings; ``LearnedSetup`` converts them)."""
     if text is None or text == "":
         return {}

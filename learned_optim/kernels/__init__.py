@@ -14,7 +14,10 @@ weights, constants folded for its exps) it derives itself, in its own module.
 rest). It is a plain dict so that tests can map ``"cpu"`` to ``triton`` and run the Triton
 kernel on CPU tensors under ``TRITON_INTERPRET=1``. Every fused backend has ``NAME``,
 ``select(rule, batch, todo)`` (the tensors it will update), ``unavailable_reason(rule)`` and
-``update(rule, batch, idx)``.
+``update(rule, batch, idx)``; one with ``DEVICE_FLAGS = True`` (Triton) also applies the batch's
+per-tensor finite flags (``Batch.finite``) on the device, so a non-finite skip needs no host read.
+
+``triton_compile`` compiles the Triton kernel for real GPUs without one (registers, spills).
 """
 
 from __future__ import annotations

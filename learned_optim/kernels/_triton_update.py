@@ -8,7 +8,10 @@ tensor of the group through three small tables (a multi-tensor launch, as apex's
   typed pointers in the kernel), so no tensor is copied or packed;
 * ``blocks`` int64 ``[2, NB]``: for each program, its tensor index and first coordinate;
 * ``coefs`` ``[2T]`` in the compute dtype: per tensor the bias corrections 1/(1-b1^t) and
-  sqrt(1/(1-b2^t)) (tensors may be at different steps).
+  sqrt(1/(1-b2^t)) (tensors may be at different steps);
+* ``flags`` int32 ``[T]`` on the device: 0 for a tensor whose gradient is not finite, which the
+  kernel then leaves untouched (every load and store masked off), so the non-finite skip needs no
+  host read.
 
 The rule's constants are named fp64 scalar arguments (``beta1``, ...), rounded once to the
 compute dtype in the kernel; the weights are the prepared rule's (``kernels/rule.py``), as they
@@ -31,13 +34,40 @@ import triton.language as tl
 
 from .rule import host_to
 
-# Coordinates per program and warps per program. 1024 fp32 lanes is a common choice for
-# bandwidth-bound elementwise Triton kernels (the vector-add tutorial uses 1024); this kernel
-# also holds four [H, BLOCK] gate tiles, so 8 warps keep that at 64 fp32 registers per thread
-# for H = 4. Neither is tuned on a GPU yet: benchmarks/gpu_check.py sweeps both (module
-# attributes, read at each launch).
-BLOCK = 1024
-NUM_WARPS = 8
+# Coordinates per program and warps per program, by (parameter dtype, LSTM state dtype), for
+# H = 4, F = 2. Registers per thread and spills measured by compiling the kernel for sm_80 and
+# sm_90 with Triton's bundled ptxas, no GPU needed (``kernels/triton_compile.py``; the whole table
+# is benchmarks/results/triton_compile.md). What decides the registers is the coordinates per
+# thread, BLOCK / (32 num_warps), since each holds four [H] gate columns and its LSTM state:
+#   4 per thread (1024/8, 512/4): 128 registers (fp32 maths), fp64 255 plus a 424-504 B stack
+#       (spills): at 128, 2 blocks of 256 threads per SM (65536 registers), 25% occupancy;
+#   2 per thread (512/8, 256/4): 71-80 (fp32), fp64 254 plus a 16-48 B stack;
+#   1 per thread (256/8): 48 (fp32 maths; 64 with bf16 state on sm_80), fp64 242-244, no stack.
+# This kernel is mostly loads, stores and ~25 exps per coordinate, and the loads cannot be
+# vectorized anyway (tensor addresses come from a table, so alignment is unknown), so one
+# coordinate per thread loses nothing in load width and gives the most resident warps: 256 / 8
+# everywhere, the only launch with no spills for fp64. Not timed on a GPU yet:
+# benchmarks/gpu_check.py sweeps BLOCK / num_warps (LAUNCH_OVERRIDE, when set, replaces this
+# table at each launch).
+LAUNCH = {  # (param dtype, state dtype): (BLOCK, num_warps)  # registers on sm_80 / sm_90
+    (torch.float32, torch.float32): (256, 8),  # 48 / 48
+    (torch.bfloat16, torch.float32): (256, 8),  # 48 / 48
+    (torch.float16, torch.float32): (256, 8),  # 48 / 48
+    (torch.float32, torch.bfloat16): (256, 8),  # 64 / 48
+    (torch.bfloat16, torch.bfloat16): (256, 8),  # 48 / 48
+    (torch.float16, torch.bfloat16): (256, 8),  # 48 / 48
+    (torch.float64, torch.float64): (256, 8),  # 242 / 244
+}
+DEFAULT_LAUNCH = (256, 8)
+LAUNCH_OVERRIDE: tuple[int, int] | None = None
+
+
+def launch_config(p_dtype: torch.dtype, s_dtype: torch.dtype) -> tuple[int, int]:
+    """(BLOCK, num_warps) for a launch over parameters of ``p_dtype`` with LSTM state of ``s_dtype``."""
+    if LAUNCH_OVERRIDE is not None:
+        return LAUNCH_OVERRIDE
+    return LAUNCH.get((p_dtype, s_dtype), DEFAULT_LAUNCH)
+
 
 _TL_DTYPES = {
     torch.float32: tl.float32,
@@ -87,7 +117,7 @@ def _const(x, CDT: tl.constexpr):
 
 @triton.jit
 def lstm_update_kernel(
-    ptrs, blocks, coefs, w_ptr, b_ptr, hw_ptr, hb_ptr, numels, T, NB,
+    ptrs, blocks, coefs, w_ptr, b_ptr, hw_ptr, hb_ptr, numels, flags, T, NB,
     beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64, one_minus_beta2: tl.float64,
     eps_: tl.float64, feature_clip: tl.float64, lr_: tl.float64, decay_: tl.float64,
     log_scale_bound: tl.float64, direction_bound: tl.float64,
@@ -118,7 +148,8 @@ def lstm_update_kernel(
     dirb = _const(direction_bound, CDT)
 
     offs = start + tl.arange(0, BLOCK).to(tl.int64)  # int64: tensors may exceed 2^31 elements
-    mask = offs < n
+    # a tensor with a non-finite gradient (flag 0): no coordinate in range, nothing loaded or stored
+    mask = offs < tl.where(tl.load(flags + tid) != 0, n, 0)
 
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CDT)
     if MAXIMIZE:
@@ -164,6 +195,9 @@ def lstm_update_kernel(
     y0 = tl.sum(tl.load(hw_ptr + rows, mask=rmask, other=0.0)[:, None] * h, axis=0) + tl.load(hb_ptr)
     y1 = tl.sum(tl.load(hw_ptr + H + rows, mask=rmask, other=0.0)[:, None] * h, axis=0) + tl.load(hb_ptr + 1)
     u = a * tl.exp(scale * _tanh(y0)) + dirb * _tanh(y1)
+    # a coordinate whose gradient has always been exactly 0 (v = 0) does not move (a select, not a
+    # product with a mask: a NaN elsewhere stays NaN)
+    u = tl.where(v == 0.0, 0.0, u)
 
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
     tl.store(p_ptr + offs, (p * decay - lr * u).to(P_DT), mask=mask)
@@ -174,16 +208,17 @@ def lstm_update_kernel(
 _BLOCK_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _block_table(numels: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_table(numels: tuple[int, ...], device: torch.device, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """([2, NB] int64 tensor index and first coordinate of every program, [T] int64 sizes).
     They depend only on the sizes, so they are built once per model and cached."""
-    key = (numels, str(device), BLOCK)
+    key = (numels, str(device), block)
     tab = _BLOCK_TABLES.get(key)
     if tab is None:
-        counts = torch.tensor([math.ceil(n / BLOCK) for n in numels], dtype=torch.int64)
+        count_list = [math.ceil(n / block) for n in numels]
+        counts = torch.tensor(count_list, dtype=torch.int64)
         tid = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int64), counts)
         first = torch.cumsum(counts, 0) - counts
-        start = (torch.arange(int(counts.sum()), dtype=torch.int64) - first[tid]) * BLOCK
+        start = (torch.arange(sum(count_list), dtype=torch.int64) - first[tid]) * block
         tab = (host_to(torch.stack([tid, start]).contiguous(), device),
                host_to(torch.tensor(numels, dtype=torch.int64), device))
         if len(_BLOCK_TABLES) > 64:  # bounded: one entry per (model, device) in use
@@ -192,9 +227,24 @@ def _block_table(numels: tuple[int, ...], device: torch.device) -> tuple[torch.T
     return tab
 
 
-def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, sib2) -> None:
+_ALL_FINITE: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _ones(t: int, device: torch.device) -> torch.Tensor:
+    """[t] int32 ones on ``device`` (the flags of a call without a non-finite check), cached."""
+    key = (t, str(device))
+    ones = _ALL_FINITE.get(key)
+    if ones is None:
+        if len(_ALL_FINITE) > 64:
+            _ALL_FINITE.clear()
+        ones = _ALL_FINITE[key] = torch.ones(t, dtype=torch.int32, device=device)
+    return ones
+
+
+def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, sib2, flags=None) -> None:
     """One launch over flat contiguous tensors of one dtype per role (``ib1``/``sib2``: their
-    bias corrections) with the prepared rule ``rule``."""
+    bias corrections) with the prepared rule ``rule``. ``flags``: int32 ``[T]`` on the device, 0
+    where a tensor must be left untouched; ``None``: every tensor is updated."""
     device = params[0].device
     hs, nf = rule.hidden_size, rule.num_features
     numels = tuple(p.numel() for p in params)
@@ -204,19 +254,21 @@ def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, si
         dtype=torch.int64,
     )
     coefs = torch.tensor(list(ib1) + list(sib2), dtype=rule.dtype)
-    blocks, numels_t = _block_table(numels, device)
+    block, num_warps = launch_config(params[0].dtype, lstm_hs[0].dtype)
+    blocks, numels_t = _block_table(numels, device, block)
     nb = blocks.shape[1]
+    flags = _ones(t, device) if flags is None else flags
     kinds = rule.feature_kinds
     lstm_update_kernel[(nb,)](
         host_to(ptrs, device), blocks, host_to(coefs, device),
         rule.weight, rule.bias, rule.head_weight, rule.head_bias,
-        numels_t, t, nb,
+        numels_t, flags, t, nb,
         rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps, rule.feature_clip,
         rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound,
         P_DT=_TL_DTYPES[params[0].dtype], G_DT=_TL_DTYPES[grads[0].dtype],
         M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[rule.dtype],
         H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[-1],
-        MAXIMIZE=bool(rule.maximize), BLOCK=BLOCK, num_warps=NUM_WARPS,
+        MAXIMIZE=bool(rule.maximize), BLOCK=block, num_warps=num_warps,
     )
     # The host tables above may be freed now: pinned blocks are recycled only after the copy
     # that used them completes (torch's caching host allocator records the stream).

@@ -152,6 +152,9 @@ def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p,
     s, r = rule.log_scale_bound, rule.direction_bound
     y0.mul_(2 * s).sub_(s).exp_()  # exp(s tanh y_0)
     a.mul_(y0).add_(y1, alpha=2 * r).sub_(r)  # u = a exp(s tanh y_0) + r tanh y_1
+    # a coordinate whose gradient has always been exactly 0 (v = 0) does not move: a select (a NaN
+    # elsewhere stays NaN)
+    a.masked_fill_(v == 0, 0.0)
 
     if p is not None:
         if p.dtype == cdt:

@@ -4,8 +4,9 @@
 plain weights in the compute dtype on the parameters' device (no backend-specific scaling: each
 backend folds its own constants in, inside its own module) and the rule's named constants as
 Python floats (double precision; ``1 - beta1`` and ``1 - beta2`` computed here in double, since
-``1 - 0.999`` rounded in fp32 is off by 1.3e-5). ``prepare_batch`` flattens the tensor lists into
-contiguous views and computes the per-tensor bias corrections. Both are built once per call of
+``1 - 0.999`` rounded in fp32 is off by 1.3e-5; ``betas`` of the call, e.g. a param group's, else
+the config's). ``prepare_batch`` flattens the tensor lists into contiguous views and computes the
+per-tensor bias corrections with the same betas. Both are built once per call of
 ``learned_update`` and handed, unchanged, to every backend (``eager``, ``cpu``, ``triton``).
 
 Also here, because more than one module needs them: ``compute_dtype``, ``weights_dict``,
@@ -24,7 +25,7 @@ from torch import Tensor
 from ..network import LSTMOptimizerConfig
 
 __all__ = ["FEATURE_KINDS", "PreparedRule", "Batch", "compute_dtype", "weights_dict", "prepare_rule",
-           "prepare_batch", "chunk_plan", "host_to"]
+           "prepare_batch", "chunk_plan", "host_to", "rule_betas"]
 
 # Feature name -> the kind number the fused kernels select a feature by (C: lo_rule.kind0/kind1,
 # Triton: the KIND0/KIND1 constexprs): 0 = g / d (the normalized gradient), 1 = the Adam direction.
@@ -102,11 +103,18 @@ def _weights_on(w: Mapping[str, Tensor], device: torch.device, cdt: torch.dtype)
     return hit[1]
 
 
+def rule_betas(config: LSTMOptimizerConfig, betas: tuple[float, float] | None) -> tuple[float, float]:
+    """``betas`` as two Python floats, or the config's when ``None``."""
+    b1, b2 = (config.beta1, config.beta2) if betas is None else betas
+    return float(b1), float(b2)
+
+
 def prepare_rule(weights, config: LSTMOptimizerConfig, *, device: torch.device, dtype: torch.dtype, lr: float,
-                 weight_decay: float, maximize: bool) -> PreparedRule:
-    """The rule for one call of the batched update, in compute dtype ``dtype`` on ``device``."""
+                 weight_decay: float, maximize: bool, betas: tuple[float, float] | None = None) -> PreparedRule:
+    """The rule for one call of the batched update, in compute dtype ``dtype`` on ``device``;
+    ``betas`` (default ``None``: the config's) are the moments' decays."""
     w = _weights_on(weights_dict(weights), torch.device(device), dtype)
-    b1, b2 = float(config.beta1), float(config.beta2)
+    b1, b2 = rule_betas(config, betas)
     return PreparedRule(
         hidden_size=config.hidden_size, num_features=config.num_features, dtype=dtype,
         weight=w["weight"], bias=w["bias"], head_weight=w["head_weight"], head_bias=w["head_bias"],
@@ -122,7 +130,9 @@ class Batch:
     """Flat contiguous views of every tensor of one call (``h``/``c`` as ``[H, n]``), and each
     tensor's bias corrections ``ib1`` = 1/(1-b1^t) and ``sib2`` = sqrt(1/(1-b2^t)) as floats
     (tensors may be at different steps). ``g`` is read only. A non-contiguous tensor is updated
-    through a contiguous copy that ``finish()`` writes back."""
+    through a contiguous copy that ``finish()`` writes back. ``finite``: ``None``, or int32 flags
+    on the device, one per tensor, 0 where the tensor must be left untouched (only backends with
+    ``DEVICE_FLAGS`` receive a batch with flags)."""
 
     p: list[Tensor]
     g: list[Tensor]
@@ -134,6 +144,13 @@ class Batch:
     sib2: list[float]
     numels: list[int]
     writebacks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    finite: Tensor | None = None
+
+    def finite_of(self, idx: Sequence[int]) -> Tensor | None:
+        """The flags of the tensors ``idx`` (a device gather unless ``idx`` is every tensor)."""
+        if self.finite is None or list(idx) == list(range(len(self.p))):
+            return self.finite
+        return self.finite.index_select(0, host_to(torch.tensor(list(idx), dtype=torch.int64), self.finite.device))
 
     def lists(self, idx: Sequence[int]) -> tuple[list[Tensor], ...]:
         """(p, g, m, v, h, c) of the tensors ``idx``."""
@@ -145,8 +162,10 @@ class Batch:
 
 
 def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
-                  config: LSTMOptimizerConfig) -> Batch:
-    """The flat views and bias corrections of ``learned_update``'s lists (steps already counted)."""
+                  config: LSTMOptimizerConfig, betas: tuple[float, float] | None = None,
+                  finite: Tensor | None = None) -> Batch:
+    """The flat views and bias corrections of ``learned_update``'s lists (steps already counted),
+    with ``betas`` (default: the config's); ``finite``: see ``Batch``."""
     hs = config.hidden_size
     writebacks: list[tuple[Tensor, Tensor]] = []
 
@@ -159,7 +178,7 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
         writebacks.append((t, tmp))
         return tmp.view(shape)
 
-    b1, b2 = config.beta1, config.beta2
+    b1, b2 = rule_betas(config, betas)
     steps = [float(s) for s in state_steps]  # CPU step tensors (as torch.optim.Adam): no sync
     return Batch(
         p=[flat(t, None) for t in params], g=[t.reshape(-1) for t in grads],
@@ -167,6 +186,7 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
         h=[flat(t, hs) for t in lstm_hs], c=[flat(t, hs) for t in lstm_cs],
         ib1=[1.0 / (1 - b1**t) for t in steps], sib2=[(1.0 / (1 - b2**t)) ** 0.5 for t in steps],
         numels=[p.numel() for p in params], writebacks=writebacks,
+        finite=None if finite is None else finite.to(torch.int32),
     )
 
 

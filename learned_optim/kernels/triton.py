@@ -6,6 +6,9 @@ set before Triton is first imported; slow, for testing). ``learned_update`` pick
 ``kernels.FUSED_BACKENDS["cuda"]``; tests run it on CPU tensors by mapping ``"cpu"`` to this
 module there. Covers every dtype combination (fp32/bf16/fp16/fp64 parameters, bf16 LSTM state);
 the rule's constants reach the kernel as named scalar arguments.
+
+It takes the batch's per-tensor finite flags on the device (``Batch.finite``, ``DEVICE_FLAGS``):
+the kernel leaves a flagged tensor untouched, so the non-finite skip reads nothing on the host.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import torch
 
 from .rule import Batch, PreparedRule
 
-__all__ = ["available", "select", "update"]
+__all__ = ["available", "select", "update", "DEVICE_FLAGS"]
 
 NAME = "the Triton kernel"
+# This backend applies Batch.finite on the device (the other backends need the flags on the host).
+DEVICE_FLAGS = True
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,4 +79,5 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
         groups.setdefault((batch.p[i].dtype, batch.g[i].dtype, m.dtype, h.dtype), []).append(i)
     mod = _module()
     for sub in groups.values():
-        mod.launch(rule, *batch.lists(sub), [batch.ib1[i] for i in sub], [batch.sib2[i] for i in sub])
+        flags = batch.finite_of(sub)
+        mod.launch(rule, *batch.lists(sub), [batch.ib1[i] for i in sub], [batch.sib2[i] for i in sub], flags)

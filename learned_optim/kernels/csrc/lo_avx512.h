@@ -17,6 +17,8 @@ static inline V v_recip(V d) {
     V r = _mm512_rcp14_ps(d);
     return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, SET1(1.0f)), r);
 }
+/* y where x != 0 (NaN included), else +0: a masked move, never a product */
+static inline V v_nonzero_where(V x, V y) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ), y); }
 /* lanes [0, left) of a vector */
 static inline M lo_mask(int64_t left) {
     return left >= VL ? (M)0xffff : (left <= 0 ? (M)0 : (M)((1u << left) - 1));

@@ -83,7 +83,10 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
             const LO_CT t0 = (LO_CT)2 / ((LO_CT)1 + LO_EXP((LO_CT)-2 * y0)) - (LO_CT)1;
             const LO_CT t1 = (LO_CT)2 / ((LO_CT)1 + LO_EXP((LO_CT)-2 * y1)) - (LO_CT)1;
             const LO_CT u = av * LO_EXP(scale * t0) + dirb * t1;
-            p[j] = p[j] * decay - lr * u;
+            /* a coordinate whose gradient has always been exactly 0 (v = 0) does not move: a
+               select, so a NaN elsewhere stays NaN */
+            const LO_CT us = vv == (LO_CT)0 ? (LO_CT)0 : u;
+            p[j] = p[j] * decay - lr * us;
         }
     }
 }

@@ -102,7 +102,9 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
                 const int64_t j = j0 + u * VL;
                 const V t0 = v_fmsub(two, v_rcp1p(v_exp2(y0[u])), one);
                 const V t1 = v_fmsub(two, v_rcp1p(v_exp2(y1[u])), one);
-                const V step = v_fmadd(av[u], v_exp2(v_mul(escale, t0)), v_mul(dirb, t1));
+                /* zero where v = 0 (a gradient that has always been exactly 0): a select on v as
+                   stored above (reloaded from L1 rather than kept live across the gates) */
+                const V step = v_nonzero_where(ld_f32(v + j, km[u]), v_fmadd(av[u], v_exp2(v_mul(escale, t0)), v_mul(dirb, t1)));
                 st_f32(p + j, km[u], v_fnmadd(lr, step, v_mul(ld_f32(p + j, km[u]), decay)));
             }
         }
