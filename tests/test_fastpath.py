@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import warnings
+import zlib
 
 import pytest
 import torch
@@ -50,7 +51,13 @@ def cpu_loop(which: str):
 
 
 def fresh_seed() -> int:
-    return random.SystemRandom().randrange(2**31)
+    """The test's seed: fixed per test (CI runs are reproducible and cannot fail by the draw), derived from
+    the test's id. ``LEARNED_OPTIM_RANDOM_SEEDS=1`` draws a new seed each call instead, to search for rare
+    failures; every assertion message names the seed, so a failure can be replayed."""
+    if os.environ.get("LEARNED_OPTIM_RANDOM_SEEDS") == "1":
+        return random.SystemRandom().randrange(2**31)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").removesuffix(" (call)").removesuffix(" (setup)")
+    return zlib.crc32(test.encode()) & 0x7FFFFFFF
 
 
 def random_net(gen: torch.Generator, config: LSTMOptimizerConfig | None = None) -> CoordinatewiseLSTM:
