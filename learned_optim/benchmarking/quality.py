@@ -12,7 +12,12 @@ trains a model from the same initialisation on the same minibatches. Adam is als
 learning rate of ``ADAM_LR_GRID`` (``learned_optim.common.adam_baseline``); "Adam tuned" is,
 per task, the grid lr with the lowest mean final loss over the seeds, chosen on the very runs
 that are reported (an optimistic baseline: its tuning cost, one full run per grid lr and seed,
-is reported beside it). The loss is the full-data training
+is reported beside it). "Adam, best single lr" (``suite_lr``) is Adam at the one grid lr with the
+lowest geometric mean over tasks of (its mean final loss / the task's Adam-tuned mean final
+loss), taken from the same grid runs. The speed-up against a baseline is the steps the baseline
+(mean curve over seeds) needs to first reach its own mean final loss over the steps the learned
+optimizer (mean curve) needs to reach that loss; there is none ("not reached") when the learned
+optimizer ends above the baseline. The loss is the full-data training
 objective, evaluated ``EVAL_POINTS`` times along the run. A run diverges when its loss becomes
 NaN/inf or ends above where it started (``common.adam_baseline.diverged``); it is flagged, and it
 loses every comparison.
@@ -45,8 +50,8 @@ from . import tasks as tasks_mod
 from .common import DEFAULT_OUT, LearnedSetup, check_out_dir
 from .quality_report import write_quality_report
 
-__all__ = ["OptimizerSpec", "OPTIMIZERS", "BASELINES", "ADAM_LR_GRID", "OUTPUT_FILES", "run_quality", "train_once",
-           "evaluation_steps", "summarize", "finish", "rerender"]
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "BASELINES", "SUITE_KEY", "ADAM_LR_GRID", "OUTPUT_FILES", "run_quality",
+           "train_once",           "evaluation_steps", "summarize", "suite_lr", "speedup_vs", "finish", "rerender"]
 
 OUTPUT_FILES = ("quality.json", "quality.md", "quality.png")
 
@@ -96,6 +101,9 @@ OPTIMIZERS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec("adam_tuned", "Adam tuned", _adam, None),
 )
 BASELINES = tuple(o.key for o in OPTIMIZERS if o.key != "learned")
+# Adam at the one grid lr that is best over the whole suite (``suite_lr``): a column added by
+# ``finish`` from the grid runs (no extra training), placed before "Adam tuned".
+SUITE_KEY = "adam_suite"
 
 
 def _run_key(spec: OptimizerSpec, lr: float) -> str:
@@ -197,17 +205,85 @@ def _steps_to_reach(curve: Sequence[float], eval_steps: Sequence[int], target: f
     return None
 
 
-def summarize(task_result: dict[str, Any]) -> dict[str, Any]:
-    """Per-task statistics from the raw runs: means, spreads, tuned lr, wins, speed-ups."""
+def suite_lr(results: dict[str, Any]) -> dict[str, Any]:
+    """The single Adam grid lr that is best for the whole suite, from the saved grid runs.
+
+    For each grid lr: the geometric mean over tasks of (that lr's mean final loss / the task's
+    best grid mean final loss), a NaN mean (a diverged seed) counting as infinitely worse. The lr
+    with the lowest geometric mean is "Adam, best single lr" (ties: the smaller lr). Returns
+    ``{"lr", "geomean_ratio_to_tuned", "by_lr": {str(lr): geomean}}``.
+    """
+    grid = results["settings"]["adam_lr_grid"]
+    by_lr: dict[float, float] = {}
+    for lr in grid:
+        logs = []
+        for tr in results["tasks"].values():
+            means = {g: _score(_mean([_score(x) for x in tr["runs"][f"adam_lr={g:g}"]["final"]])) for g in grid}
+            logs.append(_log_ratio(means[lr], min(means.values())))
+        by_lr[lr] = math.exp(_mean(logs)) if logs else math.nan
+    best = min(grid, key=lambda lr: (_score(by_lr[lr]), lr))
+    return {"lr": best, "geomean_ratio_to_tuned": by_lr[best], "by_lr": {f"{lr:g}": by_lr[lr] for lr in grid}}
+
+
+def _log_ratio(x: float, ref: float) -> float:
+    """log(x / ref) for losses; a non-finite x is +inf, and x == ref gives 0 even at 0."""
+    x, ref = _score(x), _score(ref)
+    if x == ref:
+        return 0.0
+    if not math.isfinite(x) or ref <= 0:
+        return math.inf
+    return math.log(x / ref) if x > 0 else -math.inf
+
+
+def _geomean_ratio(xs: Sequence[float], refs: Sequence[float]) -> float:
+    """Geometric mean of xs[i] / refs[i] (NaN xs count as infinitely worse)."""
+    logs = [_log_ratio(x, r) for x, r in zip(xs, refs)]
+    return math.exp(_mean(logs)) if logs else math.nan
+
+
+def speedup_vs(learned_curve: Sequence[float], base_curve: Sequence[float], eval_steps: Sequence[int],
+               verdict: int) -> dict[str, Any]:
+    """Speed-up of the learned optimizer over a baseline, from their mean curves.
+
+    Target = the baseline's mean final loss. Speed-up = steps the baseline needs to first reach it
+    / steps the learned optimizer needs to first reach it (> 1: learned is faster). Reported only
+    when the learned optimizer ends at or below the baseline (``verdict`` <= 0, as ``_compare``)
+    and reaches the target; otherwise ``speedup`` is None and ``note`` says why
+    ("learned ends above", "learned diverged", "baseline diverged").
+    """
+    target = base_curve[-1]
+    base_reach = _steps_to_reach(base_curve, eval_steps, target)
+    learned_reach = _steps_to_reach(learned_curve, eval_steps, target)
+    note = None
+    if not math.isfinite(learned_curve[-1]):
+        note = "learned diverged"
+    elif not math.isfinite(target):
+        note = "baseline diverged"
+    elif verdict > 0 or learned_reach is None:
+        note = "learned ends above"  # it may dip below the target on the way and come back up
+    elif not learned_reach or not base_reach:
+        note = "target reached at step 0"
+    return {"target": target, "baseline_steps_to_reach": base_reach, "learned_steps_to_reach": learned_reach,
+            "speedup": None if note else base_reach / learned_reach, "note": note}
+
+
+def summarize(task_result: dict[str, Any], suite: float | None = None) -> dict[str, Any]:
+    """Per-task statistics from the raw runs: means, spreads, tuned lr, wins, speed-ups.
+
+    ``suite``: the Adam grid lr chosen for the whole suite (``suite_lr``); adds the column
+    ``"adam_suite"`` (Adam at that lr) and the comparison against it.
+    """
     runs = task_result["runs"]
     eval_steps = task_result["eval_steps"]
     grid_keys = [f"adam_lr={lr:g}" for lr in task_result["adam_lr_grid"]]
     tuned_key = min(grid_keys, key=lambda k: (_score(_mean([_score(x) for x in runs[k]["final"]])), k))
+    plan = [(spec.key, tuned_key if spec.lr is None else _run_key(spec, spec.lr)) for spec in OPTIMIZERS]
+    if suite is not None:
+        plan.insert(len(plan) - 1, (SUITE_KEY, f"adam_lr={suite:g}"))
     columns = {}
-    for spec in OPTIMIZERS:
-        key = tuned_key if spec.lr is None else _run_key(spec, spec.lr)
+    for col, key in plan:
         finals = runs[key]["final"]
-        columns[spec.key] = {
+        columns[col] = {
             "run": key,
             "lr": runs[key]["lr"],
             "final_mean": _mean(finals),
@@ -218,31 +294,25 @@ def summarize(task_result: dict[str, Any]) -> dict[str, Any]:
             "seeds": len(finals),
             "optimizer_step_ms": 1e3 * _mean(runs[key]["optimizer_step_s"]),
         }
+    tuned_mean = columns["adam_tuned"]["final_mean"]
+    for c in columns.values():
+        c["ratio_to_adam_tuned"] = math.exp(_log_ratio(c["final_mean"], tuned_mean))
     learned = runs[columns["learned"]["run"]]
     learned_final = columns["learned"]["final_mean"]
-    # Steps the learned optimizer itself needs (mean curve) to first reach its mean final loss:
-    # the denominator of the speed-up, so that two identical curves give exactly 1.
-    learned_reach = _steps_to_reach([_mean(v) for v in zip(*learned["curve"])], eval_steps, learned_final)
+    learned_curve = [_mean(v) for v in zip(*learned["curve"])]
     vs = {}
-    for base in BASELINES:
+    for base in [col for col, _ in plan if col != "learned"]:
         b = runs[columns[base]["run"]]
         per_seed = [_compare(x, y) for x, y in zip(learned["final"], b["final"])]
-        mean_curve = [_mean(vals) for vals in zip(*b["curve"])]
-        reach = _steps_to_reach(mean_curve, eval_steps, learned_final)
+        verdict = _compare(learned_final, columns[base]["final_mean"])
         vs[base] = {
-            "task_verdict": _compare(learned_final, columns[base]["final_mean"]),
+            "task_verdict": verdict,
             "seed_wins": per_seed.count(-1),
             "seed_ties": per_seed.count(0),
             "seed_losses": per_seed.count(1),
             "loss_ratio": (learned_final / columns[base]["final_mean"]
                            if math.isfinite(learned_final) and columns[base]["final_mean"] > 0 else math.nan),
-            # Steps the baseline (mean curve) needs to reach the learned optimizer's mean final
-            # loss, over the steps the learned optimizer needs: > 1 means the learned one is
-            # faster. None: the baseline does not get there within the horizon (speed-up above
-            # horizon / learned steps, a lower bound) or the learned runs diverged.
-            "steps_to_reach": reach,
-            "learned_steps_to_reach": learned_reach,
-            "speedup": (reach / learned_reach) if reach is not None and learned_reach else None,
+            **speedup_vs(learned_curve, [_mean(vals) for vals in zip(*b["curve"])], eval_steps, verdict),
         }
     tuned_lr = runs[tuned_key]["lr"]
     return {
@@ -359,8 +429,17 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
 
 def finish(results: dict[str, Any]) -> dict[str, Any]:
     """Compute every task's summary and the totals from the raw runs (in place)."""
+    suite = suite_lr(results) if results["tasks"] else None
     for tr in results["tasks"].values():
-        tr["summary"] = summarize(tr)
+        tr["summary"] = summarize(tr, suite["lr"] if suite else None)
+    if suite:
+        opts = {k: v for k, v in results["settings"]["optimizers"].items() if k != SUITE_KEY}
+        spec = {"label": f"Adam, best single lr ({suite['lr']:g})", "lr": suite["lr"],
+                "selected": "the grid lr with the lowest geometric mean over tasks of its mean final loss / "
+                            "the task's best grid mean final loss"}
+        results["settings"]["optimizers"] = {**{k: v for k, v in opts.items() if k != "adam_tuned"},
+                                             SUITE_KEY: spec, "adam_tuned": opts["adam_tuned"]}
+        results["suite_adam"] = suite
     results["totals"] = _totals(results)
     return results
 
@@ -395,8 +474,10 @@ def rerender(path: str | Path, figure: bool = True) -> dict[str, Any]:
 
 def _totals(results: dict[str, Any]) -> dict[str, Any]:
     """Across tasks: learned vs each baseline (task verdicts by mean final loss, seed pairs)."""
-    tot = {}
-    for base in BASELINES:
+    tot: dict[str, Any] = {}
+    first = (next(iter(results["tasks"].values()))["summary"] if results["tasks"]
+             else {"columns": {o.key: None for o in OPTIMIZERS}})
+    for base in [k for k in first["columns"] if k != "learned"]:
         verdicts = [t["summary"]["vs"][base] for t in results["tasks"].values()]
         ratios = sorted(v["loss_ratio"] for v in verdicts if math.isfinite(v["loss_ratio"]))
         tot[base] = {
@@ -410,6 +491,10 @@ def _totals(results: dict[str, Any]) -> dict[str, Any]:
                                   else 0.5 * (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]))
             if ratios else math.nan,
         }
+    tot["geomean_ratio_to_adam_tuned"] = {
+        col: _geomean_ratio([t["summary"]["columns"][col]["final_mean"] for t in results["tasks"].values()],
+                            [t["summary"]["columns"]["adam_tuned"]["final_mean"] for t in results["tasks"].values()])
+        for col in first["columns"]}
     tot["learned_diverged_runs"] = sum(t["summary"]["columns"]["learned"]["diverged"]
                                        for t in results["tasks"].values())
     return tot

@@ -19,7 +19,7 @@ __all__ = ["quality_markdown", "write_quality_report"]
 
 # Plot colours per optimizer column, so every figure reads the same way.
 _COLORS = {"learned": "tab:red", "adam": "tab:blue", "adamw": "tab:cyan", "sgd_momentum": "tab:gray",
-           "adam_tuned": "tab:green"}
+           "adam_tuned": "tab:green", "adam_suite": "tab:olive"}
 
 
 def _columns(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -33,12 +33,14 @@ def _num(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def _speedup(v: dict[str, Any], horizon: int) -> str:
-    if v["speedup"] is None:
-        if not v.get("learned_steps_to_reach"):
-            return "n/a (learned diverged)"
-        return f"> {horizon / v['learned_steps_to_reach']:.2f}x (not reached in {horizon})"
-    return f"{v['speedup']:.2f}x"
+def _speedup(v: dict[str, Any]) -> str:
+    if v.get("speedup") is not None:
+        return f"{v['speedup']:.2f}x"
+    note = v.get("note") or "not reached"
+    if note == "learned ends above":
+        ratio = v.get("loss_ratio")
+        return "not reached" + (f" (ends {ratio:.4g}x higher)" if ratio is not None and math.isfinite(ratio) else "")
+    return f"n/a ({note})"
 
 
 def quality_markdown(res: dict[str, Any]) -> str:
@@ -70,15 +72,20 @@ def quality_markdown(res: dict[str, Any]) -> str:
         f"Final full-data training loss, mean ± std over {seeds} seeds (same initialisations and minibatches for "
         "every optimizer; lower is better). **Adam tuned** takes, per task, the grid lr with the lowest mean final "
         "loss on these same seeds (optimistic for Adam); its tuning cost is the grid's runs. "
-        "Speed-up = steps Adam needs (mean curve) to first reach the learned optimizer's mean final loss / steps the "
-        "learned optimizer needs to first reach it (> 1: learned is faster). "
+        "**Adam, best single lr** is Adam at the one grid lr that is best for the whole suite: the lr with the "
+        "lowest geometric mean over tasks of (its mean final loss / the task's Adam-tuned mean final loss). "
+        "Speed-up vs a baseline = steps the baseline needs (mean curve over seeds) to first reach its own mean final "
+        "loss / steps the learned optimizer needs (mean curve) to first reach that loss (> 1: learned is faster); "
+        "\"not reached\" when the learned optimizer does not end at or below the baseline's final loss. "
         f"Ties: within {res['settings']['tie_rtol']:g} relative. "
         "⚠ marks runs that diverged (NaN, or final loss above initial).",
         "",
     ]
     labels = {key: c["label"] for key, c in columns.items()}
+    sped = [b for b in ("adam", "adam_suite", "adam_tuned") if b in columns]
     head = ["task", "steps"] + list(labels.values()) + [
-        "speed-up vs Adam", "speed-up vs Adam tuned", "tuning cost (runs / steps)"]
+        f"speed-up vs {'Adam best single lr' if b == 'adam_suite' else labels[b]}" for b in sped] + [
+        "tuning cost (runs / steps)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, t in res["tasks"].items():
         s = t["summary"]
@@ -96,8 +103,7 @@ def quality_markdown(res: dict[str, Any]) -> str:
             if c["diverged"]:
                 cell += f" ⚠ {c['diverged']}/{c['seeds']} diverged"
             cells.append(cell)
-        cells.append(_speedup(s["vs"]["adam"], t["steps"]))
-        cells.append(_speedup(s["vs"]["adam_tuned"], t["steps"]))
+        cells += [_speedup(s["vs"][b]) for b in sped]
         cells.append(f"{t['tuning_cost']['adam_runs']} / {t['tuning_cost']['optimizer_steps']}")
         lines.append("| " + " | ".join(cells) + " |")
 
@@ -110,6 +116,16 @@ def quality_markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {labels[base]} | {tt['tasks_won']} / {tt['tasks_tied']} / {tt['tasks_lost']} | "
                      f"{tt['seed_wins']} / {tt['seed_ties']} / {tt['seed_losses']} | "
                      f"{_num(tt['median_loss_ratio'], 3)} |")
+    suite = res.get("suite_adam")
+    geo = res["totals"].get("geomean_ratio_to_adam_tuned")
+    if suite or geo:
+        lines += ["", "Geometric mean over tasks of each column's mean final loss / Adam tuned's (1 = as good as "
+                  "Adam tuned on every task; a diverged mean counts as infinite, shown as nan):", "",
+                  "| column | geometric mean ratio to Adam tuned |", "|---|---|"]
+        lines += [f"| {labels[key]} | {_num((geo or {}).get(key), 3)} |" for key in columns if key in (geo or {})]
+    if suite:
+        lines += ["", f"Adam best single lr = {suite['lr']:g}, chosen over the grid by that geometric mean: "
+                  + ", ".join(f"lr {lr}: {_num(g, 3)}" for lr, g in suite["by_lr"].items()) + "."]
     lines += ["", f"Learned-optimizer runs that diverged: {res['totals']['learned_diverged_runs']}.", "",
               "Mean optimizer.step() time per task (ms; 1 thread, includes Python overhead on these small models):", "",
               "| task | learned | Adam | ratio |", "|---|---|---|---|"]
