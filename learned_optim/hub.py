@@ -174,6 +174,10 @@ def _read_config(path: Path) -> tuple[LSTMOptimizerConfig, dict[str, Any]]:
         raise WeightsError(f"{path}: config is missing field(s) {e.args[0]}") from None
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{path}: invalid config: {e}") from None
+    if config.format_version > version:
+        raise WeightsError(f"{path}: the config uses format version {config.format_version} fields "
+                           f"(sign_equivariant / context_features) but declares format_version {version}; "
+                           f"set format_version to {config.format_version}")
     provenance = raw.get("provenance", {})
     if not isinstance(provenance, dict):
         raise WeightsError(f"{path}: field 'provenance' must be an object")
@@ -230,7 +234,8 @@ def from_pretrained(
 
 def config_json(network: CoordinatewiseLSTM) -> dict[str, Any]:
     return {
-        "format_version": FORMAT_VERSION,
+        # the oldest version that holds this config, so version-1 weights stay readable by every release
+        "format_version": network.config.format_version,
         "architecture": ARCHITECTURE,
         "config": network.config.to_dict(),
         "provenance": network.provenance,

@@ -25,13 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common.config import check_int, check_number, config_error
+from .common.config import check_bool, check_int, check_number, config_error
 
-__all__ = ["FORMAT_VERSION", "FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
+__all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig",
+           "CoordinatewiseLSTM", "lstm_cell"]
 
 # Version of the on-disk format (config.json + model.safetensors). Bump when the meaning
 # of a field or tensor changes; loaders refuse versions newer than they understand.
-FORMAT_VERSION = 1
+#   1: the rule of ``update.lstm_rule`` with per-coordinate features only.
+#   2: adds ``sign_equivariant`` and ``context_features`` (per-tensor inputs). A config that uses
+#      neither is written as version 1, byte for byte as before, and runs bit-identically.
+FORMAT_VERSION = 2
 
 # Input features the rule knows how to compute, by name (see update.lstm_rule):
 #   "g_norm": g_t / (sqrt(v_hat_t) + eps)        (RNNprop's scale-free gradient input)
@@ -40,6 +44,15 @@ FORMAT_VERSION = 1
 # clipped to [-feature_clip, feature_clip]. No absolute-time feature on purpose: it is the
 # main reason learned optimizers fail at horizons longer than they were trained on.
 FEATURES = ("g_norm", "m_norm")
+
+# Per-tensor context inputs (format version 2), one value per parameter tensor, the same for all
+# its coordinates (see update.tensor_context): they cost no per-coordinate memory, and let one
+# rule size its steps per layer and per architecture.
+#   "p_log_rms":  log10(rms(p) + 1e-8), the parameter tensor's scale (LARS/LAMB's trust ratio
+#                 compares the step with it)
+#   "log_fan_in": log10(numel / shape[0]) for tensors with >= 2 dimensions, else 0
+#   "is_vector":  1 for tensors with <= 1 dimension (biases, norm gains), else 0
+CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector")
 
 # The meta-parameters of a CoordinatewiseLSTM, by attribute name, in the one order used everywhere:
 # flat meta-parameter vectors, safetensors files, checkpoints, and the mapping lstm_rule accepts.
@@ -66,6 +79,12 @@ class LSTMOptimizerConfig:
             learned rule must be able to get there.
         direction_bound: the learned additive direction is direction_bound * tanh(y_1). Default
             0.5 (the Adam direction itself is O(1)); it lets the rule step where Adam would not.
+        sign_equivariant: (format version 2) the features are multiplied by sign(m_t) and the
+            additive direction by sign(m_t), so flipping the sign of every gradient flips the
+            sign of every step exactly: no drift under zero-mean gradient noise. Default False
+            (version 1's rule).
+        context_features: (format version 2) names from ``CONTEXT_FEATURES``: per-tensor inputs to
+            the LSTM gates and the output head. Default ``()`` (version 1's rule).
     """
 
     hidden_size: int = 4
@@ -76,6 +95,8 @@ class LSTMOptimizerConfig:
     feature_clip: float = 5.0
     log_scale_bound: float = 3.0
     direction_bound: float = 0.5
+    sign_equivariant: bool = False
+    context_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -83,6 +104,14 @@ class LSTMOptimizerConfig:
         unknown = [f for f in self.features if f not in FEATURES]
         if unknown or not self.features or len(set(self.features)) != len(self.features):
             config_error(self, "features", f"distinct names from {FEATURES}", f"pass a non-empty subset of {FEATURES}")
+        object.__setattr__(self, "context_features", tuple(self.context_features)
+                           if isinstance(self.context_features, (list, tuple)) else self.context_features)
+        ctx = self.context_features
+        if (not isinstance(ctx, tuple) or any(f not in CONTEXT_FEATURES for f in ctx)
+                or len(set(ctx)) != len(ctx)):
+            config_error(self, "context_features", f"distinct names from {CONTEXT_FEATURES}",
+                         f"pass a subset of {CONTEXT_FEATURES} (or () for none)")
+        check_bool(self, "sign_equivariant")
         for name in ("beta1", "beta2"):
             check_number(self, name, ge=0.0, lt=1.0)
         for name in ("eps", "feature_clip"):
@@ -94,27 +123,50 @@ class LSTMOptimizerConfig:
     def num_features(self) -> int:
         return len(self.features)
 
+    @property
+    def num_context(self) -> int:
+        return len(self.context_features)
+
+    @property
+    def format_version(self) -> int:
+        """The oldest format version that can hold this config: 1 unless it uses a version-2 field."""
+        return 2 if self.sign_equivariant or self.context_features else 1
+
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-able values; the version-2 fields only when they differ from their
+        defaults, so a version-1 config serialises exactly as it always did."""
         d = dataclasses.asdict(self)
         d["features"] = list(self.features)
+        d["context_features"] = list(self.context_features)
+        for name, default in _V2_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LSTMOptimizerConfig":
+        """The config from ``to_dict``'s output; the version-2 fields may be absent (defaults)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {**_V2_DEFAULTS, **d}
         missing = sorted(names - set(d))
         if missing:
             raise KeyError(missing)
         return cls(**{k: d[k] for k in names})
 
 
+# The version-2 fields and the values that mean "version 1's rule".
+_V2_DEFAULTS: dict[str, Any] = {"sign_equivariant": False, "context_features": []}
+
+
 class CoordinatewiseLSTM(nn.Module):
     """A one-layer LSTM cell applied independently to every coordinate, plus an output head.
 
-    Parameters (the meta-parameters; shapes with F = len(config.features), H = hidden_size):
-        weight:      [4H, F+H]  gate weights for [features; h], gate order (i, f, g, o) as torch.nn.LSTM
+    Parameters (the meta-parameters; shapes with F = len(config.features), K =
+    len(config.context_features), H = hidden_size):
+        weight:      [4H, F+K+H]  gate weights for [features; context; h], gate order (i, f, g, o)
+                                  as torch.nn.LSTM
         bias:        [4H]
-        head_weight: [2, H]     output head: y = head_weight @ h' + head_bias
+        head_weight: [2, H+K]     output head: y = head_weight @ [h'; context] + head_bias
         head_bias:   [2]
 
     A fresh network has a zero output head, so y = 0 and the rule it defines is exactly Adam
@@ -142,32 +194,37 @@ class CoordinatewiseLSTM(nn.Module):
             raise TypeError(f"config must be an LSTMOptimizerConfig, got {type(config).__name__}")
         self.config = config
         self.provenance: dict[str, Any] = dict(provenance or {})
-        h, f = config.hidden_size, config.num_features
+        h, f, k = config.hidden_size, config.num_features, config.num_context
         gen = torch.Generator().manual_seed(seed)
         bound = 1.0 / math.sqrt(h)
-        self.weight = nn.Parameter(torch.empty(4 * h, f + h).uniform_(-bound, bound, generator=gen))
+        self.weight = nn.Parameter(torch.empty(4 * h, f + k + h).uniform_(-bound, bound, generator=gen))
         bias = torch.empty(4 * h).uniform_(-bound, bound, generator=gen)
         bias[h : 2 * h] += 1.0  # forget-gate bias +1 (Jozefowicz et al. 2015): remember by default
         self.bias = nn.Parameter(bias)
-        self.head_weight = nn.Parameter(torch.zeros(2, h))
+        self.head_weight = nn.Parameter(torch.zeros(2, h + k))
         self.head_bias = nn.Parameter(torch.zeros(2))
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of each meta-parameter, by name, in ``WEIGHT_NAMES`` order."""
-        h, f = self.config.hidden_size, self.config.num_features
-        return dict(zip(WEIGHT_NAMES, ((4 * h, f + h), (4 * h,), (2, h), (2,))))
+        h, f, k = self.config.hidden_size, self.config.num_features, self.config.num_context
+        return dict(zip(WEIGHT_NAMES, ((4 * h, f + k + h), (4 * h,), (2, h + k), (2,))))
 
     def forward(
-        self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+        self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One LSTM step for N coordinates. features [F, N], h and c [H, N] -> (y [2, N], h', c').
+        """One LSTM step for N coordinates. features [F, N], h and c [H, N], context [K, N] or
+        [K, 1] (``None`` when K = 0) -> (y [2, N], h', c').
 
         Pure and differentiable (meta-training backpropagates through it).
         """
-        return lstm_cell(features, h, c, self.weight, self.bias, self.head_weight, self.head_bias)
+        return lstm_cell(features, h, c, self.weight, self.bias, self.head_weight, self.head_bias, context)
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.config.hidden_size}, features={self.config.features}"
+        extra = ""
+        if self.config.format_version > 1:
+            extra = (f", sign_equivariant={self.config.sign_equivariant}, "
+                     f"context_features={self.config.context_features}")
+        return f"hidden_size={self.config.hidden_size}, features={self.config.features}{extra}"
 
 
 def lstm_cell(
@@ -178,15 +235,29 @@ def lstm_cell(
     bias: torch.Tensor,
     head_weight: torch.Tensor,
     head_bias: torch.Tensor,
+    context: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reference LSTM cell, feature-major. Returns (y [2, N], h' [H, N], c' [H, N])."""
+    """The reference LSTM cell, feature-major. Returns (y [2, N], h' [H, N], c' [H, N]).
+
+    ``context`` ([K, N], or [K, 1] for one tensor's values; ``None`` when K = 0) enters the gates
+    and the head as a bias: ``bias + W_ctx @ context`` and ``head_bias + head_ctx @ context``,
+    which is how the fused kernels apply it (one bias vector per parameter tensor)."""
     hs = h.shape[0]
-    gates = weight @ torch.cat([features, h], dim=0) + bias[:, None]
+    if context is None or context.shape[0] == 0:
+        gates = weight @ torch.cat([features, h], dim=0) + bias[:, None]
+        y_bias = head_bias[:, None]
+        head_h = head_weight
+    else:
+        nf, k = features.shape[0], context.shape[0]
+        gate_bias = bias[:, None] + weight[:, nf : nf + k] @ context
+        gates = torch.cat([weight[:, :nf], weight[:, nf + k :]], dim=1) @ torch.cat([features, h], dim=0) + gate_bias
+        y_bias = head_bias[:, None] + head_weight[:, hs:] @ context
+        head_h = head_weight[:, :hs]
     i = torch.sigmoid(gates[0:hs])
     f = torch.sigmoid(gates[hs : 2 * hs])
     g = torch.tanh(gates[2 * hs : 3 * hs])
     o = torch.sigmoid(gates[3 * hs : 4 * hs])
     c_new = f * c + i * g
     h_new = o * torch.tanh(c_new)
-    y = head_weight @ h_new + head_bias[:, None]
+    y = head_h @ h_new + y_bias
     return y, h_new, c_new

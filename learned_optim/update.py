@@ -47,11 +47,25 @@ with :math:`\eta` the learning rate, :math:`\lambda` the decoupled weight decay,
 ``feature_clip``, :math:`s` ``log_scale_bound`` and :math:`r` ``direction_bound``. With a zero
 output head (:math:`W_y = 0, b_y = 0`) the rule is exactly Adam(W). A coordinate whose gradient
 has been exactly 0 at every step so far (:math:`v_t = 0`) does not move, apart from weight decay.
+
+Format version 2 (``network.LSTMOptimizerConfig``) adds two options to the same rule:
+
+* ``sign_equivariant``: with :math:`\sigma_t = \mathrm{sign}(m_t)` (0 where :math:`m_t = 0`),
+
+  .. math::
+      x_t = \mathrm{clip}(\sigma_t [g_t/d_t,\ a_t], \pm C),\qquad
+      u_t = a_t \exp(s \tanh y_{t,0}) + \sigma_t\, r \tanh y_{t,1}
+
+  so negating every gradient negates every step exactly (the LSTM sees the same inputs).
+* ``context_features``: per-tensor values :math:`z \in \mathbb{R}^K` (``tensor_context``: the
+  tensor's log RMS, log fan-in, whether it is a vector) enter as biases of the gates and the head,
+  :math:`b + W_z z` and :math:`b_y + W_{yz} z`: the rule can size its steps per layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections import deque
 from typing import Any, NamedTuple, Sequence
@@ -64,7 +78,8 @@ from .kernels.eager import DEFAULT_CHUNK_SIZE
 from .kernels.rule import compute_dtype, prepare_batch, prepare_rule, weights_dict
 from .network import LSTMOptimizerConfig, lstm_cell
 
-__all__ = ["RuleOutput", "lstm_rule", "learned_update", "finite_flags", "finite_flags_on_device", "skips_on_device",
+__all__ = ["RuleOutput", "lstm_rule", "tensor_context", "flat_context", "learned_update", "finite_flags",
+           "finite_flags_on_device", "skips_on_device",
            "DeferredSkips", "all_ranks_min", "warn_skipped", "IMPLS", "DEFAULT_CHUNK_SIZE"]
 
 IMPLS = ("auto", "reference", "eager", "fused")
@@ -89,6 +104,7 @@ def lstm_rule(
     step: float | Tensor,
     weights,
     config: LSTMOptimizerConfig,
+    context: Tensor | None = None,
 ) -> RuleOutput:
     """The update rule for one flat tensor of N coordinates. Pure and differentiable.
 
@@ -99,6 +115,9 @@ def lstm_rule(
         weights: a ``CoordinatewiseLSTM`` or a mapping with its four tensors
             (``weight``, ``bias``, ``head_weight``, ``head_bias``), e.g. from ``torch.func``.
         config: the rule's constants.
+        context: the per-tensor inputs when ``config.context_features`` is not empty: ``[K]``
+            (one tensor's values, ``tensor_context``) or ``[K, N]`` (per coordinate, for a flat
+            vector of several tensors). Default ``None`` (a rule without context features).
     Returns:
         ``RuleOutput(direction, exp_avg, exp_avg_sq, h, c)``, all new tensors.
     """
@@ -117,17 +136,76 @@ def lstm_rule(
     adam = (m / bc1) / denom
     named = {"g_norm": grad / denom, "m_norm": adam}
     clip = config.feature_clip
-    x = torch.stack([named[name] for name in config.features]).clamp(-clip, clip)
+    x = torch.stack([named[name] for name in config.features])
+    if config.sign_equivariant:
+        # sign-invariant inputs: a global sign flip of the gradients leaves the LSTM's inputs,
+        # state and outputs unchanged (sign(0) = 0: a coordinate with m = 0 gets no additive step)
+        sign = torch.sign(m)
+        x = x * sign
+    x = x.clamp(-clip, clip)
+    if config.context_features:
+        if context is None:
+            raise ValueError(f"this rule has context_features {config.context_features}: pass context "
+                             f"(update.tensor_context of the parameter tensor)")
+        context = context.to(grad.dtype)
+        context = context[:, None] if context.dim() == 1 else context
+    else:
+        context = None
     y, h_new, c_new = lstm_cell(
-        x, h, c, w["weight"], w["bias"], w["head_weight"], w["head_bias"]
+        x, h, c, w["weight"], w["bias"], w["head_weight"], w["head_bias"], context
     )
     direction = adam * torch.exp(config.log_scale_bound * torch.tanh(y[0]))
-    direction = direction + config.direction_bound * torch.tanh(y[1])
+    if config.sign_equivariant:
+        direction = direction + config.direction_bound * torch.tanh(y[1]) * sign
+    else:
+        direction = direction + config.direction_bound * torch.tanh(y[1])
     # A coordinate whose gradient has been exactly 0 at every step so far (v_t = 0) does not move
     # (the head's r tanh(y_1) is not 0 at zero features). A select, not a product with a mask, so
     # a NaN elsewhere stays NaN; every backend makes the same select.
     direction = torch.where(v == 0, 0.0, direction)
     return RuleOutput(direction, m, v, h_new, c_new)
+
+
+def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
+                   dtype: torch.dtype | None = None) -> Tensor:
+    """The per-tensor context inputs of ``config.context_features`` (see ``network.CONTEXT_FEATURES``)
+    for each tensor of ``params``: ``[len(params), K]``, computed without autograd in ``dtype``
+    (default ``None``: fp64) on the tensors' device, with one foreach norm for all of them."""
+    params = list(params)
+    dtype = torch.float64 if dtype is None else dtype
+    if not params:
+        return torch.zeros(0, config.num_context, dtype=dtype)
+    with torch.no_grad():
+        norms = torch.stack(torch._foreach_norm(params, 2, dtype=torch.float64)).to(dtype)
+    numels = torch.tensor([max(p.numel(), 1) for p in params], dtype=dtype).to(norms.device)
+    return _context_columns(norms / numels.sqrt(), [p.shape for p in params], config)
+
+
+def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:
+    """``tensor_context`` for a flat vector of the tensors of ``shapes`` (the inner loop of
+    meta-training), per coordinate: ``[K, N]``. Differentiable in ``params``."""
+    numels = [math.prod(s) for s in shapes]
+    if sum(numels) != params.numel():
+        raise ValueError(f"shapes {list(shapes)} hold {sum(numels)} values, params has {params.numel()}")
+    rms = torch.stack([seg.square().mean().sqrt() if seg.numel() else seg.sum()
+                       for seg in torch.split(params, numels)])
+    per_tensor = _context_columns(rms, shapes, config)  # [T, K]
+    counts = torch.tensor(numels, device=params.device)
+    return per_tensor.repeat_interleave(counts, dim=0).T
+
+
+def _context_columns(rms: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:
+    clip = config.feature_clip
+    cols = []
+    for name in config.context_features:
+        if name == "p_log_rms":
+            cols.append(torch.log10(rms + 1e-8).clamp(-clip, clip))
+        elif name == "log_fan_in":
+            fan = [math.log10(math.prod(s) / s[0]) if len(s) >= 2 and s[0] > 0 else 0.0 for s in shapes]
+            cols.append(torch.tensor(fan, dtype=rms.dtype, device=rms.device).clamp(-clip, clip))
+        else:  # "is_vector"
+            cols.append(torch.tensor([float(len(s) <= 1) for s in shapes], dtype=rms.dtype, device=rms.device))
+    return torch.stack(cols, dim=1)
 
 
 def learned_update(
@@ -194,9 +272,12 @@ def learned_update(
         finite = None
     kw = dict(weights=weights, config=config, lr=lr, weight_decay=weight_decay, maximize=maximize, betas=betas)
     with torch.no_grad():
+        # the per-tensor context of the parameters before this step, the same for every impl
+        context = tensor_context(params, config) if config.context_features else None
         torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
-            _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, **kw)
+            _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, context=context,
+                              **kw)
             return
         cdt = compute_dtype(params[0].dtype)
         if any(compute_dtype(p.dtype) != cdt for p in params):
@@ -207,12 +288,15 @@ def learned_update(
         rule = prepare_rule(weights, config, device=device, dtype=cdt, lr=lr, weight_decay=weight_decay,
                             maximize=maximize, betas=betas)
         batch = prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, config=config,
-                              betas=betas, finite=finite)
+                              betas=betas, finite=finite, rule=rule, context=context)
         todo = [i for i, n in enumerate(batch.numels) if n > 0]
         if impl != "eager" and todo:
-            done = fused.select(rule, batch, todo) if fused is not None else []
+            # a backend declares the format-2 rule (sign equivariance, per-tensor biases) with V2
+            v2_ok = fused is not None and (config.format_version == 1 or getattr(fused, "V2", False))
+            done = fused.select(rule, batch, todo) if v2_ok else []
             if impl == "fused" and len(done) < len(todo):
                 why = "no fused kernel exists for this device" if fused is None else (
+                    f"{fused.NAME} does not implement format version 2 rules" if not v2_ok else
                     f"{fused.NAME} cannot update {len(todo) - len(done)} of the {len(todo)} tensors: "
                     f"{fused.unavailable_reason(rule)}")
                 raise RuntimeError(f"impl='fused' cannot run on {device}: {why}; use impl='auto' (the fused "
@@ -356,20 +440,22 @@ class DeferredSkips:
 
 
 def _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
-                      weights, config, lr, weight_decay, maximize, betas) -> None:
+                      weights, config, lr, weight_decay, maximize, betas, context) -> None:
     if betas is not None and tuple(map(float, betas)) != (config.beta1, config.beta2):
         config = dataclasses.replace(config, beta1=float(betas[0]), beta2=float(betas[1]))
     w = weights_dict(weights)
     hs = config.hidden_size
     decay = 1 - lr * weight_decay
-    for p, g, m, v, h, c, step in zip(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps):
+    for i, (p, g, m, v, h, c, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs,
+                                                      state_steps)):
         cdt = compute_dtype(p.dtype)
         wc = {k: t.detach().to(cdt) for k, t in w.items()}
         g = g.reshape(-1).to(cdt)
         if maximize:
             g = -g
         out = lstm_rule(g, m.reshape(-1).to(cdt), v.reshape(-1).to(cdt), h.reshape(hs, -1).to(cdt),
-                        c.reshape(hs, -1).to(cdt), step.item(), wc, config)
+                        c.reshape(hs, -1).to(cdt), step.item(), wc, config,
+                        None if context is None else context[i].to(cdt))
         m.copy_(out.exp_avg.view_as(m))
         v.copy_(out.exp_avg_sq.view_as(v))
         h.copy_(out.h.view_as(h))

@@ -48,6 +48,7 @@ class _Buffers:
     y: Tensor  # [2 * k] head output
     d: Tensor  # [k] denominator sqrt(v_hat) + eps
     a: Tensor  # [k] Adam direction, then the step u_t
+    s: Tensor  # [k] sign(m_t) (sign-equivariant rules)
     g: Tensor  # [k] staged gradient (maximize / other dtype / packed)
     m: Tensor  # [k] staged m (other dtype / packed)
     v: Tensor  # [k] staged v
@@ -71,7 +72,7 @@ def buffers(device: torch.device, dtype: torch.dtype, f: int, hs: int, k: int) -
         def e(n):
             return torch.empty(n * k, device=device, dtype=dtype)
 
-        buf = _Buffers(z=e(f + hs), gates=e(4 * hs), t=e(hs), y=e(2), d=e(1), a=e(1), g=e(1), m=e(1),
+        buf = _Buffers(z=e(f + hs), gates=e(4 * hs), t=e(hs), y=e(2), d=e(1), a=e(1), s=e(1), g=e(1), m=e(1),
                        v=e(1), p=e(1), h=e(hs), c=e(hs))
         if len(cache) > 8:  # bounded: one entry per (device, dtype, architecture) in use
             cache.clear()
@@ -86,21 +87,31 @@ class _Scaled(NamedTuple):
     bias: Tensor  # [4H, 1]
     head_w: Tensor  # [2, H]
     head_b: Tensor  # [2, 1]
+    gate_biases: Tensor | None  # [4H, T] the batch's per-tensor gate biases (context rules), scaled
+    head_biases: Tensor | None  # [2, T]
 
 
-def _scaled(rule: PreparedRule) -> _Scaled:
+def _scaled(rule: PreparedRule, batch: Batch) -> _Scaled:
     hs = rule.hidden_size
     weight = rule.weight.clone()
     bias = rule.bias.clone()
     weight[2 * hs : 3 * hs] *= 2
     bias[2 * hs : 3 * hs] *= 2
-    return _Scaled(weight, bias[:, None], rule.head_weight * 2, (rule.head_bias * 2)[:, None])
+    gate_biases = head_biases = None
+    if batch.gate_bias is not None:
+        gate_biases = batch.gate_bias.T.clone()
+        gate_biases[2 * hs : 3 * hs] *= 2
+        head_biases = batch.head_bias.T * 2
+    return _Scaled(weight, bias[:, None], rule.head_weight * 2, (rule.head_bias * 2)[:, None], gate_biases,
+                   head_biases)
 
 
-def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p, ib1, sib2) -> Tensor:
+def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p, ib1, sib2, biases=None) -> Tensor:
     """The rule on one chunk of k coordinates, in place: m, v [k]; h, c [H, k] (row-strided views
     are fine); p [k] or None. ``ib1`` = 1/(1-b1^t) and ``sib2`` = sqrt(1/(1-b2^t)) are floats or
-    [k] tensors. Returns the step u_t [k] (a view of ``buf.a``, valid until the next chunk)."""
+    [k] tensors. ``biases``: ``None`` (the rule's), or the (gate [4H, 1|k], head [2, 1|k]) biases
+    of a context rule, scaled like ``_Scaled``. Returns the step u_t [k] (a view of ``buf.a``,
+    valid until the next chunk)."""
     cdt = rule.dtype
     hs, nf, k = rule.hidden_size, rule.num_features, g.shape[0]
     z = buf.z[: (nf + hs) * k].view(nf + hs, k)
@@ -137,21 +148,28 @@ def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p,
             torch.div(g, d, out=x[row])
         else:  # m_norm
             x[row].copy_(a)
+    if rule.sign_equivariant:
+        sg = torch.sign(m, out=buf.s[:k])
+        x.mul_(sg)
     x.clamp_(-rule.feature_clip, rule.feature_clip)
 
-    torch.addmm(w.bias, w.weight, z, out=gates)
+    gate_b, head_b = (w.bias, w.head_b) if biases is None else biases
+    torch.addmm(gate_b, w.weight, z, out=gates)
     gates.sigmoid_()
     gi, gf, gg, go = gates[0:hs], gates[hs : 2 * hs], gates[2 * hs : 3 * hs], gates[3 * hs :]
     c.mul_(gf).addcmul_(gi, gg, value=2).sub_(gi)  # c' = f c + i (2 sigmoid(2.) - 1)
     torch.mul(c, -2, out=t)
     t.sigmoid_()  # sigmoid(-2c'), so tanh(c') = 1 - 2t
     torch.addcmul(go, go, t, value=-2, out=h_out)  # h' = o tanh(c')
-    torch.addmm(w.head_b, w.head_w, h_out, out=y)
+    torch.addmm(head_b, w.head_w, h_out, out=y)
     y.sigmoid_()  # tanh(y) = 2 y - 1
     y0, y1 = y[0], y[1]
     s, r = rule.log_scale_bound, rule.direction_bound
     y0.mul_(2 * s).sub_(s).exp_()  # exp(s tanh y_0)
-    a.mul_(y0).add_(y1, alpha=2 * r).sub_(r)  # u = a exp(s tanh y_0) + r tanh y_1
+    if rule.sign_equivariant:  # u = a exp(s tanh y_0) + sign(m) r tanh y_1
+        a.mul_(y0).add_(y1.mul_(2 * r).sub_(r).mul_(sg))
+    else:
+        a.mul_(y0).add_(y1, alpha=2 * r).sub_(r)  # u = a exp(s tanh y_0) + r tanh y_1
     # a coordinate whose gradient has always been exactly 0 (v = 0) does not move: a select (a NaN
     # elsewhere stays NaN)
     a.masked_fill_(v == 0, 0.0)
@@ -178,7 +196,7 @@ def update(rule: PreparedRule, batch: Batch, todo: Sequence[int], chunk_size: in
     """The eager chunk loop over the tensors ``todo`` (indices into the batch), in place."""
     numels = batch.numels
     device = batch.p[todo[0]].device
-    w = _scaled(rule)
+    w = _scaled(rule, batch)
     buf = buffers(device, rule.dtype, rule.num_features, rule.hidden_size,
                   min(chunk_size, sum(numels[i] for i in todo)))
     inplace_min = max(1, chunk_size // 2)
@@ -194,10 +212,23 @@ def update(rule: PreparedRule, batch: Batch, todo: Sequence[int], chunk_size: in
         for s in range(0, n, step):
             e = min(n, s + step)
             _chunk_step(rule, w, buf, batch.g[i][s:e], batch.m[i][s:e], batch.v[i][s:e], batch.h[i][:, s:e],
-                        batch.c[i][:, s:e], batch.p[i][s:e], batch.ib1[i], batch.sib2[i])
+                        batch.c[i][:, s:e], batch.p[i][s:e], batch.ib1[i], batch.sib2[i], _biases_of(w, [i]))
 
     for chunk in chunk_plan([numels[i] for i in small], chunk_size):
         _packed_chunk(rule, w, buf, batch, [(small[j], s, e) for j, s, e in chunk], device)
+
+
+def _biases_of(w: _Scaled, idx: Sequence[int], lens: Tensor | None = None):
+    """The scaled (gate, head) biases of tensor ``idx[0]`` as columns, or with ``lens`` one column
+    per coordinate of the segments of tensors ``idx``; ``None`` for a rule without context."""
+    if w.gate_biases is None:
+        return None
+    if lens is None:
+        i = idx[0]
+        return w.gate_biases[:, i : i + 1], w.head_biases[:, i : i + 1]
+    sel = torch.tensor(list(idx), device=w.gate_biases.device)
+    return (w.gate_biases.index_select(1, sel).repeat_interleave(lens, dim=1),
+            w.head_biases.index_select(1, sel).repeat_interleave(lens, dim=1))
 
 
 def _packed_chunk(rule: PreparedRule, w: _Scaled, buf: _Buffers, batch: Batch, segs, device) -> None:
@@ -218,7 +249,11 @@ def _packed_chunk(rule: PreparedRule, w: _Scaled, buf: _Buffers, batch: Batch, s
         lens = torch.tensor([e - s for _, s, e in segs], device=device)
         cb1 = torch.tensor([ib1[i] for i in idx], device=device, dtype=cdt).repeat_interleave(lens)
         cb2 = torch.tensor([sib2[i] for i in idx], device=device, dtype=cdt).repeat_interleave(lens)
-    u = _chunk_step(rule, w, buf, g, m, v, h, c, None, cb1, cb2)
+    biases = None
+    if w.gate_biases is not None:  # per-coordinate biases when tensors share the chunk
+        biases = _biases_of(w, idx) if len(set(idx)) == 1 else _biases_of(
+            w, idx, torch.tensor([e - s for _, s, e in segs], device=device))
+    u = _chunk_step(rule, w, buf, g, m, v, h, c, None, cb1, cb2, biases)
 
     offs, off = [], 0
     for _, s, e in segs:

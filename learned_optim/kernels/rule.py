@@ -58,10 +58,10 @@ class PreparedRule(NamedTuple):
     hidden_size: int
     num_features: int
     dtype: torch.dtype  # the compute dtype
-    weight: Tensor  # [4H, F+H] gates i, f, g, o over [features; h]
-    bias: Tensor  # [4H]
+    weight: Tensor  # [4H, F+H] gates i, f, g, o over [features; h] (context columns taken out)
+    bias: Tensor  # [4H]  (a Batch with context carries per-tensor gate biases instead)
     head_weight: Tensor  # [2, H]
-    head_bias: Tensor  # [2]
+    head_bias: Tensor  # [2]  (likewise per tensor with context)
     beta1: float
     beta2: float
     one_minus_beta1: float
@@ -74,6 +74,9 @@ class PreparedRule(NamedTuple):
     direction_bound: float
     maximize: bool
     feature_kinds: tuple[int, ...]  # FEATURE_KINDS of config.features, in input order
+    sign_equivariant: bool = False  # features and additive direction times sign(m_t) (format 2)
+    context_weight: Tensor | None = None  # [4H, K] gate weights of the per-tensor context (format 2)
+    head_context_weight: Tensor | None = None  # [2, K] head weights of the context
 
 
 def host_to(t: Tensor, device: torch.device) -> Tensor:
@@ -115,13 +118,21 @@ def prepare_rule(weights, config: LSTMOptimizerConfig, *, device: torch.device, 
     ``betas`` (default ``None``: the config's) are the moments' decays."""
     w = _weights_on(weights_dict(weights), torch.device(device), dtype)
     b1, b2 = rule_betas(config, betas)
+    weight, head_weight, ctx_w, head_ctx_w = w["weight"], w["head_weight"], None, None
+    if config.context_features:  # context columns out: they become per-tensor biases (prepare_batch)
+        nf, k, hs = config.num_features, config.num_context, config.hidden_size
+        ctx_w = weight[:, nf : nf + k]
+        weight = torch.cat([weight[:, :nf], weight[:, nf + k :]], dim=1).contiguous()
+        head_ctx_w = head_weight[:, hs:]
+        head_weight = head_weight[:, :hs].contiguous()
     return PreparedRule(
         hidden_size=config.hidden_size, num_features=config.num_features, dtype=dtype,
-        weight=w["weight"], bias=w["bias"], head_weight=w["head_weight"], head_bias=w["head_bias"],
+        weight=weight, bias=w["bias"], head_weight=head_weight, head_bias=w["head_bias"],
         beta1=b1, beta2=b2, one_minus_beta1=1 - b1, one_minus_beta2=1 - b2, eps=float(config.eps),
         feature_clip=float(config.feature_clip), lr=float(lr), decay=1.0 - lr * weight_decay,
         log_scale_bound=float(config.log_scale_bound), direction_bound=float(config.direction_bound),
         maximize=bool(maximize), feature_kinds=tuple(FEATURE_KINDS[f] for f in config.features),
+        sign_equivariant=config.sign_equivariant, context_weight=ctx_w, head_context_weight=head_ctx_w,
     )
 
 
@@ -145,6 +156,11 @@ class Batch:
     numels: list[int]
     writebacks: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     finite: Tensor | None = None
+    # format 2 rules with context: per-tensor biases replacing the rule's bias / head_bias, in the
+    # compute dtype on the device, contiguous: gate_bias [T, 4H] = bias + W_ctx z_i, head_bias
+    # [T, 2] = head_bias + W_yz z_i for tensor i's context z_i; None without context
+    gate_bias: Tensor | None = None
+    head_bias: Tensor | None = None
 
     def finite_of(self, idx: Sequence[int]) -> Tensor | None:
         """The flags of the tensors ``idx`` (a device gather unless ``idx`` is every tensor)."""
@@ -163,9 +179,11 @@ class Batch:
 
 def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
                   config: LSTMOptimizerConfig, betas: tuple[float, float] | None = None,
-                  finite: Tensor | None = None) -> Batch:
+                  finite: Tensor | None = None, rule: PreparedRule | None = None,
+                  context: Tensor | None = None) -> Batch:
     """The flat views and bias corrections of ``learned_update``'s lists (steps already counted),
-    with ``betas`` (default: the config's); ``finite``: see ``Batch``."""
+    with ``betas`` (default: the config's); ``finite``: see ``Batch``; ``context`` ``[T, K]``
+    (``update.tensor_context``, default ``None``) with the ``rule`` gives the per-tensor biases."""
     hs = config.hidden_size
     writebacks: list[tuple[Tensor, Tensor]] = []
 
@@ -179,6 +197,13 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
         return tmp.view(shape)
 
     b1, b2 = rule_betas(config, betas)
+    gate_bias = head_bias = None
+    if context is not None:
+        if rule is None or rule.context_weight is None:
+            raise ValueError("prepare_batch: context needs the prepared rule of a config with context_features")
+        z = context.to(device=rule.bias.device, dtype=rule.dtype).T  # [K, T]
+        gate_bias = (rule.bias[:, None] + rule.context_weight @ z).T.contiguous()
+        head_bias = (rule.head_bias[:, None] + rule.head_context_weight @ z).T.contiguous()
     steps = [float(s) for s in state_steps]  # CPU step tensors (as torch.optim.Adam): no sync
     return Batch(
         p=[flat(t, None) for t in params], g=[t.reshape(-1) for t in grads],
@@ -186,7 +211,7 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
         h=[flat(t, hs) for t in lstm_hs], c=[flat(t, hs) for t in lstm_cs],
         ib1=[1.0 / (1 - b1**t) for t in steps], sib2=[(1.0 / (1 - b2**t)) ** 0.5 for t in steps],
         numels=[p.numel() for p in params], writebacks=writebacks,
-        finite=None if finite is None else finite.to(torch.int32),
+        finite=None if finite is None else finite.to(torch.int32), gate_bias=gate_bias, head_bias=head_bias,
     )
 
 

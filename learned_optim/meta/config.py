@@ -95,6 +95,8 @@ class MetaTrainConfig:
             "tiny"). Default "default".
         val_tasks: name of the held-out task set, a key of ``VAL_TASKS`` ("default", "tiny";
             "none" disables evaluation). Default "default".
+        val_seeds: runs per validation task (different initial parameters and minibatches) for
+            each method; the metric averages over them. Default 1.
         eval_every: meta-steps between held-out evaluations. Default 100.
         log_every: meta-steps between log lines. Default 10.
         checkpoint_every: meta-steps between checkpoints (also every ``checkpoint_seconds``).
@@ -129,6 +131,7 @@ class MetaTrainConfig:
     loss_cap: float = 1.5
     train_tasks: str = "default"
     val_tasks: str = "default"
+    val_seeds: int = 1
     eval_every: int = 100
     log_every: int = 10
     checkpoint_every: int = 50
@@ -138,7 +141,7 @@ class MetaTrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("truncation_length", "num_trajectories", "horizon_min", "horizon_max", "meta_steps",
-                     "eval_every", "log_every", "checkpoint_every", "num_threads"):
+                     "val_seeds", "eval_every", "log_every", "checkpoint_every", "num_threads"):
             check_int(self, name, minimum=1)
         for name in ("seed", "warmup_steps"):
             check_int(self, name, minimum=0)

@@ -173,7 +173,7 @@ def _unroll(
         if not second_order:
             g = g.detach()
         with torch.set_grad_enabled(differentiable):
-            state = inner_step(state, g, weights, config, lr)
+            state = inner_step(state, g, weights, config, lr, shapes)
         if not differentiable:
             state = state._replace(params=state.params.detach().requires_grad_(True))
     return losses, state

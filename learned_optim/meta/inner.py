@@ -30,13 +30,13 @@ Example::
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
-from ..update import lstm_rule
+from ..update import flat_context, lstm_rule
 
 __all__ = ["InnerState", "init_inner", "inner_step"]
 
@@ -119,6 +119,7 @@ def inner_step(
     weights: CoordinatewiseLSTM | Mapping[str, Tensor],
     config: LSTMOptimizerConfig,
     lr: float | Tensor,
+    shapes: Sequence[torch.Size] | None = None,
 ) -> InnerState:
     """One update of the learned rule: ``p - lr * u`` with ``u`` from ``lstm_rule``. Pure.
 
@@ -133,6 +134,9 @@ def inner_step(
             four tensors (``network.WEIGHT_NAMES``), e.g. perturbed copies for PES.
         config: the rule's constants (normally ``weights.config``).
         lr: the learning rate :math:`\\eta`, a float or a scalar tensor (a learned step scale).
+        shapes: the shapes of the tensors the flat parameters hold, in order. Needed (and only
+            used) when ``config.context_features`` is not empty: the per-tensor context comes
+            from them (``update.flat_context``). Default ``None``.
     Returns:
         The state after the step, ``step`` incremented by one.
 
@@ -145,5 +149,12 @@ def inner_step(
         >>> s.step, [round(x, 6) for x in s.params.tolist()]     # Adam's first step: p - lr * sign(g)
         (1, [0.999, 0.999])
     """
-    out = lstm_rule(grads, state.exp_avg, state.exp_avg_sq, state.h, state.c, float(state.step + 1), weights, config)
+    context = None
+    if config.context_features:
+        if shapes is None:
+            raise ValueError(f"this rule has context_features {config.context_features}: pass shapes, the shapes "
+                             "of the tensors in the flat parameters")
+        context = flat_context(state.params, shapes, config)
+    out = lstm_rule(grads, state.exp_avg, state.exp_avg_sq, state.h, state.c, float(state.step + 1), weights, config,
+                    context)
     return InnerState(state.params - lr * out.direction, out.exp_avg, out.exp_avg_sq, out.h, out.c, state.step + 1)

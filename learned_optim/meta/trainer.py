@@ -176,9 +176,9 @@ class MetaTrainer:
         """Held-out evaluation of ``net`` (default: the current weights) against Adam on the
         validation tasks (``validation.evaluate``; the Adam baselines are computed once per run)."""
         if self.baselines is None:
-            self.baselines = adam_baselines(self.val_tasks)
+            self.baselines = adam_baselines(self.val_tasks, self.config.val_seeds)
         return evaluate(net or self.net, self.val_tasks, self.baselines, inner_lr=self.config.inner_lr,
-                        loss_cap=self.config.loss_cap)
+                        loss_cap=self.config.loss_cap, seeds=self.config.val_seeds)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> dict:

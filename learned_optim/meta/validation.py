@@ -82,7 +82,7 @@ def run_inner(task: Task, horizon: int, seed: int, *, weights: CoordinatewiseLST
                 p.grad = g
                 opt.step()
             else:
-                state = inner_step(state._replace(params=p), g, weights, weights.config, lr)
+                state = inner_step(state._replace(params=p), g, weights, weights.config, lr, shapes)
                 p = state.params.requires_grad_(True)
     final = full_loss(task, p.detach(), shapes)
     return {"init_loss": init, "final_loss": final, "diverged": diverged(init, final)}
@@ -96,40 +96,63 @@ def ratio_log(final: float, init: float, ref: float, cap: float) -> float:
     return math.log(max(final, 1e-12) / max(ref, 1e-12))
 
 
-def adam_baselines(val_tasks: Sequence[tuple[Task, int]]) -> list[dict[str, Any]]:
-    """Adam at every lr of ``ADAM_LR_GRID`` on each ``(task, horizon)``: one row per task with
-    ``task``, ``horizon``, ``init_loss``, ``adam_1e-3`` (final loss at lr 1e-3), ``tuned_adam``
-    (the best final loss; diverged runs never win) and ``tuned_lr``."""
+def _seed(i: int, s: int) -> int:
+    """Seed of validation task ``i`` in repeat ``s`` (repeat 0: ``VAL_SEED + i``, as with one seed)."""
+    return VAL_SEED + i + 7919 * s
+
+
+def adam_baselines(val_tasks: Sequence[tuple[Task, int]], seeds: int = 1) -> list[dict[str, Any]]:
+    """Adam at every lr of ``ADAM_LR_GRID`` on each ``(task, horizon)``, ``seeds`` runs each: one
+    row per task with ``task``, ``horizon``, ``init_loss``, ``adam_1e-3`` (final loss at lr 1e-3),
+    ``tuned_adam`` (the best final loss; diverged runs never win) and ``tuned_lr``; losses are
+    means over the seeds, the best lr the one with the lowest mean log final loss. With
+    ``seeds`` > 1 the rows also hold ``tuned_adam_seeds``, the tuned lr's final loss per seed."""
     rows = []
     for i, (task, horizon) in enumerate(val_tasks):
-        runs = {lr: run_inner(task, horizon, VAL_SEED + i, lr=lr) for lr in ADAM_LR_GRID}
-        finals = {lr: (r["final_loss"] if not r["diverged"] else float("inf")) for lr, r in runs.items()}
-        best_lr = min(finals, key=finals.get)
-        rows.append({
-            "task": task.name, "horizon": horizon, "init_loss": runs[1e-3]["init_loss"],
-            "adam_1e-3": runs[1e-3]["final_loss"], "tuned_adam": runs[best_lr]["final_loss"],
-            "tuned_lr": best_lr,
-        })
+        runs = {lr: [run_inner(task, horizon, _seed(i, s), lr=lr) for s in range(seeds)] for lr in ADAM_LR_GRID}
+        score = {lr: (sum(math.log(max(r["final_loss"], 1e-12)) for r in rs) / seeds
+                      if not any(r["diverged"] for r in rs) else float("inf")) for lr, rs in runs.items()}
+        best_lr = min(score, key=score.get)
+        row = {
+            "task": task.name, "horizon": horizon, "init_loss": _mean([r["init_loss"] for r in runs[1e-3]]),
+            "adam_1e-3": _mean([r["final_loss"] for r in runs[1e-3]]),
+            "tuned_adam": _mean([r["final_loss"] for r in runs[best_lr]]), "tuned_lr": best_lr,
+        }
+        if seeds > 1:
+            row["tuned_adam_seeds"] = [r["final_loss"] for r in runs[best_lr]]
+        rows.append(row)
     return rows
 
 
+def _mean(xs: Sequence[float]) -> float:
+    return xs[0] if len(xs) == 1 else sum(xs) / len(xs)
+
+
 def evaluate(net: CoordinatewiseLSTM, val_tasks: Sequence[tuple[Task, int]], baselines: Sequence[dict[str, Any]],
-             *, inner_lr: float, loss_cap: float) -> dict[str, Any]:
-    """Held-out evaluation of ``net`` at ``inner_lr`` against the rows of ``adam_baselines``.
+             *, inner_lr: float, loss_cap: float, seeds: int = 1) -> dict[str, Any]:
+    """Held-out evaluation of ``net`` at ``inner_lr`` against the rows of ``adam_baselines`` (made
+    with the same ``seeds``, default 1).
 
     Returns ``{"metric", "wins_vs_adam", "diverged", "n", "rows"}``: ``metric`` is the mean over
-    tasks of log(final loss / tuned-Adam final loss) (lower is better; a divergence counts as
-    ``loss_cap`` x the initial loss), ``wins_vs_adam`` the number of tasks with a lower final
-    loss than Adam at lr 1e-3, ``rows`` the baseline rows with ``learned``, ``diverged`` and
-    ``ratio_vs_tuned`` added.
+    tasks and seeds of log(final loss / tuned-Adam final loss on that seed) (lower is better; a
+    divergence counts as ``loss_cap`` x the initial loss), ``wins_vs_adam`` the number of tasks
+    with a lower mean final loss than Adam at lr 1e-3, ``diverged`` the number of diverged runs,
+    ``rows`` the baseline rows with ``learned`` (mean final loss), ``diverged`` and
+    ``ratio_vs_tuned`` (exp of the task's mean log ratio) added.
     """
     rows, logs, wins, div = [], [], 0, 0
     for i, ((task, horizon), base) in enumerate(zip(val_tasks, baselines)):
-        r = run_inner(task, horizon, VAL_SEED + i, weights=net, lr=inner_lr)
-        lr_ = ratio_log(r["final_loss"], r["init_loss"], base["tuned_adam"], loss_cap)
-        logs.append(lr_)
-        wins += int(not r["diverged"] and r["final_loss"] < base["adam_1e-3"])
-        div += int(r["diverged"])
-        rows.append({**base, "learned": r["final_loss"], "diverged": r["diverged"], "ratio_vs_tuned": math.exp(lr_)})
+        refs = base.get("tuned_adam_seeds", [base["tuned_adam"]])
+        if len(refs) != seeds:
+            raise ValueError(f"baselines were made with {len(refs)} seed(s), evaluate got seeds={seeds}")
+        runs = [run_inner(task, horizon, _seed(i, s), weights=net, lr=inner_lr) for s in range(seeds)]
+        task_logs = [ratio_log(r["final_loss"], r["init_loss"], ref, loss_cap) for r, ref in zip(runs, refs)]
+        lr_ = _mean(task_logs)
+        logs.extend(task_logs)
+        n_div = sum(r["diverged"] for r in runs)
+        learned = _mean([r["final_loss"] for r in runs])
+        wins += int(not n_div and learned < base["adam_1e-3"])
+        div += n_div
+        rows.append({**base, "learned": learned, "diverged": bool(n_div), "ratio_vs_tuned": math.exp(lr_)})
     metric = sum(logs) / len(logs) if logs else float("nan")
     return {"metric": metric, "wins_vs_adam": wins, "diverged": div, "n": len(rows), "rows": rows}

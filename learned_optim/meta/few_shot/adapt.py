@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...network import CoordinatewiseLSTM
 from ..inner import init_inner, inner_step
-from .family import EpisodeSampler, init_params, mlp_logits, query_loss
+from .family import EpisodeSampler, init_params, layer_shapes, mlp_logits, query_loss
 
 if TYPE_CHECKING:
     from .config import FewShotConfig
@@ -71,7 +71,8 @@ def adapt(
         if state is None:
             theta = theta - lr * g
         else:
-            state = inner_step(state._replace(params=theta), g, weights, cfg, lr)
+            state = inner_step(state._replace(params=theta), g, weights, cfg, lr,
+                               layer_shapes(xs.shape[1], hidden, n_way))
             if not create_graph:
                 state = state.detached()
             theta = state.params

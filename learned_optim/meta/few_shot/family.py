@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ...common.data import digits
 
-__all__ = ["digits_classes", "EpisodeSampler", "init_params", "mlp_logits", "mlp_size", "query_loss"]
+__all__ = ["digits_classes", "EpisodeSampler", "init_params", "layer_shapes", "mlp_logits", "mlp_size", "query_loss"]
 
 
 def digits_classes(rotations: int = 4) -> tuple[Tensor, Tensor, list[int], list[int]]:
@@ -69,19 +69,20 @@ class EpisodeSampler:
 # The MLP in -> hidden -> n_out (ReLU) as one flat parameter vector: w1, b1, w2, b2 flattened.
 
 
-def _layer_shapes(d_in: int, hidden: int, n_out: int) -> list[tuple[int, ...]]:
+def layer_shapes(d_in: int, hidden: int, n_out: int) -> list[tuple[int, ...]]:
+    """The shapes of w1, b1, w2, b2 in the flat parameter vector, in order."""
     return [(hidden, d_in), (hidden,), (n_out, hidden), (n_out,)]
 
 
 def mlp_size(d_in: int, hidden: int, n_out: int) -> int:
     """The number of values in the MLP's flat parameter vector."""
-    return sum(math.prod(s) for s in _layer_shapes(d_in, hidden, n_out))
+    return sum(math.prod(s) for s in layer_shapes(d_in, hidden, n_out))
 
 
 def init_params(d_in: int, hidden: int, n_out: int, gen: torch.Generator, dtype=torch.float32) -> Tensor:
     """A flat parameter vector with nn.Linear's default init (U(-1/sqrt(fan_in), +))."""
     parts = []
-    for shape, fan_in in zip(_layer_shapes(d_in, hidden, n_out), (d_in, d_in, hidden, hidden)):
+    for shape, fan_in in zip(layer_shapes(d_in, hidden, n_out), (d_in, d_in, hidden, hidden)):
         b = 1.0 / math.sqrt(fan_in)
         parts.append((torch.rand(shape, generator=gen, dtype=dtype) * 2 - 1).mul_(b).flatten())
     return torch.cat(parts)
@@ -89,7 +90,7 @@ def init_params(d_in: int, hidden: int, n_out: int, gen: torch.Generator, dtype=
 
 def mlp_logits(theta: Tensor, x: Tensor, hidden: int, n_out: int) -> Tensor:
     """The MLP with flat parameters ``theta`` applied to ``x`` [n, d_in]: logits [n, n_out]."""
-    shapes = _layer_shapes(x.shape[1], hidden, n_out)
+    shapes = layer_shapes(x.shape[1], hidden, n_out)
     w1, b1, w2, b2 = torch.split(theta, [math.prod(s) for s in shapes])
     h = torch.relu(x @ w1.view(shapes[0]).T + b1)
     return h @ w2.view(shapes[2]).T + b2

@@ -1,0 +1,209 @@
+"""Format version 2 of the rule: sign equivariance and per-tensor context, in the reference, the
+eager backend, the inner-loop API and the file format; version 1 unchanged."""
+
+import json
+
+import pytest
+import torch
+
+from learned_optim import LearnedOptimizer
+from learned_optim.hub import WeightsError, load_directory, save_pretrained
+from learned_optim.meta.inner import init_inner, inner_step
+from learned_optim.network import CONTEXT_FEATURES, CoordinatewiseLSTM, LSTMOptimizerConfig
+from learned_optim.update import flat_context, learned_update, lstm_rule, tensor_context
+
+CONFIGS = {
+    "sign": LSTMOptimizerConfig(sign_equivariant=True),
+    "context": LSTMOptimizerConfig(context_features=CONTEXT_FEATURES),
+    "both": LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "is_vector")),
+}
+SHAPES = [(7, 5), (5,), (9000,), (3, 2, 2), (1,)]
+
+
+def random_net(config, seed=1):
+    net = CoordinatewiseLSTM(config, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    return net
+
+
+def run_steps(net, impl, dtype, *, sign=1.0, steps=4, zero_params=False, staggered=False):
+    """Steps of learned_update on several tensors; returns each step's parameter values."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES]
+    if zero_params:
+        params = [torch.zeros_like(p) for p in params]
+    hs = net.config.hidden_size
+    state = [dict(m=torch.zeros_like(p), v=torch.zeros_like(p), h=torch.zeros(hs, *p.shape, dtype=dtype),
+                  c=torch.zeros(hs, *p.shape, dtype=dtype), step=torch.tensor(0.0)) for p in params]
+    if staggered:
+        state[0]["step"].fill_(3.0)
+    history = []
+    for _ in range(steps):
+        grads = [(sign * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(dtype) for p in params]
+        grads[1][0] = 0.0  # a coordinate that never sees a gradient
+        learned_update(params, grads, *([s[k] for s in state] for k in ("m", "v", "h", "c", "step")),
+                       weights=net, config=net.config, lr=1e-2, weight_decay=0.1, maximize=False, impl=impl)
+        history.append([p.clone() for p in params])
+    return history
+
+
+def test_v1_config_serialises_as_before():
+    d = LSTMOptimizerConfig().to_dict()
+    assert "sign_equivariant" not in d and "context_features" not in d
+    assert LSTMOptimizerConfig().format_version == 1
+    assert LSTMOptimizerConfig.from_dict(d) == LSTMOptimizerConfig()
+    for cfg in CONFIGS.values():
+        assert cfg.format_version == 2
+        assert LSTMOptimizerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"context_features": ("p_rms",)}, "context_features"),
+    ({"context_features": ("is_vector", "is_vector")}, "context_features"),
+    ({"context_features": "is_vector"}, "context_features"),
+    ({"sign_equivariant": 1}, "sign_equivariant"),
+])
+def test_bad_v2_fields_name_the_field(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        LSTMOptimizerConfig(**kwargs)
+
+
+def test_shapes_and_zero_head_is_adam():
+    cfg = CONFIGS["both"]
+    net = CoordinatewiseLSTM(cfg).double()
+    assert net.expected_shapes()["weight"] == (16, 2 + 2 + 4)
+    assert net.expected_shapes()["head_weight"] == (2, 4 + 2)
+    g = torch.randn(50, dtype=torch.float64)
+    z = torch.zeros(50, dtype=torch.float64)
+    h = torch.zeros(4, 50, dtype=torch.float64)
+    out = lstm_rule(g, z, z, h, h, 1.0, net, cfg, torch.tensor([0.3, 1.0], dtype=torch.float64))
+    adam = lstm_rule(g, z, z, h, h, 1.0, CoordinatewiseLSTM().double(), LSTMOptimizerConfig())
+    assert torch.equal(out.direction, adam.direction)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lstm_rule_is_exactly_sign_equivariant(name, dtype):
+    cfg = CONFIGS[name].__class__(**{**CONFIGS[name].__dict__, "sign_equivariant": True})
+    net = random_net(cfg).to(dtype)
+    gen = torch.Generator().manual_seed(3)
+    n, hs = 300, cfg.hidden_size
+    m = torch.zeros(n, dtype=dtype)
+    v, h, c = torch.zeros(n, dtype=dtype), torch.zeros(hs, n, dtype=dtype), torch.zeros(hs, n, dtype=dtype)
+    state_pos, state_neg = (m, v, h, c), (m.clone(), v.clone(), h.clone(), c.clone())
+    ctx = torch.tensor([0.5, -1.0, 1.0][: cfg.num_context], dtype=dtype)
+    for t in range(1, 6):
+        g = torch.randn(n, generator=gen, dtype=dtype)
+        g[:5] = 0.0
+        a = lstm_rule(g, *state_pos[:2], *state_pos[2:], float(t), net, cfg, ctx if cfg.num_context else None)
+        b = lstm_rule(-g, *state_neg[:2], *state_neg[2:], float(t), net, cfg, ctx if cfg.num_context else None)
+        assert torch.equal(a.direction, -b.direction)
+        assert torch.equal(a.h, b.h) and torch.equal(a.c, b.c)
+        assert (a.direction[:5] == 0).all()  # zero gradient history: exactly zero step
+        state_pos = (a.exp_avg, a.exp_avg_sq, a.h, a.c)
+        state_neg = (b.exp_avg, b.exp_avg_sq, b.h, b.c)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_eager_matches_fp64_reference(name):
+    net = random_net(CONFIGS[name])
+    ref = run_steps(net, "reference", torch.float64, staggered=True)
+    for impl, dtype, tol in (("eager", torch.float32, 1e-5), ("eager", torch.float64, 1e-12)):
+        out = run_steps(net, impl, dtype, staggered=True)
+        for a, b in zip(out, ref):
+            for x, y in zip(a, b):
+                torch.testing.assert_close(x.double(), y, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("impl", ["reference", "eager", "auto"])
+def test_trajectories_are_exactly_antisymmetric_under_gradient_sign_flip(impl):
+    """From zero parameters, negating every gradient negates the whole trajectory: no drift
+    under zero-mean noise (version 1 drifts: its additive head term ignores the sign)."""
+    net = random_net(CONFIGS["both"])
+    a = run_steps(net, impl, torch.float32, zero_params=True, steps=6)
+    b = run_steps(net, impl, torch.float32, zero_params=True, sign=-1.0, steps=6)
+    for xs, ys in zip(a, b):
+        assert all(torch.equal(x, -y) for x, y in zip(xs, ys))
+    v1 = random_net(LSTMOptimizerConfig())
+    a1 = run_steps(v1, impl, torch.float32, zero_params=True)
+    b1 = run_steps(v1, impl, torch.float32, zero_params=True, sign=-1.0)
+    assert not all(torch.equal(x, -y) for x, y in zip(a1[-1], b1[-1]))
+
+
+def test_context_values_and_flat_context():
+    cfg = LSTMOptimizerConfig(context_features=CONTEXT_FEATURES)
+    params = [torch.full((4, 25), 0.1), torch.zeros(3), torch.full((2, 3, 2, 2), 2.0)]
+    ctx = tensor_context(params, cfg)
+    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0], [-5.0, 0.0, 1.0],
+                             [0.30103, 1.0791812460476249, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(ctx, expected, atol=1e-5, rtol=0)
+    flat = torch.cat([p.reshape(-1) for p in params])
+    per_coord = flat_context(flat, [p.shape for p in params], cfg)
+    assert per_coord.shape == (3, flat.numel())
+    torch.testing.assert_close(per_coord.T.double(), ctx.repeat_interleave(torch.tensor([100, 3, 24]), dim=0),
+                               atol=1e-5, rtol=0)
+
+
+def test_inner_step_needs_shapes_and_matches_the_optimizer():
+    cfg = CONFIGS["both"]
+    net = random_net(cfg).double()
+    shapes = [torch.Size((6, 4)), torch.Size((4,))]
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    state = init_inner(torch.cat([p.reshape(-1) for p in params]), cfg)
+    with pytest.raises(ValueError, match="shapes"):
+        inner_step(state, torch.ones(28, dtype=torch.float64), net, cfg, 1e-2)
+    opt = LearnedOptimizer([p.clone().requires_grad_() for p in params], lr=1e-2, weights=net, impl="reference",
+                           weight_decay=0.0)
+    for _ in range(3):
+        g = torch.randn(28, generator=gen, dtype=torch.float64)
+        state = inner_step(state, g, net, cfg, 1e-2, shapes)
+        for p, gp in zip(opt.param_groups[0]["params"], torch.split(g, [24, 4])):
+            p.grad = gp.view(p.shape).clone()
+        opt.step()
+    flat = torch.cat([p.detach().reshape(-1) for p in opt.param_groups[0]["params"]])
+    torch.testing.assert_close(flat, state.params, atol=1e-12, rtol=0)
+
+
+def test_save_load_v2_and_version_checks(tmp_path):
+    net = random_net(CONFIGS["both"])
+    save_pretrained(net, tmp_path / "v2")
+    raw = json.loads((tmp_path / "v2" / "config.json").read_text())
+    assert raw["format_version"] == 2
+    loaded = load_directory(tmp_path / "v2")
+    assert loaded.config == net.config
+    assert all(torch.equal(getattr(loaded, k), getattr(net, k)) for k in ("weight", "head_weight"))
+    raw["format_version"] = 1
+    (tmp_path / "v2" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match="format_version"):
+        load_directory(tmp_path / "v2")
+    save_pretrained(CoordinatewiseLSTM(), tmp_path / "v1")
+    assert json.loads((tmp_path / "v1" / "config.json").read_text())["format_version"] == 1
+
+
+def test_optimizer_with_v2_weights_resumes_exactly():
+    net = random_net(CONFIGS["both"])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x, y = torch.randn(32, 5), torch.randn(32, 1)
+    opt = LearnedOptimizer(model.parameters(), weights=net)
+
+    def step(m, o):
+        o.zero_grad()
+        torch.nn.functional.mse_loss(m(x), y).backward()
+        o.step()
+
+    for _ in range(3):
+        step(model, opt)
+    import copy
+
+    model2 = copy.deepcopy(model)
+    opt2 = LearnedOptimizer(model2.parameters(), weights=net)
+    opt2.load_state_dict(opt.state_dict())
+    for _ in range(3):
+        step(model, opt)
+        step(model2, opt2)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
