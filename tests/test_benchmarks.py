@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a checkout that is not pip-installed
 
-from learned_optim.benchmarking import cpu_paths, quality, quality_report, speed, tasks  # noqa: E402
+from learned_optim.benchmarking import cpu_paths, quality, quality_report, quality_stats, speed, tasks  # noqa: E402
 from learned_optim.benchmarking.common import DEFAULT_OUT, check_out_dir  # noqa: E402
 from learned_optim.cli import main  # noqa: E402
 from learned_optim.common import adam_baseline  # noqa: E402
@@ -116,11 +116,38 @@ def test_quality_quick_outputs_are_well_formed(quality_quick):
 
     md = (quality_quick / "quality.md").read_text(encoding="utf-8")
     assert "QUICK RUN" in md and res["command"] in md
-    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "±" in line]
-    assert len(table_rows) == len(res["tasks"])
-    for name in res["tasks"]:
-        assert any(row.startswith(f"| {name}") for row in table_rows)
+    main_md, _, heldout_md = md.partition("## Held-out loss")
+    for part in (main_md, heldout_md):  # the training-loss table, then the held-out one
+        table_rows = [line for line in part.splitlines() if line.startswith("| ") and "±" in line]
+        assert len(table_rows) == len(res["tasks"])
+        for name in res["tasks"]:
+            assert any(row.startswith(f"| {name}") for row in table_rows)
     _check_png(quality_quick / "quality.png")
+
+
+def test_quality_quick_records_heldout_loss_and_minima(quality_quick):
+    res = _strict_json(quality_quick / "quality.json")
+    for name, t in res["tasks"].items():
+        problem = tasks.get_task(name).problem()
+        assert problem.has_heldout and t["split"] == problem.split
+        assert t["split"]["train"] == len(problem.inputs) and t["split"]["heldout"] > 0
+        for key, run in t["runs"].items():
+            assert len(run["heldout_final"]) == len(run["heldout_curve"]) == len(run["min_loss"]) == len(run["final"])
+            for curve, hcurve, hfinal, low in zip(run["curve"], run["heldout_curve"], run["heldout_final"],
+                                                  run["min_loss"]):
+                assert len(hcurve) == len(curve) and hcurve[-1] == hfinal
+                assert hfinal is not None and math.isfinite(hfinal), (name, key)
+                assert low == min(v for v in curve if v is not None)
+        s = t["summary"]
+        assert s["has_heldout"] and all(math.isfinite(c["heldout_mean"]) for c in s["columns"].values())
+        assert all("heldout" in v for v in s["vs"].values())
+    tot = res["totals"]["heldout"]
+    assert tot["tasks"] == len(res["tasks"])
+    for base in (*quality.BASELINES, quality.SUITE_KEY):
+        assert tot[base]["tasks_won"] + tot[base]["tasks_tied"] + tot[base]["tasks_lost"] == len(res["tasks"])
+    md = (quality_quick / "quality.md").read_text(encoding="utf-8")
+    assert "## Held-out loss" in md and "median held-out loss ratio" in md and "chosen on training loss" in md
+    assert "## Late spikes" in md
 
 
 def test_untrained_weights_tie_adam(quality_quick):
@@ -129,6 +156,7 @@ def test_untrained_weights_tie_adam(quality_quick):
     res = _strict_json(quality_quick / "quality.json")
     assert res["weights"]["provenance"].get("trained") is False
     assert res["totals"]["adam"]["tasks_tied"] == len(res["tasks"])
+    assert res["totals"]["heldout"]["adam"]["tasks_tied"] == len(res["tasks"])
     for t in res["tasks"].values():
         assert t["summary"]["vs"]["adam"]["speedup"] == pytest.approx(1.0)
 
@@ -428,6 +456,113 @@ def test_quality_rerender_adds_the_new_summary_to_an_old_json(quality_quick, tmp
     assert all(quality.SUITE_KEY in t["summary"]["columns"] for t in new["tasks"].values())
     md = (tmp_path / "quality.md").read_text(encoding="utf-8")
     assert "Adam, best single lr" in md and "geometric mean ratio to Adam tuned" in md
+
+
+def test_quality_rerender_of_a_json_without_heldout_fields(quality_quick, tmp_path):
+    """A quality.json from before held-out losses and min_loss rerenders: no held-out table, the
+    late-spike table from the saved curves."""
+    res = json.loads((quality_quick / "quality.json").read_text(encoding="utf-8"))
+    res["totals"].pop("heldout")
+    for t in res["tasks"].values():
+        t.pop("split")
+        t.pop("summary")
+        for run in t["runs"].values():
+            for k in ("heldout_curve", "heldout_final", "min_loss"):
+                run.pop(k)
+    (tmp_path / "quality.json").write_text(json.dumps(res))
+    assert main(["benchmark", "quality", "--rerender", str(tmp_path / "quality.json")]) == 0
+    new = _strict_json(tmp_path / "quality.json")
+    assert "heldout" not in new["totals"]
+    assert not any(t["summary"]["has_heldout"] for t in new["tasks"].values())
+    md = (tmp_path / "quality.md").read_text(encoding="utf-8")
+    assert "Held-out loss" not in md and "## Late spikes" in md
+    assert len([line for line in md.splitlines() if line.startswith("| ") and "±" in line]) == len(res["tasks"])
+    old = _strict_json(quality_quick / "quality.json")
+    for name, t in new["tasks"].items():  # final / min from the curves == from the recorded min_loss
+        for col, c in t["summary"]["columns"].items():
+            assert c["final_over_min_mean"] == old["tasks"][name]["summary"]["columns"][col]["final_over_min_mean"]
+    _check_png(tmp_path / "quality.png")
+
+
+def _sklearn_raw(name: str):
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    return bunch.data, bunch.target
+
+
+@pytest.mark.parametrize("name", ["wine", "breast_cancer", "iris", "diabetes"])
+def test_heldout_split_is_disjoint_fixed_and_80_20(name):
+    import numpy as np
+
+    data, target = _sklearn_raw(name)
+    d = tasks._sklearn(name)
+    train, held = d.train_rows, d.heldout_rows
+    assert not set(train) & set(held) and sorted({*train, *held}) == list(range(len(data)))
+    assert abs(len(held) / len(data) - 0.2) < 0.01
+    assert len(d.x) == len(d.y) == len(train) and len(d.heldout_x) == len(d.heldout_y) == len(held)
+    again = tasks._split_rows(len(data), target if name in tasks._STRATIFIED else None)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], held)
+    tasks._sklearn.cache_clear()
+    d2 = tasks._sklearn(name)
+    assert np.array_equal(d2.heldout_rows, held) and bool((d2.heldout_x == d.heldout_x).all())
+    if name in tasks._STRATIFIED:  # each class held out at round(20%)
+        for c in np.unique(target):
+            assert (target[held] == c).sum() == round(0.2 * (target == c).sum())
+    np.testing.assert_array_equal(np.asarray(d.y), target[train])
+
+
+def test_standardization_uses_train_statistics_only():
+    import numpy as np
+
+    data, _ = _sklearn_raw("wine")
+    d = tasks._sklearn("wine")
+    tr, ho = data[d.train_rows], data[d.heldout_rows]
+    mean, std = tr.mean(0), tr.std(0)  # population std, as the task
+    np.testing.assert_allclose(d.x.numpy(), (tr - mean) / (std + 1e-8), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d.heldout_x.numpy(), (ho - mean) / (std + 1e-8), rtol=1e-5, atol=1e-6)
+    # held-out rows are not standardized with their own statistics
+    assert np.abs(d.heldout_x.numpy().mean(0)).max() > 1e-3
+    # diabetes: the target too, with the training split's mean and std
+    p = tasks.get_task("diabetes_mse").problem()
+    assert abs(float(p.targets.mean())) < 1e-5 and abs(float(p.targets.std()) - 1) < 1e-5
+    _, target = _sklearn_raw("diabetes")
+    ytr = target[tasks._sklearn("diabetes").train_rows]
+    np.testing.assert_allclose(p.heldout_targets.numpy(),
+                               (target[tasks._sklearn("diabetes").heldout_rows] - ytr.mean()) / ytr.std(ddof=1),
+                               rtol=1e-5)
+
+
+def test_generated_and_text_heldout_sets_are_separate():
+    shapes = tasks.get_task("shapes_cnn").problem()
+    assert shapes.split["heldout"] == len(shapes.heldout_inputs) == 256
+    assert not any(bool((x == shapes.inputs).flatten(1).all(1).any()) for x in shapes.heldout_inputs[:16])
+    assert not set(tasks._HELDOUT_FILES) & set(tasks._CORPUS_FILES) and tasks._HELDOUT_FILES
+    lm = tasks.get_task("char_gru_lm").problem()
+    assert lm.has_heldout and lm.split["heldout"] == len(lm.heldout_inputs) and lm.heldout_starts.numel() == 256
+    assert tasks.corpus_info()["heldout"]["files"] == list(tasks._HELDOUT_FILES)
+
+
+def test_final_over_min_on_a_synthetic_curve():
+    # learned: seed 0 dips to 0.2 and ends at 0.3 (1.5), seed 1 ends at its minimum (1.0).
+    finals = {"learned": [0.3, 0.5], "adamw": [0.5, 0.5], "sgd_momentum": [0.5, 0.5], **_grid({}, [0.4, 0.4])}
+    curves = {"learned": [[1.0, 0.2, 0.3], [1.0, 0.6, 0.5]], "sgd_momentum": [[1.0, 0.5, float("nan")]] * 2}
+    finals["sgd_momentum"] = [float("nan")] * 2
+    s = quality.summarize(_fake_task(finals, curves))
+    c = s["columns"]["learned"]
+    assert c["final_over_min_mean"] == pytest.approx(1.25) and c["final_over_min_above"] == 1
+    assert s["columns"]["adam"]["final_over_min_mean"] == 1.0 and s["columns"]["adam"]["final_over_min_above"] == 0
+    # a diverged run: NaN ratio, counted above the threshold
+    assert math.isnan(s["columns"]["sgd_momentum"]["final_over_min_mean"])
+    assert s["columns"]["sgd_momentum"]["final_over_min_above"] == 2
+    # a recorded min_loss is used as is; final == min == 0 is 1
+    assert quality_stats.run_minima({"min_loss": [0.1], "curve": [[9.0]]}) == [0.1]
+    assert quality_stats.final_over_min(0.0, 0.0) == 1.0 and quality_stats.final_over_min(0.3, 0.25) == 1.2
+    assert math.isnan(quality_stats.final_over_min(math.nan, 0.1))
+    # no held-out losses in these runs: no held-out summary, no held-out totals
+    opts = {k: {"label": k, "lr": None} for k in s["columns"]}
+    assert not s["has_heldout"]
+    assert "heldout" not in quality_stats.totals({"settings": {"optimizers": opts}, "tasks": {"t": {"summary": s}}})
 
 
 def test_few_shot_is_a_benchmark_subcommand(tmp_path, capsys):

@@ -17,10 +17,17 @@ lowest geometric mean over tasks of (its mean final loss / the task's Adam-tuned
 loss), taken from the same grid runs. The speed-up against a baseline is the steps the baseline
 (mean curve over seeds) needs to first reach its own mean final loss over the steps the learned
 optimizer (mean curve) needs to reach that loss; there is none ("not reached") when the learned
-optimizer ends above the baseline. The loss is the full-data training
-objective, evaluated ``EVAL_POINTS`` times along the run. A run diverges when its loss becomes
+optimizer ends above the baseline. The loss is the training objective on the task's whole
+training split, evaluated ``EVAL_POINTS`` times along the run. A run diverges when its loss becomes
 NaN/inf or ends above where it started (``common.adam_baseline.diverged``); it is flagged, and it
 loses every comparison.
+
+Held-out loss. Every task has a held-out split (``tasks``: a fixed 80/20 split of the real data,
+a separately generated test set, held-out source files); training sees only the training split,
+and the same runs are also evaluated on the held-out split at the same steps. The held-out table
+compares the same columns (Adam tuned and the best single lr are still chosen on training loss).
+Late spikes: every run records ``min_loss``, the lowest loss on its evaluated curve; the report
+gives the mean over seeds of final / min and the runs above ``SPIKE_RATIO`` (1.2).
 
 Outputs (stable names, in ``--out``): ``quality.json`` (every curve and setting),
 ``quality.md`` (the tables) and ``quality.png`` (one panel per task), the last two from
@@ -49,9 +56,12 @@ from ..network import CoordinatewiseLSTM
 from . import tasks as tasks_mod
 from .common import DEFAULT_OUT, LearnedSetup, check_out_dir
 from .quality_report import write_quality_report
+from .quality_stats import SPIKE_RATIO, TIE_RTOL, speedup_vs, suite_lr, summarize_columns, totals, tuned_run_key
+from .quality_stats import _compare as _compare  # noqa: F401  (tests and callers used quality._compare)
 
-__all__ = ["OptimizerSpec", "OPTIMIZERS", "BASELINES", "SUITE_KEY", "ADAM_LR_GRID", "OUTPUT_FILES", "run_quality",
-           "train_once",           "evaluation_steps", "summarize", "suite_lr", "speedup_vs", "finish", "rerender"]
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "BASELINES", "SUITE_KEY", "ADAM_LR_GRID", "OUTPUT_FILES", "TIE_RTOL",
+           "SPIKE_RATIO", "run_quality", "train_once", "evaluation_steps", "summarize", "suite_lr", "speedup_vs",
+           "finish", "rerender"]
 
 OUTPUT_FILES = ("quality.json", "quality.md", "quality.png")
 
@@ -60,10 +70,6 @@ ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default (Kingma & Ba, 2015)
 # Loss evaluations per run (plus one at step 0): speed-ups are resolved to 1/EVAL_POINTS of the
 # horizon.
 EVAL_POINTS = 50
-
-# Two final losses within this relative distance are a tie (run-to-run float noise of identical
-# algorithms, e.g. the untrained learned rule vs Adam, is far below it).
-TIE_RTOL = 1e-3
 
 FULL_SEEDS = 5
 QUICK_SEEDS = 2
@@ -122,12 +128,16 @@ def _planned_runs(spec_list: Sequence[OptimizerSpec]) -> list[tuple[str, Optimiz
 
 def train_once(problem: tasks_mod.Problem, make_opt: Callable[[Any], torch.optim.Optimizer],
                seed: int, steps: int, batch_size: int, eval_steps: Sequence[int]) -> dict[str, Any]:
-    """One training run. Returns the loss curve at ``eval_steps`` (NaN after a divergence)."""
+    """One training run. Returns the training-split loss curve at ``eval_steps`` (NaN after a
+    divergence), its minimum ``min_loss`` (over the finite points), and, where the problem has a
+    held-out split, the held-out loss at the same steps (``heldout_curve``, ``heldout_final``)."""
     model = problem.model(seed)
     opt = make_opt(model.parameters())
     index = problem.batches(seed, steps, batch_size)
     want = set(eval_steps)
+    heldout = getattr(problem, "has_heldout", False)
     curve = {0: problem.full_loss(model)}
+    held = {0: problem.heldout_loss(model)} if heldout else {}
     step_time = 0.0
     skipped = 0
     t0 = time.perf_counter()
@@ -143,19 +153,26 @@ def train_once(problem: tasks_mod.Problem, make_opt: Callable[[Any], torch.optim
             step_time += time.perf_counter() - ts
             if s in want:
                 curve[s] = problem.full_loss(model)
+                if heldout:
+                    held[s] = problem.heldout_loss(model)
                 if not math.isfinite(curve[s]):
                     break
         skipped = sum(1 for w in caught if "non-finite" in str(w.message))
     values = [curve.get(s, math.nan) for s in eval_steps]
-    return {
+    out = {
         "curve": values,
         "initial": values[0],
         "final": values[-1],
+        "min_loss": min((v for v in values if math.isfinite(v)), default=math.nan),
         "diverged": diverged(values[0], values[-1]),
         "optimizer_step_s": step_time / steps,
         "wall_s": time.perf_counter() - t0,
         "nonfinite_grad_warnings": skipped,
     }
+    if heldout:
+        out["heldout_curve"] = [held.get(s, math.nan) for s in eval_steps]
+        out["heldout_final"] = out["heldout_curve"][-1]
+    return out
 
 
 def evaluation_steps(steps: int) -> list[int]:
@@ -168,159 +185,18 @@ def evaluation_steps(steps: int) -> list[int]:
     return pts
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs)
-
-
-def _std(xs: Sequence[float]) -> float:
-    if len(xs) < 2:
-        return 0.0
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def _score(x: float) -> float:
-    # A NaN final loss ranks below everything (diverged runs lose every comparison).
-    return x if math.isfinite(x) else math.inf
-
-
-def _compare(a: float, b: float) -> int:
-    """-1 if a is better (lower) than b, 0 if tied within TIE_RTOL, +1 if worse."""
-    a, b = _score(a), _score(b)
-    if a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= TIE_RTOL * max(abs(a), abs(b))):
-        return 0
-    return -1 if a < b else 1
-
-
-def _steps_to_reach(curve: Sequence[float], eval_steps: Sequence[int], target: float) -> int | None:
-    """First evaluated step at which ``curve`` is at or below ``target``; a final value tied
-    with the target (within TIE_RTOL) counts as reaching it at the last step."""
-    if not math.isfinite(target):
-        return None
-    for s, v in zip(eval_steps, curve):
-        if math.isfinite(v) and v <= target:
-            return s
-    if _compare(curve[-1], target) == 0:
-        return eval_steps[-1]
-    return None
-
-
-def suite_lr(results: dict[str, Any]) -> dict[str, Any]:
-    """The single Adam grid lr that is best for the whole suite, from the saved grid runs.
-
-    For each grid lr: the geometric mean over tasks of (that lr's mean final loss / the task's
-    best grid mean final loss), a NaN mean (a diverged seed) counting as infinitely worse. The lr
-    with the lowest geometric mean is "Adam, best single lr" (ties: the smaller lr). Returns
-    ``{"lr", "geomean_ratio_to_tuned", "by_lr": {str(lr): geomean}}``.
-    """
-    grid = results["settings"]["adam_lr_grid"]
-    by_lr: dict[float, float] = {}
-    for lr in grid:
-        logs = []
-        for tr in results["tasks"].values():
-            means = {g: _score(_mean([_score(x) for x in tr["runs"][f"adam_lr={g:g}"]["final"]])) for g in grid}
-            logs.append(_log_ratio(means[lr], min(means.values())))
-        by_lr[lr] = math.exp(_mean(logs)) if logs else math.nan
-    best = min(grid, key=lambda lr: (_score(by_lr[lr]), lr))
-    return {"lr": best, "geomean_ratio_to_tuned": by_lr[best], "by_lr": {f"{lr:g}": by_lr[lr] for lr in grid}}
-
-
-def _log_ratio(x: float, ref: float) -> float:
-    """log(x / ref) for losses; a non-finite x is +inf, and x == ref gives 0 even at 0."""
-    x, ref = _score(x), _score(ref)
-    if x == ref:
-        return 0.0
-    if not math.isfinite(x) or ref <= 0:
-        return math.inf
-    return math.log(x / ref) if x > 0 else -math.inf
-
-
-def _geomean_ratio(xs: Sequence[float], refs: Sequence[float]) -> float:
-    """Geometric mean of xs[i] / refs[i] (NaN xs count as infinitely worse)."""
-    logs = [_log_ratio(x, r) for x, r in zip(xs, refs)]
-    return math.exp(_mean(logs)) if logs else math.nan
-
-
-def speedup_vs(learned_curve: Sequence[float], base_curve: Sequence[float], eval_steps: Sequence[int],
-               verdict: int) -> dict[str, Any]:
-    """Speed-up of the learned optimizer over a baseline, from their mean curves.
-
-    Target = the baseline's mean final loss. Speed-up = steps the baseline needs to first reach it
-    / steps the learned optimizer needs to first reach it (> 1: learned is faster). Reported only
-    when the learned optimizer ends at or below the baseline (``verdict`` <= 0, as ``_compare``)
-    and reaches the target; otherwise ``speedup`` is None and ``note`` says why
-    ("learned ends above", "learned diverged", "baseline diverged").
-    """
-    target = base_curve[-1]
-    base_reach = _steps_to_reach(base_curve, eval_steps, target)
-    learned_reach = _steps_to_reach(learned_curve, eval_steps, target)
-    note = None
-    if not math.isfinite(learned_curve[-1]):
-        note = "learned diverged"
-    elif not math.isfinite(target):
-        note = "baseline diverged"
-    elif verdict > 0 or learned_reach is None:
-        note = "learned ends above"  # it may dip below the target on the way and come back up
-    elif not learned_reach or not base_reach:
-        note = "target reached at step 0"
-    return {"target": target, "baseline_steps_to_reach": base_reach, "learned_steps_to_reach": learned_reach,
-            "speedup": None if note else base_reach / learned_reach, "note": note}
-
-
 def summarize(task_result: dict[str, Any], suite: float | None = None) -> dict[str, Any]:
-    """Per-task statistics from the raw runs: means, spreads, tuned lr, wins, speed-ups.
+    """Per-task statistics from the raw runs: means, spreads, tuned lr, wins, speed-ups, and the
+    held-out loss and late-spike ratio final / min (``quality_stats.summarize_columns``).
 
     ``suite``: the Adam grid lr chosen for the whole suite (``suite_lr``); adds the column
     ``"adam_suite"`` (Adam at that lr) and the comparison against it.
     """
-    runs = task_result["runs"]
-    eval_steps = task_result["eval_steps"]
-    grid_keys = [f"adam_lr={lr:g}" for lr in task_result["adam_lr_grid"]]
-    tuned_key = min(grid_keys, key=lambda k: (_score(_mean([_score(x) for x in runs[k]["final"]])), k))
+    tuned_key = tuned_run_key(task_result)
     plan = [(spec.key, tuned_key if spec.lr is None else _run_key(spec, spec.lr)) for spec in OPTIMIZERS]
     if suite is not None:
         plan.insert(len(plan) - 1, (SUITE_KEY, f"adam_lr={suite:g}"))
-    columns = {}
-    for col, key in plan:
-        finals = runs[key]["final"]
-        columns[col] = {
-            "run": key,
-            "lr": runs[key]["lr"],
-            "final_mean": _mean(finals),
-            "final_std": _std(finals),
-            "final_min": min(finals, key=_score),
-            "final_max": max(finals, key=_score),
-            "diverged": sum(runs[key]["diverged"]),
-            "seeds": len(finals),
-            "optimizer_step_ms": 1e3 * _mean(runs[key]["optimizer_step_s"]),
-        }
-    tuned_mean = columns["adam_tuned"]["final_mean"]
-    for c in columns.values():
-        c["ratio_to_adam_tuned"] = math.exp(_log_ratio(c["final_mean"], tuned_mean))
-    learned = runs[columns["learned"]["run"]]
-    learned_final = columns["learned"]["final_mean"]
-    learned_curve = [_mean(v) for v in zip(*learned["curve"])]
-    vs = {}
-    for base in [col for col, _ in plan if col != "learned"]:
-        b = runs[columns[base]["run"]]
-        per_seed = [_compare(x, y) for x, y in zip(learned["final"], b["final"])]
-        verdict = _compare(learned_final, columns[base]["final_mean"])
-        vs[base] = {
-            "task_verdict": verdict,
-            "seed_wins": per_seed.count(-1),
-            "seed_ties": per_seed.count(0),
-            "seed_losses": per_seed.count(1),
-            "loss_ratio": (learned_final / columns[base]["final_mean"]
-                           if math.isfinite(learned_final) and columns[base]["final_mean"] > 0 else math.nan),
-            **speedup_vs(learned_curve, [_mean(vals) for vals in zip(*b["curve"])], eval_steps, verdict),
-        }
-    tuned_lr = runs[tuned_key]["lr"]
-    return {
-        "columns": columns,
-        "vs": vs,
-        "adam_tuned_lr": tuned_lr,
-        "adam_tuned_at_grid_edge": tuned_lr in (min(task_result["adam_lr_grid"]), max(task_result["adam_lr_grid"])),
-    }
+    return summarize_columns(task_result, plan, tuned_key)
 
 
 def _weights_info(weights: str | None, network: CoordinatewiseLSTM) -> dict[str, Any]:
@@ -371,7 +247,7 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
     t_start = time.perf_counter()
     results: dict[str, Any] = {
         "benchmark": "quality",
-        "schema_version": 1,
+        "schema_version": 2,  # 2: held-out loss, min_loss, task splits
         "command": command,
         "machine": machine_info(threads),
         "weights": _weights_info(weights, network),
@@ -381,7 +257,10 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
             "learned_kwargs": setup.kwargs,
             "optimizers": {o.key: {"label": setup.label(o.label) if o.key == "learned" else o.label, "lr": o.lr}
                            for o in OPTIMIZERS},
-            "tuning": "Adam tuned = grid lr with the lowest mean final loss over the reported seeds",
+            "tuning": "Adam tuned = grid lr with the lowest mean final training loss over the reported seeds",
+            "heldout": "held-out loss of the same runs at the same steps (tasks.Problem.heldout_loss); never used "
+                       "to choose an lr",
+            "spike_ratio": SPIKE_RATIO,
         },
         "tasks": {},
     }
@@ -393,24 +272,25 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
                 steps = max(QUICK_MIN_STEPS, spec.steps // QUICK_STEP_DIVISOR) if quick else spec.steps
                 eval_steps = evaluation_steps(steps)
                 task_runs: dict[str, Any] = {}
+                fields = ("curve", "final", "initial", "min_loss", "diverged", "optimizer_step_s", "wall_s",
+                          "nonfinite_grad_warnings") + (("heldout_curve", "heldout_final") if problem.has_heldout
+                                                        else ())
                 for key, ospec, lr in plan:
                     if ospec.key == "learned":
                         lr = float(setup.kwargs.get("lr", lr))  # --learned-kwargs may set the lr
                     rec = {"lr": lr, "optimizer": ospec.key if ospec.make is not _adam else "adam",
-                           "curve": [], "final": [], "initial": [], "diverged": [],
-                           "optimizer_step_s": [], "wall_s": [], "nonfinite_grad_warnings": []}
+                           **{k: [] for k in fields}}
                     for seed in range(seeds):
                         bar.set_postfix_str(f"{spec.name} {key} seed {seed}")
                         r = train_once(problem, lambda p, m=ospec.make, lr=lr: m(p, lr, setup),
                                        seed, steps, spec.batch_size, eval_steps)
-                        for k in ("curve", "final", "initial", "diverged", "optimizer_step_s", "wall_s",
-                                  "nonfinite_grad_warnings"):
+                        for k in fields:
                             rec[k].append(r[k])
                         bar.update(1)
                     task_runs[key] = rec
                 tr = {"description": spec.description, "steps": steps, "batch_size": spec.batch_size,
                       "long_horizon": spec.long_horizon, "eval_steps": eval_steps,
-                      "adam_lr_grid": list(ADAM_LR_GRID), "runs": task_runs}
+                      "adam_lr_grid": list(ADAM_LR_GRID), "split": problem.split, "runs": task_runs}
                 grid_runs = len(ADAM_LR_GRID) * seeds
                 tr["tuning_cost"] = {"adam_runs": grid_runs, "optimizer_steps": grid_runs * steps,
                                      "wall_s": sum(sum(task_runs[f"adam_lr={lr:g}"]["wall_s"]) for lr in ADAM_LR_GRID)}
@@ -440,7 +320,7 @@ def finish(results: dict[str, Any]) -> dict[str, Any]:
         results["settings"]["optimizers"] = {**{k: v for k, v in opts.items() if k != "adam_tuned"},
                                              SUITE_KEY: spec, "adam_tuned": opts["adam_tuned"]}
         results["suite_adam"] = suite
-    results["totals"] = _totals(results)
+    results["totals"] = totals(results)
     return results
 
 
@@ -463,38 +343,11 @@ def rerender(path: str | Path, figure: bool = True) -> dict[str, Any]:
     results = json.loads(path.read_text(encoding="utf-8"))
     for tr in results["tasks"].values():
         for run in tr["runs"].values():
-            for key in ("curve", "final", "initial"):
-                run[key] = _nan_from_null(run[key])
+            for key in ("curve", "final", "initial", "min_loss", "heldout_curve", "heldout_final"):
+                if key in run:
+                    run[key] = _nan_from_null(run[key])
     finish(results)
     results["summary_recomputed_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     write_json(path, results)
     write_quality_report(results, path.parent, figure=figure)
     return results
-
-
-def _totals(results: dict[str, Any]) -> dict[str, Any]:
-    """Across tasks: learned vs each baseline (task verdicts by mean final loss, seed pairs)."""
-    tot: dict[str, Any] = {}
-    first = (next(iter(results["tasks"].values()))["summary"] if results["tasks"]
-             else {"columns": {o.key: None for o in OPTIMIZERS}})
-    for base in [k for k in first["columns"] if k != "learned"]:
-        verdicts = [t["summary"]["vs"][base] for t in results["tasks"].values()]
-        ratios = sorted(v["loss_ratio"] for v in verdicts if math.isfinite(v["loss_ratio"]))
-        tot[base] = {
-            "tasks_won": sum(v["task_verdict"] == -1 for v in verdicts),
-            "tasks_tied": sum(v["task_verdict"] == 0 for v in verdicts),
-            "tasks_lost": sum(v["task_verdict"] == 1 for v in verdicts),
-            "seed_wins": sum(v["seed_wins"] for v in verdicts),
-            "seed_ties": sum(v["seed_ties"] for v in verdicts),
-            "seed_losses": sum(v["seed_losses"] for v in verdicts),
-            "median_loss_ratio": (ratios[len(ratios) // 2] if len(ratios) % 2
-                                  else 0.5 * (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]))
-            if ratios else math.nan,
-        }
-    tot["geomean_ratio_to_adam_tuned"] = {
-        col: _geomean_ratio([t["summary"]["columns"][col]["final_mean"] for t in results["tasks"].values()],
-                            [t["summary"]["columns"]["adam_tuned"]["final_mean"] for t in results["tasks"].values()])
-        for col in first["columns"]}
-    tot["learned_diverged_runs"] = sum(t["summary"]["columns"]["learned"]["diverged"]
-                                       for t in results["tasks"].values())
-    return tot

@@ -33,6 +33,10 @@ def _num(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def _ratio(x: float | None) -> str:
+    return f"{x:.2f}" if x is not None and math.isfinite(x) else "nan"
+
+
 def _speedup(v: dict[str, Any]) -> str:
     if v.get("speedup") is not None:
         return f"{v['speedup']:.2f}x"
@@ -41,6 +45,72 @@ def _speedup(v: dict[str, Any]) -> str:
         ratio = v.get("loss_ratio")
         return "not reached" + (f" (ends {ratio:.4g}x higher)" if ratio is not None and math.isfinite(ratio) else "")
     return f"n/a ({note})"
+
+
+def _loss_cell(c: dict[str, Any], mean_key: str, std_key: str, best: float) -> str:
+    cell = f"{_num(c[mean_key])} ± {_num(c[std_key], 2)}"
+    return f"**{cell}**" if c[mean_key] == best else cell
+
+
+def _best(s: dict[str, Any], columns: dict[str, Any], key: str) -> float:
+    vals = [s["columns"][c][key] for c in columns]
+    return min((v for v in vals if v is not None and math.isfinite(v)), default=math.nan)
+
+
+def _heldout_section(res: dict[str, Any], labels: dict[str, str], baselines: list[str]) -> list[str]:
+    """The held-out loss table and its totals; nothing for results without held-out losses."""
+    held = {name: t for name, t in res["tasks"].items() if t["summary"].get("has_heldout")}
+    tot = res["totals"].get("heldout")
+    if not held or not tot:
+        return []
+    lines = ["", "## Held-out loss", "",
+             "Final held-out loss (mean ± std over seeds) of the same runs: each task's held-out split (sizes in the "
+             "second column, how it is made in the task list below) is never trained on. The columns are the same "
+             "runs as above: **Adam tuned** and **Adam, best single lr** keep the lr chosen on *training* loss.", "",
+             "| task | train / held-out | " + " | ".join(labels.values()) + " |", "|" + "---|" * (len(labels) + 2)]
+    for name, t in held.items():
+        s = t["summary"]
+        sp = t.get("split") or {}
+        best = _best(s, labels, "heldout_mean")
+        cells = [name + (" (long)" if t["long_horizon"] else ""),
+                 f"{sp.get('train', '?')} / {sp.get('heldout', '?')} {sp.get('unit', '')}".rstrip()]
+        for key in labels:
+            c = s["columns"][key]
+            cell = _loss_cell(c, "heldout_mean", "heldout_std", best)
+            if res["settings"]["optimizers"][key]["lr"] is None:
+                cell += f" (lr {c['lr']:g}, chosen on training loss)"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Learned optimizer against each baseline on held-out loss ({tot['tasks']} tasks): tasks (by mean "
+              "held-out loss) and seed pairs won / tied / lost, and the median over tasks of learned held-out loss / "
+              "baseline held-out loss.", "",
+              "| baseline | tasks won / tied / lost | seed pairs won / tied / lost | median held-out loss ratio |",
+              "|---|---|---|---|"]
+    for base in baselines:
+        tt = tot[base]
+        lines.append(f"| {labels[base]} | {tt['tasks_won']} / {tt['tasks_tied']} / {tt['tasks_lost']} | "
+                     f"{tt['seed_wins']} / {tt['seed_ties']} / {tt['seed_losses']} | "
+                     f"{_num(tt['median_loss_ratio'], 3)} |")
+    return lines
+
+
+def _spike_section(res: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """Late-spike check: mean over seeds of final / min training loss, and runs above the threshold."""
+    rows = {name: t for name, t in res["tasks"].items() if "final_over_min_mean" in t["summary"]["columns"]["learned"]}
+    if not rows:
+        return []
+    ratio = res["settings"].get("spike_ratio", 1.2)
+    lines = ["", "## Late spikes", "",
+             f"Final / min: a run's final training loss over the lowest loss on its evaluated curve (1 = it ended at "
+             f"its best point), mean over seeds, and in brackets the runs above {ratio:g} (a diverged run counts "
+             f"as above); the target on the long-horizon task is at most {ratio:g}.", "",
+             "| task | " + " | ".join(labels.values()) + " |", "|" + "---|" * (len(labels) + 1)]
+    for name, t in rows.items():
+        cols = t["summary"]["columns"]
+        cells = [f"{_ratio(cols[k]['final_over_min_mean'])} ({cols[k]['final_over_min_above']}/{cols[k]['seeds']})"
+                 for k in labels]
+        lines.append(f"| {name}{' (long)' if t['long_horizon'] else ''} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def quality_markdown(res: dict[str, Any]) -> str:
@@ -69,9 +139,9 @@ def quality_markdown(res: dict[str, Any]) -> str:
         f"Date (UTC): {res['machine']['date_utc']}; wall time {res['wall_s']:.0f} s; {seeds} seeds per optimizer "
         f"and lr; Adam lr grid {', '.join(f'{x:g}' for x in res['settings']['adam_lr_grid'])}.",
         "",
-        f"Final full-data training loss, mean ± std over {seeds} seeds (same initialisations and minibatches for "
-        "every optimizer; lower is better). **Adam tuned** takes, per task, the grid lr with the lowest mean final "
-        "loss on these same seeds (optimistic for Adam); its tuning cost is the grid's runs. "
+        f"Final training loss (on the whole training split), mean ± std over {seeds} seeds (same initialisations "
+        "and minibatches for every optimizer; lower is better). **Adam tuned** takes, per task, the grid lr with "
+        "the lowest mean final loss on these same seeds (optimistic for Adam); its tuning cost is the grid's runs. "
         "**Adam, best single lr** is Adam at the one grid lr that is best for the whole suite: the lr with the "
         "lowest geometric mean over tasks of (its mean final loss / the task's Adam-tuned mean final loss). "
         "Speed-up vs a baseline = steps the baseline needs (mean curve over seeds) to first reach its own mean final "
@@ -126,6 +196,8 @@ def quality_markdown(res: dict[str, Any]) -> str:
     if suite:
         lines += ["", f"Adam best single lr = {suite['lr']:g}, chosen over the grid by that geometric mean: "
                   + ", ".join(f"lr {lr}: {_num(g, 3)}" for lr, g in suite["by_lr"].items()) + "."]
+    lines += _heldout_section(res, labels, baselines)
+    lines += _spike_section(res, labels)
     lines += ["", f"Learned-optimizer runs that diverged: {res['totals']['learned_diverged_runs']}.", "",
               "Mean optimizer.step() time per task (ms; 1 thread, includes Python overhead on these small models):", "",
               "| task | learned | Adam | ratio |", "|---|---|---|---|"]
@@ -139,6 +211,9 @@ def quality_markdown(res: dict[str, Any]) -> str:
         if "corpus" in t:
             cp = t["corpus"]
             extra = f" Corpus: {', '.join(cp['files'])} ({cp['chars']} chars, sha256 {cp['sha256'][:12]})."
+        if t.get("split"):
+            sp = t["split"]
+            extra += f" Held-out: {sp['heldout']} {sp['unit']} (train {sp['train']}; {sp['how']})."
         lines.append(f"- `{name}`: {t['description']}; batch {t['batch_size']}.{extra}")
     lines += ["", "Curves: `quality.json` (every run, every seed, every grid lr); figure: `quality.png`.", ""]
     return "\n".join(lines)
@@ -176,7 +251,7 @@ def _plot_quality(res: dict[str, Any], path: Path) -> None:
             ax.set_yscale("log")
         ax.set_title(name + (" (10x horizon)" if t["long_horizon"] else ""), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("full-data train loss", fontsize=8)
+        ax.set_ylabel("train loss (whole train split)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(names):]:
