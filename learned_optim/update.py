@@ -65,6 +65,7 @@ Format version 2 (``network.LSTMOptimizerConfig``) adds two options to the same 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections import deque
@@ -183,15 +184,24 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
 
 def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:
     """``tensor_context`` for a flat vector of the tensors of ``shapes`` (the inner loop of
-    meta-training), per coordinate: ``[K, N]``. Differentiable in ``params``."""
+    meta-training), per coordinate: ``[K, N]``. Differentiable in ``params``; a handful of ops
+    whatever the number of tensors (it runs at every inner step)."""
+    key = tuple(tuple(s) for s in shapes)
+    seg, numels = _segments(key, str(params.device))
+    if seg.numel() != params.numel():
+        raise ValueError(f"shapes {list(shapes)} hold {seg.numel()} values, params has {params.numel()}")
+    sq = torch.zeros(len(key), dtype=params.dtype, device=params.device).index_add(0, seg, params * params)
+    # clamped: sqrt's derivative at 0 (a zero-initialised bias) is infinite
+    rms = (sq / numels.to(params.dtype)).clamp_min(1e-30).sqrt()
+    return _context_columns(rms, key, config).T[:, seg]
+
+
+@functools.lru_cache(maxsize=64)
+def _segments(shapes: tuple[tuple[int, ...], ...], device: str) -> tuple[Tensor, Tensor]:
+    """The tensor index of every coordinate of a flat vector of ``shapes``, and their sizes."""
     numels = [math.prod(s) for s in shapes]
-    if sum(numels) != params.numel():
-        raise ValueError(f"shapes {list(shapes)} hold {sum(numels)} values, params has {params.numel()}")
-    rms = torch.stack([seg.square().mean().sqrt() if seg.numel() else seg.sum()
-                       for seg in torch.split(params, numels)])
-    per_tensor = _context_columns(rms, shapes, config)  # [T, K]
-    counts = torch.tensor(numels, device=params.device)
-    return per_tensor.repeat_interleave(counts, dim=0).T
+    seg = torch.repeat_interleave(torch.arange(len(shapes)), torch.tensor(numels, dtype=torch.long))
+    return seg.to(device), torch.tensor([max(n, 1) for n in numels], device=device)
 
 
 def _context_columns(rms: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:

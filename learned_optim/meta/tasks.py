@@ -8,6 +8,9 @@ One import for everything about tasks; the code lives in two modules:
   ``Mixture``, ``as_family``.
 * ``task_families``: ``MLPTask``, ``ConvTask``, the built-in families on scikit-learn's bundled
   digits and on generated data (never downloaded), and the named training/validation sets.
+* ``arch_tasks`` (models in ``arch_models``): the architectures users train, as families:
+  transformer and GRU/LSTM byte LMs on Python's stdlib sources, ViTs, residual LayerNorm MLPs,
+  BatchNorm CNNs and deep MLPs on digits, an embedding-bag classifier with a padding index.
 
 Example::
 
@@ -21,6 +24,17 @@ Example::
 
 from __future__ import annotations
 
+from .arch_tasks import (
+    BatchNormCNNFamily,
+    DeepMLPFamily,
+    EmbeddingBagFamily,
+    ResMLPFamily,
+    RNNLMFamily,
+    TransformerLMFamily,
+    ViTDigitsFamily,
+    arch_train_family,
+    arch_validation_tasks,
+)
 from .task_core import (
     FixedTasks,
     Mixture,
@@ -64,6 +78,15 @@ __all__ = [
     "DigitsAutoencoderFamily",
     "SyntheticClassificationFamily",
     "SyntheticRegressionFamily",
+    "TransformerLMFamily",
+    "RNNLMFamily",
+    "ViTDigitsFamily",
+    "ResMLPFamily",
+    "BatchNormCNNFamily",
+    "DeepMLPFamily",
+    "EmbeddingBagFamily",
+    "arch_train_family",
+    "arch_validation_tasks",
     "as_task",
     "as_family",
     "default_train_family",
