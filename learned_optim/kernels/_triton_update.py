@@ -17,6 +17,11 @@ The rule's constants are named fp64 scalar arguments (``beta1``, ...), rounded o
 compute dtype in the kernel; the weights are the prepared rule's (``kernels/rule.py``), as they
 are. ``kernels/triton.py`` is the backend around this module.
 
+Format version 2 rules are two constexpr switches, so a version 1 rule compiles to the same
+kernel as before: ``SIGN_EQ`` (sigma = sign(m_t), 0 where m_t = 0, multiplies the features
+before the clip and the additive direction) and ``PER_TENSOR_BIAS`` (``b_ptr`` / ``hb_ptr`` are
+``[T, 4H]`` / ``[T, 2]`` tables, one row per tensor of the launch: a rule with context).
+
 All maths is in the compute dtype (fp32, or fp64 for fp64 parameters); p, g, m, v, h, c are read
 and written in their own dtypes (fp32 / bf16 / fp16 parameters, bf16 LSTM state). Offsets are
 int64, so tensors above 2^31 elements are addressed correctly. The launch goes on the current
@@ -88,11 +93,13 @@ def _tanh(x):
 
 
 @triton.jit
-def _feature(kind: tl.constexpr, g, d, a, clip):
+def _feature(kind: tl.constexpr, g, d, a, clip, sg, SIGN_EQ: tl.constexpr):
     if kind == 0:
         x = g / d
     else:
         x = a
+    if SIGN_EQ:  # sign-invariant inputs: sign(m_t) x, before the clip
+        x = sg * x
     return tl.minimum(tl.maximum(x, -clip), clip)
 
 
@@ -124,6 +131,7 @@ def lstm_update_kernel(
     P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr, S_DT: tl.constexpr,
     CDT: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, F: tl.constexpr,
     KIND0: tl.constexpr, KIND1: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
+    SIGN_EQ: tl.constexpr = False, PER_TENSOR_BIAS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     tid = tl.load(blocks + pid)
@@ -135,6 +143,9 @@ def lstm_update_kernel(
     v_ptr = tl.load(ptrs + 3 * T + tid).to(tl.pointer_type(M_DT))
     h_ptr = tl.load(ptrs + 4 * T + tid).to(tl.pointer_type(S_DT))
     c_ptr = tl.load(ptrs + 5 * T + tid).to(tl.pointer_type(S_DT))
+    if PER_TENSOR_BIAS:  # tensor tid's gate and head biases (its context's): rows of [T, 4H] and [T, 2]
+        b_ptr = b_ptr + tid * (4 * H)
+        hb_ptr = hb_ptr + tid * 2
 
     ib1 = tl.load(coefs + tid)
     sib2 = tl.load(coefs + T + tid)
@@ -161,7 +172,11 @@ def lstm_update_kernel(
     v = b2 * v + _const(one_minus_beta2, CDT) * g * g
     d = tl.sqrt(v) * sib2 + eps
     a = m * ib1 / d
-    x0 = _feature(KIND0, g, d, a, clip)
+    if SIGN_EQ:  # sign(m_t), 0 where m_t = 0
+        sg = tl.where(m > 0.0, 1.0, tl.where(m < 0.0, -1.0, 0.0)).to(CDT)
+    else:
+        sg = a  # unused
+    x0 = _feature(KIND0, g, d, a, clip, sg, SIGN_EQ)
 
     FH: tl.constexpr = F + H
     rows = tl.arange(0, HP)
@@ -172,7 +187,7 @@ def lstm_update_kernel(
     gg = _bias_col(b_ptr, 2, rows, rmask, H) + _gate_col(w_ptr, 2, 0, rows, rmask, H, FH) * x0[None, :]
     go = _bias_col(b_ptr, 3, rows, rmask, H) + _gate_col(w_ptr, 3, 0, rows, rmask, H, FH) * x0[None, :]
     if F == 2:
-        x1 = _feature(KIND1, g, d, a, clip)
+        x1 = _feature(KIND1, g, d, a, clip, sg, SIGN_EQ)
         gi += _gate_col(w_ptr, 0, 1, rows, rmask, H, FH) * x1[None, :]
         gf += _gate_col(w_ptr, 1, 1, rows, rmask, H, FH) * x1[None, :]
         gg += _gate_col(w_ptr, 2, 1, rows, rmask, H, FH) * x1[None, :]
@@ -194,7 +209,10 @@ def lstm_update_kernel(
 
     y0 = tl.sum(tl.load(hw_ptr + rows, mask=rmask, other=0.0)[:, None] * h, axis=0) + tl.load(hb_ptr)
     y1 = tl.sum(tl.load(hw_ptr + H + rows, mask=rmask, other=0.0)[:, None] * h, axis=0) + tl.load(hb_ptr + 1)
-    u = a * tl.exp(scale * _tanh(y0)) + dirb * _tanh(y1)
+    if SIGN_EQ:  # the additive direction times sign(m_t): a sign flip of g flips u exactly
+        u = a * tl.exp(scale * _tanh(y0)) + sg * (dirb * _tanh(y1))
+    else:
+        u = a * tl.exp(scale * _tanh(y0)) + dirb * _tanh(y1)
     # a coordinate whose gradient has always been exactly 0 (v = 0) does not move (a select, not a
     # product with a mask: a NaN elsewhere stays NaN)
     u = tl.where(v == 0.0, 0.0, u)
@@ -241,10 +259,13 @@ def _ones(t: int, device: torch.device) -> torch.Tensor:
     return ones
 
 
-def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, sib2, flags=None) -> None:
+def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, sib2, flags=None,
+           gate_bias=None, head_bias=None) -> None:
     """One launch over flat contiguous tensors of one dtype per role (``ib1``/``sib2``: their
     bias corrections) with the prepared rule ``rule``. ``flags``: int32 ``[T]`` on the device, 0
-    where a tensor must be left untouched; ``None``: every tensor is updated."""
+    where a tensor must be left untouched; ``None``: every tensor is updated. ``gate_bias`` /
+    ``head_bias``: ``[T, 4H]`` / ``[T, 2]`` per-tensor biases on the device, in the compute dtype,
+    replacing the rule's (a rule with context), or ``None``."""
     device = params[0].device
     hs, nf = rule.hidden_size, rule.num_features
     numels = tuple(p.numel() for p in params)
@@ -259,16 +280,19 @@ def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, si
     nb = blocks.shape[1]
     flags = _ones(t, device) if flags is None else flags
     kinds = rule.feature_kinds
+    per_tensor = gate_bias is not None
     lstm_update_kernel[(nb,)](
         host_to(ptrs, device), blocks, host_to(coefs, device),
-        rule.weight, rule.bias, rule.head_weight, rule.head_bias,
+        rule.weight, gate_bias.contiguous() if per_tensor else rule.bias, rule.head_weight,
+        head_bias.contiguous() if per_tensor else rule.head_bias,
         numels_t, flags, t, nb,
         rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps, rule.feature_clip,
         rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound,
         P_DT=_TL_DTYPES[params[0].dtype], G_DT=_TL_DTYPES[grads[0].dtype],
         M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[rule.dtype],
         H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[-1],
-        MAXIMIZE=bool(rule.maximize), BLOCK=block, num_warps=num_warps,
+        MAXIMIZE=bool(rule.maximize), BLOCK=block, SIGN_EQ=bool(rule.sign_equivariant), PER_TENSOR_BIAS=per_tensor,
+        num_warps=num_warps,
     )
     # The host tables above may be freed now: pinned blocks are recycled only after the copy
     # that used them completes (torch's caching host allocator records the stream).

@@ -19,6 +19,12 @@ hand-vectorized built for AVX2 15.9 ms, eager chunk loop 38.6 ms.
 Both receive the prepared rule as it is: its plain weights, and its constants through the
 ``lo_rule`` struct (``_RuleStruct`` here, ``csrc/lo_common.h`` there).
 
+Format version 2 rules (``rule.sign_equivariant``, and the per-tensor biases of a rule with
+context, ``Batch.gate_bias`` / ``head_bias``) run in a second library per network shape, built
+with ``-DLO_V2=1`` the first time such a rule runs: the same loops with sigma = sign(m_t) on the
+features and the additive direction, and tensor i's biases read for its coordinates (``V2``).
+The version 1 library, and so a version 1 rule's speed and results, stay exactly as they were.
+
 Covered dtypes: fp32 maths with fp32 p, g, m, v and fp32 or bf16 LSTM state; fp64 throughout;
 hidden sizes up to ``MAX_HIDDEN``. Anything else stays on the eager backend under
 ``impl="auto"``.
@@ -45,12 +51,14 @@ import torch
 from . import cbuild
 from .rule import Batch, PreparedRule, chunk_plan
 
-__all__ = ["available", "simd_width", "supports", "select", "update", "MAX_HIDDEN", "ENABLED", "USE_SIMD"]
+__all__ = ["available", "simd_width", "supports", "select", "update", "MAX_HIDDEN", "ENABLED", "USE_SIMD", "V2"]
 
 NAME = "the C loop"
 COVERS = "fp32 parameters, gradients and moments with fp32 or bf16 LSTM state, and fp64 throughout"
 ENABLED = os.environ.get("LEARNED_OPTIM_C_KERNEL", "1") != "0"
 USE_SIMD = os.environ.get("LEARNED_OPTIM_C_SIMD", "1") != "0"
+# Implements format version 2 rules (update.learned_update reads this).
+V2 = True
 
 # Threads get coordinate ranges in multiples of this many (whole cache lines, whole vectors).
 SPLIT_QUANTUM = 128
@@ -66,7 +74,8 @@ class _RuleStruct(ctypes.Structure):
     _fields_ = [(name, ctypes.c_double) for name in (
         "beta1", "beta2", "one_minus_beta1", "one_minus_beta2", "eps", "feature_clip", "lr", "decay",
         "log_scale_bound", "direction_bound")] + [
-        ("kind0", ctypes.c_int32), ("kind1", ctypes.c_int32), ("maximize", ctypes.c_int32)]
+        ("kind0", ctypes.c_int32), ("kind1", ctypes.c_int32), ("maximize", ctypes.c_int32),
+        ("sign_equivariant", ctypes.c_int32), ("per_tensor_bias", ctypes.c_int32)]
 
 
 _LOOPS = ("lo_f32", "lo_f32_bf16", "lo_f64")
@@ -74,6 +83,7 @@ _SIMD_LOOPS = ("lo_f32_simd", "lo_f32_bf16_simd")
 
 _lock = threading.Lock()
 _libs: dict[tuple[int, int], ctypes.CDLL] = {}  # (hidden size, feature count) -> library
+_libs_v2: dict[tuple[int, int], ctypes.CDLL] = {}  # the same for the format version 2 loops
 _failed = False  # a build failed once (no compiler, ...): stop trying, warn once
 _pool: ThreadPoolExecutor | None = None
 _pool_size = [0]
@@ -91,14 +101,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-def _load(hidden_size: int, num_features: int) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(cbuild.build(hidden_size, num_features)))
+def _load(hidden_size: int, num_features: int, v2: bool = False) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(cbuild.build(hidden_size, num_features, extra_cflags=("-DLO_V2=1",) if v2 else ())))
+    suffix = "_v2" if v2 else ""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     loop_args = [i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, ctypes.POINTER(_RuleStruct)]
     lib.lo_simd.restype = ctypes.c_int
     lib.lo_simd.argtypes = []
     for name in _LOOPS + (_SIMD_LOOPS if lib.lo_simd() else ()):
-        fn = getattr(lib, name)
+        fn = getattr(lib, name + suffix)
         fn.restype = None
         fn.argtypes = loop_args
     if lib.lo_simd():
@@ -108,19 +119,21 @@ def _load(hidden_size: int, num_features: int) -> ctypes.CDLL:
     return lib
 
 
-def available(hidden_size: int = 4, num_features: int = 2) -> bool:
+def available(hidden_size: int = 4, num_features: int = 2, *, v2: bool = False) -> bool:
     """True when the compiled loop for this network shape can be used (built on the first call
-    for the shape; False if a build fails, and no further builds are tried)."""
+    for the shape; False if a build fails, and no further builds are tried). ``v2``: the loop of
+    format version 2 rules (its own library)."""
     global _failed
     if not ENABLED:
         return False
     shape = (int(hidden_size), int(num_features))
-    if shape in _libs or _failed:
-        return shape in _libs
+    libs = _libs_v2 if v2 else _libs
+    if shape in libs or _failed:
+        return shape in libs
     with _lock:
-        if shape not in _libs and not _failed:
+        if shape not in libs and not _failed:
             try:
-                _libs[shape] = _load(*shape)
+                libs[shape] = _load(*shape, v2=bool(v2))
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _failed = True
                 warnings.warn(
@@ -129,7 +142,7 @@ def available(hidden_size: int = 4, num_features: int = 2) -> bool:
                     RuntimeWarning,
                     stacklevel=3,
                 )
-    return shape in _libs
+    return shape in libs
 
 
 def simd_width(hidden_size: int = 4, num_features: int = 2) -> int:
@@ -155,7 +168,12 @@ def select(rule: PreparedRule, batch: Batch, todo: Sequence[int]) -> list[int]:
     loop is unavailable (switched off, or it does not build)."""
     hs = rule.hidden_size
     ok = [i for i in todo if supports(batch.p[i], batch.g[i], batch.m[i], batch.v[i], batch.h[i], batch.c[i], hs)]
-    return ok if ok and available(hs, rule.num_features) else []
+    return ok if ok and available(hs, rule.num_features, v2=_is_v2(rule, batch)) else []
+
+
+def _is_v2(rule: PreparedRule, batch: Batch) -> bool:
+    """Whether the rule needs the format version 2 loop: sign equivariance or per-tensor biases."""
+    return bool(rule.sign_equivariant) or batch.gate_bias is not None
 
 
 def unavailable_reason(rule: PreparedRule) -> str:
@@ -175,8 +193,10 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     releases the GIL).
     """
     global _pool
-    lib = _libs[(rule.hidden_size, rule.num_features)]
+    v2 = _is_v2(rule, batch)
+    lib = (_libs_v2 if v2 else _libs)[(rule.hidden_size, rule.num_features)]
     cdt = rule.dtype
+    per_tensor = batch.gate_bias is not None
     groups: dict[torch.dtype, list[int]] = {}
     for i in idx:
         groups.setdefault(batch.h[i].dtype, []).append(i)
@@ -184,14 +204,18 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     kinds = rule.feature_kinds
     consts = _RuleStruct(rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps,
                          rule.feature_clip, rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound,
-                         kinds[0], kinds[-1], int(rule.maximize))
+                         kinds[0], kinds[-1], int(rule.maximize), int(bool(rule.sign_equivariant)), int(per_tensor))
     simd = bool(lib.lo_simd()) and USE_SIMD
     nthreads = max(1, torch.get_num_threads())
     for sdt, sub in groups.items():
         name = "lo_f64" if cdt == torch.float64 else ("lo_f32" if sdt == torch.float32 else "lo_f32_bf16")
         if cdt == torch.float32 and simd:
             name += "_simd"
-        fn = getattr(lib, name)
+        fn = getattr(lib, name + ("_v2" if v2 else ""))
+        gb, hb = w[1], w[3]
+        if per_tensor:  # the rows of this group's tensors: [len(sub), 4H] and [len(sub), 2]
+            gb, hb = (t.contiguous() if sub == list(range(len(batch.p))) else t[sub].contiguous()
+                      for t in (batch.gate_bias.to(cdt), batch.head_bias.to(cdt)))
         ptrs = torch.tensor([[t.data_ptr() for t in lst] for lst in batch.lists(sub)], dtype=torch.int64)
         numels = torch.tensor([batch.numels[i] for i in sub], dtype=torch.int64)
         coefs = torch.tensor([batch.ib1[i] for i in sub] + [batch.sib2[i] for i in sub], dtype=cdt)
@@ -200,7 +224,7 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
 
         def call(tasks: torch.Tensor) -> None:
             fn(tasks.shape[0], tasks.data_ptr(), ptrs.data_ptr(), numels.data_ptr(), t_count, coefs.data_ptr(),
-               w[0].data_ptr(), w[1].data_ptr(), w[2].data_ptr(), w[3].data_ptr(), ctypes.byref(consts))
+               w[0].data_ptr(), gb.data_ptr(), w[2].data_ptr(), hb.data_ptr(), ctypes.byref(consts))
 
         if len(task_lists) == 1:
             call(task_lists[0])

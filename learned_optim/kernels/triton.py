@@ -18,11 +18,13 @@ from typing import Any, Sequence
 
 import torch
 
-from .rule import Batch, PreparedRule
+from .rule import Batch, PreparedRule, host_to
 
-__all__ = ["available", "select", "update", "DEVICE_FLAGS"]
+__all__ = ["available", "select", "update", "DEVICE_FLAGS", "V2"]
 
 NAME = "the Triton kernel"
+# Implements format version 2 rules (sign equivariance, per-tensor biases; update.learned_update reads this).
+V2 = True
 # This backend applies Batch.finite on the device (the other backends need the flags on the host).
 DEVICE_FLAGS = True
 
@@ -80,4 +82,17 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     mod = _module()
     for sub in groups.values():
         flags = batch.finite_of(sub)
-        mod.launch(rule, *batch.lists(sub), [batch.ib1[i] for i in sub], [batch.sib2[i] for i in sub], flags)
+        gate_bias, head_bias = _biases_of(batch, sub)
+        mod.launch(rule, *batch.lists(sub), [batch.ib1[i] for i in sub], [batch.sib2[i] for i in sub], flags,
+                   gate_bias, head_bias)
+
+
+def _biases_of(batch: Batch, idx: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The per-tensor (gate, head) biases of the tensors ``idx`` (a rule with context; a device
+    gather unless ``idx`` is every tensor), or (None, None)."""
+    if batch.gate_bias is None:
+        return None, None
+    if list(idx) == list(range(len(batch.p))):
+        return batch.gate_bias, batch.head_bias
+    sel = host_to(torch.tensor(list(idx), dtype=torch.int64), batch.gate_bias.device)
+    return batch.gate_bias.index_select(0, sel), batch.head_bias.index_select(0, sel)

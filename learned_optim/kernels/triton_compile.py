@@ -62,9 +62,10 @@ def _signature(fn, cdt: str, constexprs: dict) -> dict[str, str]:
     return {name: "constexpr" if name in constexprs else ptr.get(name, "fp64") for name in fn.arg_names}
 
 
-def compile_variant(cc: int, p_dtype: str, s_dtype: str, block: int, num_warps: int, *, hidden: int = 4,
-                    features: int = 2) -> dict[str, Any]:
-    """Compile the kernel for ``sm_<cc>``; registers per thread, local/stack bytes and the time taken."""
+def compile_variant(cc: int, p_dtype: str, s_dtype: str, block: int, num_warps: int, v2: bool = False, *,
+                    hidden: int = 4, features: int = 2) -> dict[str, Any]:
+    """Compile the kernel for ``sm_<cc>``; registers per thread, local/stack bytes and the time taken.
+    ``v2``: the kernel of a format version 2 rule (sign equivariance and per-tensor biases on)."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -83,7 +84,8 @@ def compile_variant(cc: int, p_dtype: str, s_dtype: str, block: int, num_warps: 
     m_dt = "float64" if p_dtype == "float64" else "float32"
     constexprs = dict(P_DT=tlt[p_dtype], G_DT=tlt[p_dtype], M_DT=tlt[m_dt], S_DT=tlt[s_dtype],
                       CDT=tlt["float64" if cdt == "fp64" else "float32"], H=hidden,
-                      HP=triton.next_power_of_2(hidden), F=features, KIND0=0, KIND1=1, MAXIMIZE=False, BLOCK=block)
+                      HP=triton.next_power_of_2(hidden), F=features, KIND0=0, KIND1=1, MAXIMIZE=False, BLOCK=block,
+                      SIGN_EQ=bool(v2), PER_TENSOR_BIAS=bool(v2))
     src = ASTSource(fn=fn, signature=_signature(fn, cdt, constexprs), constexprs=constexprs)
     t0 = time.perf_counter()
     compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps})
@@ -96,7 +98,7 @@ def compile_variant(cc: int, p_dtype: str, s_dtype: str, block: int, num_warps: 
     if match is None:
         raise RuntimeError(f"cuobjdump -res-usage printed no resource line:\n{out}")
     regs, stack, shared, local = map(int, match.groups())
-    return dict(cc=cc, param=p_dtype, state=s_dtype, block=block, num_warps=num_warps, registers=regs,
+    return dict(cc=cc, param=p_dtype, state=s_dtype, block=block, num_warps=num_warps, v2=bool(v2), registers=regs,
                 stack=stack, local=local, shared=shared, coords_per_thread=block // (32 * num_warps),
                 compile_s=round(seconds, 2))
 

@@ -10,14 +10,30 @@
      lo_f32_simd, lo_f32_bf16_simd the hand-vectorized fp32 loops (lo_simd.h), only where the
                                    target has AVX-512 or AVX2+FMA
      lo_simd()                     their vector width in bits, 0 where they are not built
-     lo_simd_exp2, lo_simd_rcp1p   the vector approximations over arrays, for the tests */
+     lo_simd_exp2, lo_simd_rcp1p   the vector approximations over arrays, for the tests
+
+   Built with -DLO_V2=1 (a separate library, built only when a format version 2 rule runs), the
+   same loops are exported as lo_f32_v2, ..., lo_f32_bf16_simd_v2 instead: the rule of format
+   version 2 (sign equivariance and per-tensor biases, switched by the lo_rule fields of the same
+   names). The version 1 loops are then the unchanged code of the version 1 rule, not a branch. */
 #if !defined(HIDDEN) || !defined(FEATURES)
 #error "build with -DHIDDEN=<hidden size> -DFEATURES=<feature count>"
 #endif
 
+#ifndef LO_V2
+#define LO_V2 0
+#endif
+#define LO_CAT_(a, b) a##b
+#define LO_CAT(a, b) LO_CAT_(a, b)
+#if LO_V2
+#define LO_FN(name) LO_CAT(name, _v2)
+#else
+#define LO_FN(name) name
+#endif
+
 #include "lo_common.h"
 
-#define LO_NAME lo_f32
+#define LO_NAME LO_FN(lo_f32)
 #define LO_CT float
 #define LO_ST float
 #define LO_LOAD(x) (x)
@@ -26,7 +42,7 @@
 #define LO_SQRT sqrtf
 #include "lo_loop.h"
 
-#define LO_NAME lo_f32_bf16
+#define LO_NAME LO_FN(lo_f32_bf16)
 #define LO_CT float
 #define LO_ST uint16_t
 #define LO_LOAD bf16_load
@@ -35,7 +51,7 @@
 #define LO_SQRT sqrtf
 #include "lo_loop.h"
 
-#define LO_NAME lo_f64
+#define LO_NAME LO_FN(lo_f64)
 #define LO_CT double
 #define LO_ST double
 #define LO_LOAD(x) (x)
@@ -47,13 +63,13 @@
 #include "lo_simd.h"
 
 #if defined(LO_SIMD)
-#define LO_NAME lo_f32_simd
+#define LO_NAME LO_FN(lo_f32_simd)
 #define LO_ST float
 #define LO_LDS ld_f32
 #define LO_STS st_f32
 #include "lo_simd_loop.h"
 
-#define LO_NAME lo_f32_bf16_simd
+#define LO_NAME LO_FN(lo_f32_bf16_simd)
 #define LO_ST uint16_t
 #define LO_LDS ld_bf16
 #define LO_STS st_bf16

@@ -20,6 +20,10 @@ static inline V v_ldexp(V e, V n) {
 static inline V v_recip(V d) { return _mm256_div_ps(SET1(1.0f), d); }
 /* y where x != 0 (NaN included), else +0: a bitwise and with the compare mask, never a product */
 static inline V v_nonzero_where(V x, V y) { return _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NEQ_UQ), y); }
+/* sign(x): +-1, and +0 where x = +-0 (a NaN gives +-1) */
+static inline V v_signof(V x) {
+    return v_nonzero_where(x, _mm256_or_ps(_mm256_and_ps(x, SET1(-0.0f)), SET1(1.0f)));
+}
 static inline M lo_mask(int64_t left) {
     const int l = left >= VL ? VL : (left <= 0 ? 0 : (int)left);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

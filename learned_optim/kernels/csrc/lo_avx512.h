@@ -19,6 +19,12 @@ static inline V v_recip(V d) {
 }
 /* y where x != 0 (NaN included), else +0: a masked move, never a product */
 static inline V v_nonzero_where(V x, V y) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ), y); }
+/* sign(x): +-1, and +0 where x = +-0 (a NaN gives +-1); integer and/or, AVX-512F only */
+static inline V v_signof(V x) {
+    const __m512i bits = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN)),
+                                         _mm512_castps_si512(SET1(1.0f)));
+    return v_nonzero_where(x, _mm512_castsi512_ps(bits));
+}
 /* lanes [0, left) of a vector */
 static inline M lo_mask(int64_t left) {
     return left >= VL ? (M)0xffff : (left <= 0 ? (M)0 : (M)((1u << left) - 1));

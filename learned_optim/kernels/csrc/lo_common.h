@@ -16,6 +16,11 @@ typedef struct lo_rule {
         direction_bound;
     int32_t kind0, kind1; /* feature kind of input 0 and of input FEATURES-1: 0 = g/d, 1 = Adam direction */
     int32_t maximize;
+    /* format version 2, read only by the _v2 loops (built with -DLO_V2=1, see lo.c):
+       sign_equivariant: features and the additive direction times sign(m_t);
+       per_tensor_bias: bias is [T][4H] and hb [T][2], one row per tensor of the call (the
+       context's biases), instead of the rule's shared [4H] and [2] */
+    int32_t sign_equivariant, per_tensor_bias;
 } lo_rule;
 
 /* exp for the portable loop: exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in

@@ -11,7 +11,11 @@
    units unroll and GCC vectorizes the loop over coordinates, F+H gate inputs in registers, each
    of the 4H (F+H) weights a broadcast operand.
    ivdep: the H rows of h and c are n apart (n >= the coordinates walked); GCC cannot see that
-   they never overlap. */
+   they never overlap.
+   With LO_V2 (lo.c) the loop is format version 2's: sigma = sign(m_t) (0 where m_t = 0, 1 when
+   k->sign_equivariant is off) multiplies the features before the clip and the additive
+   direction, and with k->per_tensor_bias the gate and head biases are tensor tid's rows of bias
+   [T][4H] and hb [T][2]. Without LO_V2 none of this is compiled. */
 void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int64_t* numels, int64_t T,
              const LO_CT* coefs, const LO_CT* w, const LO_CT* bias, const LO_CT* hw, const LO_CT* hb,
              const lo_rule* k) {
@@ -27,9 +31,26 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
         for (int i = 0; i < FEATURES + HIDDEN; i++) W[r][i] = w[r * (FEATURES + HIDDEN) + i];
     }
     for (int q = 0; q < HIDDEN; q++) { HW0[q] = hw[q]; HW1[q] = hw[HIDDEN + q]; }
+#if LO_V2
+    const LO_CT se = k->sign_equivariant ? (LO_CT)1 : (LO_CT)0, nse = (LO_CT)1 - se;
+    const int per_tensor = k->per_tensor_bias != 0;
+    int64_t bias_tid = -1;
+    LO_CT hb0 = hb[0], hb1 = hb[1];
+#define LO_SG(x) (sg * (x))
+#else
     const LO_CT hb0 = hb[0], hb1 = hb[1];
+#define LO_SG(x) (x)
+#endif
     for (int64_t t = 0; t < ntask; t++) {
         const int64_t tid = tasks[3 * t], begin = tasks[3 * t + 1], end = tasks[3 * t + 2];
+#if LO_V2
+        if (per_tensor && tid != bias_tid) { /* tensor tid's biases (its context's) */
+            for (int r = 0; r < 4 * HIDDEN; r++) B[r] = bias[tid * 4 * HIDDEN + r];
+            hb0 = hb[2 * tid];
+            hb1 = hb[2 * tid + 1];
+            bias_tid = tid;
+        }
+#endif
         const int64_t n = numels[tid];
         const LO_CT ib1 = coefs[tid], sib2 = coefs[T + tid];
         LO_CT* restrict p = (LO_CT*)ptrs[tid];
@@ -47,12 +68,15 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
             v[j] = vv;
             const LO_CT rd = (LO_CT)1 / (LO_SQRT(vv) * sib2 + eps);
             const LO_CT av = mv * ib1 * rd, gn = gv * rd;
+#if LO_V2
+            const LO_CT sg = se * (mv > (LO_CT)0 ? (LO_CT)1 : (mv < (LO_CT)0 ? (LO_CT)-1 : (LO_CT)0)) + nse;
+#endif
             /* feature = sel_g * (g/d) + sel_a * a: arithmetic instead of a branch */
             LO_CT x[FEATURES + HIDDEN];
-            const LO_CT f0 = s0g * gn + s0a * av;
+            const LO_CT f0 = LO_SG(s0g * gn + s0a * av);
             x[0] = f0 < -clip ? -clip : (f0 > clip ? clip : f0);
             if (FEATURES > 1) {
-                const LO_CT f1 = s1g * gn + s1a * av;
+                const LO_CT f1 = LO_SG(s1g * gn + s1a * av);
                 x[FEATURES - 1] = f1 < -clip ? -clip : (f1 > clip ? clip : f1);
             }
 #pragma GCC unroll 16
@@ -82,7 +106,7 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
             }
             const LO_CT t0 = (LO_CT)2 / ((LO_CT)1 + LO_EXP((LO_CT)-2 * y0)) - (LO_CT)1;
             const LO_CT t1 = (LO_CT)2 / ((LO_CT)1 + LO_EXP((LO_CT)-2 * y1)) - (LO_CT)1;
-            const LO_CT u = av * LO_EXP(scale * t0) + dirb * t1;
+            const LO_CT u = av * LO_EXP(scale * t0) + LO_SG(dirb * t1);
             /* a coordinate whose gradient has always been exactly 0 (v = 0) does not move: a
                select, so a NaN elsewhere stays NaN */
             const LO_CT us = vv == (LO_CT)0 ? (LO_CT)0 : u;
@@ -91,6 +115,7 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
     }
 }
 
+#undef LO_SG
 #undef LO_NAME
 #undef LO_CT
 #undef LO_ST

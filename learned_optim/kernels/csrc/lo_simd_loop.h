@@ -4,7 +4,8 @@
      LO_ST     LSTM state type (float, or uint16_t for bf16 state)
      LO_LDS, LO_STS  masked vector load and store of the state (ld_f32/st_f32 or ld_bf16/st_bf16)
    The maths of lo_loop.h, with the gate and head weights (and the log-scale bound) rescaled on
-   entry so that every exp is one v_exp2. */
+   entry so that every exp is one v_exp2. With LO_V2, format version 2's rule as in lo_loop.h:
+   sigma = sign(m_t) (or 1), and tensor tid's biases, rescaled like the shared ones, per task. */
 void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int64_t* numels, int64_t T,
              const float* coefs, const float* w, const float* bias, const float* hw, const float* hb,
              const lo_rule* k) {
@@ -27,9 +28,29 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
         for (int i = 0; i < FEATURES + HIDDEN; i++) W[r][i] = SET1(sc * w[r * (FEATURES + HIDDEN) + i]);
     }
     for (int q = 0; q < HIDDEN; q++) { HW0[q] = SET1(-2.0f * l2e * hw[q]); HW1[q] = SET1(-2.0f * l2e * hw[HIDDEN + q]); }
+#if LO_V2
+    const V se = SET1(k->sign_equivariant ? 1.0f : 0.0f);
+    const int per_tensor = k->per_tensor_bias != 0;
+    int64_t bias_tid = -1;
+    V hb0 = SET1(-2.0f * l2e * hb[0]), hb1 = SET1(-2.0f * l2e * hb[1]);
+#define LO_SG(u, x) v_mul(sg[u], x)
+#else
     const V hb0 = SET1(-2.0f * l2e * hb[0]), hb1 = SET1(-2.0f * l2e * hb[1]);
+#define LO_SG(u, x) (x)
+#endif
     for (int64_t t = 0; t < ntask; t++) {
         const int64_t tid = tasks[3 * t], begin = tasks[3 * t + 1], end = tasks[3 * t + 2];
+#if LO_V2
+        if (per_tensor && tid != bias_tid) { /* tensor tid's biases, scaled as above */
+            for (int r = 0; r < 4 * HIDDEN; r++) {
+                const float sc = (r >= 2 * HIDDEN && r < 3 * HIDDEN) ? -2.0f * l2e : -l2e;
+                B[r] = SET1(sc * bias[tid * 4 * HIDDEN + r]);
+            }
+            hb0 = SET1(-2.0f * l2e * hb[2 * tid]);
+            hb1 = SET1(-2.0f * l2e * hb[2 * tid + 1]);
+            bias_tid = tid;
+        }
+#endif
         const int64_t n = numels[tid];
         const V ib1 = SET1(coefs[tid]), sib2 = SET1(coefs[T + tid]);
         float* p = (float*)ptrs[tid];
@@ -41,6 +62,9 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
         for (int64_t j0 = begin; j0 < end; j0 += U * VL) {
             M km[U];
             V x[U][FEATURES + HIDDEN], av[U], y0[U], y1[U];
+#if LO_V2
+            V sg[U]; /* sign(m_t) (0 where m_t = 0), or 1 without sign equivariance */
+#endif
             #pragma GCC unroll 32
             for (int u = 0; u < U; u++) {
                 const int64_t left = end - j0 - u * VL;
@@ -57,10 +81,13 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
                 const V rd = v_div(one, v_fmadd(v_sqrt(vv), sib2, eps));
                 const V a = v_mul(v_mul(mv, ib1), rd), gn = v_mul(gv, rd);
                 av[u] = a;
-                const V f0 = v_fmadd(s0g, gn, v_mul(s0a, a));
+#if LO_V2
+                sg[u] = v_fmadd(se, v_sub(v_signof(mv), one), one);
+#endif
+                const V f0 = LO_SG(u, v_fmadd(s0g, gn, v_mul(s0a, a)));
                 x[u][0] = v_min(clip, v_max(nclip, f0)); /* NaN stays NaN, as torch.clamp */
                 if (FEATURES > 1) {
-                    const V f1 = v_fmadd(s1g, gn, v_mul(s1a, a));
+                    const V f1 = LO_SG(u, v_fmadd(s1g, gn, v_mul(s1a, a)));
                     x[u][FEATURES - 1] = v_min(clip, v_max(nclip, f1));
                 }
                 #pragma GCC unroll 32
@@ -104,13 +131,14 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
                 const V t1 = v_fmsub(two, v_rcp1p(v_exp2(y1[u])), one);
                 /* zero where v = 0 (a gradient that has always been exactly 0): a select on v as
                    stored above (reloaded from L1 rather than kept live across the gates) */
-                const V step = v_nonzero_where(ld_f32(v + j, km[u]), v_fmadd(av[u], v_exp2(v_mul(escale, t0)), v_mul(dirb, t1)));
+                const V step = v_nonzero_where(ld_f32(v + j, km[u]), v_fmadd(av[u], v_exp2(v_mul(escale, t0)), LO_SG(u, v_mul(dirb, t1))));
                 st_f32(p + j, km[u], v_fnmadd(lr, step, v_mul(ld_f32(p + j, km[u]), decay)));
             }
         }
     }
 }
 
+#undef LO_SG
 #undef LO_NAME
 #undef LO_ST
 #undef LO_LDS
