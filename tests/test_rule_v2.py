@@ -207,3 +207,24 @@ def test_optimizer_with_v2_weights_resumes_exactly():
         step(model, opt)
         step(model2, opt2)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+
+
+@pytest.mark.parametrize("estimator", ["pes", "tbptt"])
+def test_meta_training_a_v2_rule_on_architecture_tasks(tmp_path, estimator):
+    """A seconds-long run of each estimator with the format-2 rule on the architecture families:
+    finite meta-gradients (TBPTT differentiates through the per-tensor context too), saved as
+    format version 2, reloadable, and resumable to the same weights."""
+    from learned_optim.meta import meta_train
+    from learned_optim.meta.arch_tasks import tiny_arch_family
+
+    net_cfg = {"sign_equivariant": True, "context_features": list(CONTEXT_FEATURES)}
+    # no validation: the saved weights are the last ones, not the best (possibly the starting) ones
+    kw = dict(progress=False, tasks=tiny_arch_family(), meta_steps=4, estimator=estimator, network=net_cfg,
+              val_tasks=[])
+    net = meta_train("tiny", out=tmp_path / "a", **kw)
+    assert net.config.format_version == 2
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert any(p.abs().sum() > 0 for p in (net.head_weight, net.head_bias))  # it moved from the zero head
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["format_version"] == 2
+    loaded = load_directory(tmp_path / "a")
+    assert all(torch.equal(getattr(loaded, k), getattr(net, k)) for k in ("weight", "bias", "head_weight"))
