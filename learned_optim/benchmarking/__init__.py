@@ -5,6 +5,7 @@ Run::
     learned-optim benchmark quality  [--quick] [--weights NAME_OR_DIR] [--out DIR]
     learned-optim benchmark speed    [--quick] [--weights NAME_OR_DIR] [--out DIR]
     learned-optim benchmark few-shot [--quick] [--weights NAME_OR_DIR] [--out DIR]
+    learned-optim benchmark transformer [--quick] [--weights NAME_OR_DIR] [--out DIR]
 
 Each writes JSON (every measurement), Markdown (the tables) and a PNG into ``--out`` (default
 ``./benchmark-results``; results already there are replaced only with ``--force``), with the
@@ -19,6 +20,7 @@ Modules, each depending only on those listed before it:
 * ``quality_report`` / ``speed_report``: tables and figures from a results dict;
 * ``quality`` / ``speed``: the runs (and ``rerender`` from a saved JSON);
 * ``few_shot_report`` / ``few_shot``: the few-shot benchmark;
+* ``transformer_models`` / ``transformer_report`` / ``transformer``: a small GPT and ViT against tuned AdamW;
 * ``cli``: the ``benchmark`` subcommand.
 """
 

@@ -1,15 +1,17 @@
-"""``learned-optim benchmark {quality,speed,few-shot}``: the benchmark subcommand.
+"""``learned-optim benchmark {quality,speed,few-shot,transformer}``: the benchmark subcommand.
 
 Run::
 
     learned-optim benchmark quality [--quick] [--weights NAME_OR_DIR] [--out DIR] [--seeds N] [--tasks T ...]
     learned-optim benchmark speed   [--quick] [--weights NAME_OR_DIR] [--out DIR] [--sizes N ...] [--device cpu|cuda]
     learned-optim benchmark few-shot [--quick] [--weights NAME_OR_DIR] [--out DIR] [--init fresh|learned]
+    learned-optim benchmark transformer [--quick] [--weights NAME_OR_DIR] [--out DIR] [--learned-lrs 1e-3,3e-4]
     learned-optim benchmark quality|speed --rerender DIR/<which>.json   # tables and figure again, no runs
 
 ``learned-optim benchmark <which> --help`` lists every option. ``learned_optim.cli`` calls
 ``add_arguments(parser)`` and ``run(args)``; the few-shot options and run are
-``few_shot.add_cli_arguments`` and ``few_shot.run_cli``.
+``few_shot.add_cli_arguments`` and ``few_shot.run_cli``, and the transformer benchmark's
+``transformer.add_cli_arguments`` and ``transformer.run_cli``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..hub import WeightsError, WeightsNotFoundError, resolve
-from . import few_shot, quality, speed, tasks
+from . import few_shot, quality, speed, tasks, transformer
 from .common import DEFAULT_OUT, check_no_overwrite, check_out_dir, parse_learned_kwargs
 
 __all__ = ["add_arguments", "run"]
@@ -78,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f = sub.add_parser("few-shot", help="the learned inner optimizer against tuned SGD and Adam on few-shot episodes",
                        description=(few_shot.__doc__ or "").splitlines()[0] or None)
     few_shot.add_cli_arguments(f)
+    t = sub.add_parser("transformer", help="the learned optimizer at its default lr against tuned AdamW on a small GPT "
+                       "and a small ViT", description=transformer.__doc__.splitlines()[0])
+    transformer.add_cli_arguments(t)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -139,6 +144,8 @@ def _rerender(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.which == "few-shot":
         return few_shot.run_cli(args)
+    if args.which == "transformer":
+        return transformer.run_cli(args)
     if args.rerender is not None:
         return _rerender(args)
     try:
