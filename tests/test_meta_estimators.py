@@ -172,3 +172,19 @@ def test_second_order_bptt_matches_finite_differences():
             assert math.isclose(float(grad[i]), fd, rel_tol=1e-4, abs_tol=1e-9), (i, float(grad[i]), fd)
     finally:
         torch.set_default_dtype(prev)
+
+
+def test_meta_objective_floor_counts_small_losses_as_the_floor_without_gradient():
+    import math
+
+    from learned_optim.meta.estimators import meta_objective
+
+    a = torch.tensor(1e-4, requires_grad=True)
+    b = torch.tensor(0.5, requires_grad=True)
+    j, diverged = meta_objective([a, b], log_cap=math.log(3.0), log_floor=math.log(1e-2))
+    assert not diverged
+    assert math.isclose(float(j), (math.log(1e-2) + math.log(0.5)) / 2, rel_tol=1e-6)
+    ga, gb = torch.autograd.grad(j, [a, b], allow_unused=True)
+    assert ga is None and math.isclose(float(gb), 0.5 / 0.5, rel_tol=1e-6)
+    j0, _ = meta_objective([a, b], log_cap=math.log(3.0))  # no floor: the old objective
+    assert math.isclose(float(j0), (math.log(1e-4) + math.log(0.5)) / 2, rel_tol=1e-6)

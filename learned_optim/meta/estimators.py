@@ -111,16 +111,20 @@ class Trajectory:
         return max(0, min(k, self.horizon - self.step))
 
 
-def meta_objective(losses: Sequence[Tensor], log_cap: float) -> tuple[Tensor, bool]:
-    """Mean over the truncation of ``min(log L_i, log_cap)``; non-finite losses count as the cap.
+def meta_objective(losses: Sequence[Tensor], log_cap: float, log_floor: float = -math.inf) -> tuple[Tensor, bool]:
+    """Mean over the truncation of ``clip(log L_i, log_floor, log_cap)``; non-finite losses count
+    as the cap.
 
     Returns ``(J, diverged)``. Terms that are non-finite or above the cap enter as the constant
-    ``log_cap`` (no gradient); ``diverged`` says whether any did.
+    ``log_cap``, terms below ``log_floor`` (default -inf: none) as the constant ``log_floor``
+    (no gradient either way); ``diverged`` says whether any term was non-finite or capped.
     """
     terms, diverged = [], False
     for loss in losses:
         val = loss.detach()
-        if not torch.isfinite(val) or val <= 0 or math.log(float(val)) >= log_cap:
+        if torch.isfinite(val) and val > 0 and math.log(float(val)) <= log_floor:
+            terms.append(torch.tensor(log_floor, dtype=loss.dtype))
+        elif not torch.isfinite(val) or val <= 0 or math.log(float(val)) >= log_cap:
             diverged = diverged or not torch.isfinite(val) or math.log(max(float(val), 1e-300)) >= log_cap
             if torch.isfinite(val) and val <= 0:  # exact zero loss: floor it, no gradient
                 terms.append(torch.tensor(math.log(1e-30), dtype=loss.dtype))
@@ -129,6 +133,11 @@ def meta_objective(losses: Sequence[Tensor], log_cap: float) -> tuple[Tensor, bo
         else:
             terms.append(torch.log(loss))
     return torch.stack(terms).mean(), diverged
+
+
+def _log_floor(traj: Trajectory, floor_factor: float) -> float:
+    """log(floor_factor x the task's initial loss), or -inf without a floor (factor 0)."""
+    return math.log(traj.init_loss * floor_factor) if floor_factor > 0 else -math.inf
 
 
 def _unroll(
@@ -198,7 +207,7 @@ class TruncatedBPTT:
     n_states: int = field(default=1, init=False)
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
-                 lr: float, log_cap_factor: float) -> tuple[Tensor, dict[str, float]]:
+                 lr: float, log_cap_factor: float, floor_factor: float = 0.0) -> tuple[Tensor, dict[str, float]]:
         """Advance every trajectory by one truncation; return the mean meta-gradient (flat)."""
         params = [getattr(net, n) for n in WEIGHT_NAMES]
         total = torch.zeros(sum(p.numel() for p in params))
@@ -209,10 +218,11 @@ class TruncatedBPTT:
                 traj.done = True
                 continue
             log_cap = math.log(traj.init_loss * log_cap_factor)
+            log_floor = _log_floor(traj, floor_factor)
             losses, new = _unroll(traj.task, traj.shapes, traj.states[0], traj.step, _batches(traj, n), net,
                                   net.config, lr, differentiable=True, second_order=self.second_order,
                                   log_cap=log_cap)
-            obj, diverged = meta_objective(losses, log_cap)
+            obj, diverged = meta_objective(losses, log_cap, log_floor)
             if obj.requires_grad:
                 grads = torch.autograd.grad(obj, params, allow_unused=True)
                 flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
@@ -247,7 +257,7 @@ class AntitheticPES:
     n_states: int = field(default=2, init=False)
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
-                 lr: float, log_cap_factor: float) -> tuple[Tensor, dict[str, float]]:
+                 lr: float, log_cap_factor: float, floor_factor: float = 0.0) -> tuple[Tensor, dict[str, float]]:
         theta = flat_weights(net)
         total = torch.zeros_like(theta)
         objs, used = [], 0
@@ -262,13 +272,14 @@ class AntitheticPES:
                     traj.pes_acc = torch.zeros_like(theta)
                 traj.pes_acc += eps
                 log_cap = math.log(traj.init_loss * log_cap_factor)
+                log_floor = _log_floor(traj, floor_factor)
                 batches = _batches(traj, n)  # shared by both members of the pair
                 js, div = [], False
                 for k, sign in enumerate((1.0, -1.0)):
                     w = weights_from_flat(theta + sign * eps, net)
                     losses, new = _unroll(traj.task, traj.shapes, traj.states[k], traj.step, batches, w, net.config,
                                           lr, differentiable=False, log_cap=log_cap)
-                    j, d = meta_objective(losses, log_cap)
+                    j, d = meta_objective(losses, log_cap, log_floor)
                     js.append(float(j))
                     div = div or d
                     traj.states[k] = new.detached()
