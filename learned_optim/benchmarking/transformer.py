@@ -409,7 +409,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``learned-optim benchmark transformer`` to ``parser`` (read by ``run_cli``)."""
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default: all)")
     parser.add_argument("--seeds", type=int, default=None, help=f"default {FULL_SEEDS} ({QUICK_SEEDS} with --quick)")
-    parser.add_argument("--steps", default=None, help="N, or NAME=N,... (default: gpt-byte 1500, vit-digits 1000)")
+    parser.add_argument("--steps", default=None, help="N, or NAME=N,... (default: gpt-byte 3000, vit-digits 1000)")
     parser.add_argument("--adamw-lrs", default=",".join(f"{x:g}" for x in ADAMW_LR_GRID), help="AdamW's lr grid")
     parser.add_argument("--learned-lrs", default=",".join(f"{x:g}" for x in LEARNED_LRS),
                         help="learned-optimizer lrs, the first reported as its default (default 1e-3)")

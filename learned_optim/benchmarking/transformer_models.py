@@ -181,9 +181,9 @@ class GPTByte:
     """``gpt-byte``: a byte-level GPT on Python's standard-library sources.
 
     Args:
-        steps: default training steps (1500, 768k tokens: about two thirds of an epoch). Short enough that a
-            learned-optimizer run takes about 2-3 minutes on one thread of a shared 2-core Xeon (80-130
-            ms/step with the learned optimizer, 47-90 with AdamW, depending on the machine's load).
+        steps: default training steps (3000, 1.5M tokens: about 1.3 epochs): long enough for the
+            warmup + cosine schedule to matter and for late instabilities to show; one run takes 2.5-5
+            minutes on one thread of a shared 2-core Xeon (benchmarks/results/transformer-v1).
         batch_size: windows per minibatch (default 8).
         context: tokens per window (default 64; each window holds context + 1 bytes).
         val_windows: validation windows, evenly spaced over the validation bytes (default 64).
@@ -192,7 +192,7 @@ class GPTByte:
     name = "gpt-byte"
     metric = "validation loss (nats/byte)"
 
-    def __init__(self, steps: int = 1500, batch_size: int = 8, context: int = 64, val_windows: int = 64) -> None:
+    def __init__(self, steps: int = 3000, batch_size: int = 8, context: int = 64, val_windows: int = 64) -> None:
         self.steps, self.batch_size, self.context = steps, batch_size, context
         self.train = stdlib_bytes("train").long()
         val = stdlib_bytes("validation").long()

@@ -127,7 +127,7 @@ def _plot(res: dict[str, Any], path: Path) -> None:
         s = wl["summary"]
         learned = [k for k, m in s["methods"].items() if m["optimizer"] == "learned" and m["seeds"]]
         adamw = [k for k, m in s["methods"].items() if m["optimizer"] == "adamw" and m["seeds"]]
-        points = []
+        points, finals = [], []
         for keys, cmap in ((adamw, plt.cm.Blues), (learned, plt.cm.Reds)):
             for i, key in enumerate(keys):
                 r, m = wl["runs"][key], s["methods"][key]
@@ -137,13 +137,15 @@ def _plot(res: dict[str, Any], path: Path) -> None:
                 if not mean:
                     continue
                 points += mean
+                finals.append(mean[-1])
                 strong = key in (s.get("adamw_tuned"), s.get("learned_default"))
                 label = _label(m) + (" tuned" if key == s.get("adamw_tuned") else "") + (
                     " default" if key == s.get("learned_default") else "")
                 ax.plot(xs, mean, color=cmap(0.45 + 0.5 * (i + 1) / len(keys)), lw=2.2 if strong else 1.1,
                         ls="-" if strong else "--", label=label)
-        if points:  # the interesting range: from the lowest point to a few times it (not the first steps)
-            ax.set_ylim(0.97 * min(points), min(ax.get_ylim()[1], 2.5 * min(points)))
+        if points:  # from the lowest point to a few times it (not the first steps), every method's end in view
+            top = max(2.5 * min(points), 1.15 * max(finals))
+            ax.set_ylim(0.97 * min(points), min(ax.get_ylim()[1], top))
         ax.set_title(f"{name} ({wl['params']:,} params)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel(wl["metric"], fontsize=8)
