@@ -70,8 +70,14 @@ def _v2_validation_tasks() -> list[tuple[Task, int]]:
 
 
 # The named task sets a config refers to (``train_tasks``, ``val_tasks``): zero-argument builders.
+def _arch_train_family() -> TaskFamily:
+    from .arch_tasks import arch_train_family
+
+    return arch_train_family()
+
+
 TRAIN_FAMILIES: dict[str, Callable[[], TaskFamily]] = {"default": default_train_family, "tiny": tiny_train_family,
-                                                      "v2": _v2_train_family}
+                                                      "v2": _v2_train_family, "arch": _arch_train_family}
 VAL_TASKS: dict[str, Callable[[], list[tuple[Task, int]]]] = {
     "default": default_validation_tasks,
     "tiny": tiny_validation_tasks,
@@ -114,7 +120,8 @@ class MetaTrainConfig:
             MLPs memorising their data, where log L keeps falling by orders of magnitude) do not
             outweigh tasks with an irreducible loss (language models). Default 0: no floor.
         train_tasks: name of the training task family, a key of ``TRAIN_FAMILIES`` ("default",
-            "tiny"). Default "default".
+            "tiny"; "arch": the architecture families of ``arch_tasks``; "v2": those and "default").
+            Default "default".
         val_tasks: name of the held-out task set, a key of ``VAL_TASKS`` ("default", "tiny";
             "none" disables evaluation). Default "default".
         val_seeds: runs per validation task (different initial parameters and minibatches) for
