@@ -17,7 +17,8 @@ from learned_optim.network import LSTMOptimizerConfig
         (dict(loss_cap=1), ValueError, "MetaTrainConfig.loss_cap must be a finite number > 1, got 1"),
         (dict(slot_rng="yes"), ConfigTypeError, "MetaTrainConfig.slot_rng must be true or false, got 'yes'"),
         (dict(second_order=1), ConfigTypeError, "MetaTrainConfig.second_order must be true or false"),
-        (dict(train_tasks="big"), ValueError, "MetaTrainConfig.train_tasks must be one of ['default', 'tiny']"),
+        (dict(train_tasks="big"), ValueError,
+         "MetaTrainConfig.train_tasks must be one of ['arch', 'default', 'tiny', 'v2']"),
         (dict(network=[]), ConfigTypeError, "MetaTrainConfig.network must be a dict of LSTMOptimizerConfig fields"),
     ],
 )
