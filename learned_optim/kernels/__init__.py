@@ -16,9 +16,10 @@ kernel on CPU tensors under ``TRITON_INTERPRET=1``. Every fused backend has ``NA
 ``select(rule, batch, todo)`` (the tensors it will update), ``unavailable_reason(rule)`` and
 ``update(rule, batch, idx)``; one with ``DEVICE_FLAGS = True`` (Triton) also applies the batch's
 per-tensor finite flags (``Batch.finite``) on the device, so a non-finite skip needs no host read.
-A backend with ``V2 = True`` (all three here) also runs format-2 rules: ``PreparedRule.sign_equivariant``
-and the per-tensor biases ``Batch.gate_bias`` / ``Batch.head_bias``; without it ``learned_update`` sends
-such rules to the eager loop (``impl="auto"``) or refuses them (``impl="fused"``).
+A fused backend with ``V2 = True`` (both here; the eager loop always can) also runs format-2
+rules: ``PreparedRule.sign_equivariant`` and the per-tensor biases ``Batch.gate_bias`` /
+``Batch.head_bias``; without it ``learned_update`` sends such rules to the eager loop
+(``impl="auto"``) or refuses them (``impl="fused"``).
 
 ``triton_compile`` compiles the Triton kernel for real GPUs without one (registers, spills).
 """
