@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from learned_optim.common.text import TRAIN_MODULES, _stdlib_dir
+from learned_optim.common.text import TRAIN_MODULES, stdlib_dir
 from learned_optim.meta import arch_models as M
 from learned_optim.meta import arch_tasks as A
 from learned_optim.meta.task_core import RescaledTask, flatten_params, unflatten_params
@@ -149,7 +149,7 @@ def test_module_windows_come_from_their_module():
     tokens, y = task.sample_batch(torch.Generator().manual_seed(2))
     for row, label in list(zip(tokens, y))[:8]:
         text = bytes((row[row != 0] - 1).tolist())
-        with open(os.path.join(_stdlib_dir(), TRAIN_MODULES[task.modules[int(label)]]), "rb") as f:
+        with open(os.path.join(stdlib_dir(), TRAIN_MODULES[task.modules[int(label)]]), "rb") as f:
             assert text in f.read()
 
 

@@ -77,6 +77,16 @@ def assert_mirrored(got, flipped, msg):
             assert torch.equal(a[k], b[k]), f"{msg}: {k}[{i}] differs"
 
 
+
+def assert_bf16_state_close(got, want, seed):
+    """bf16 LSTM state within one bf16 ulp of the reference, parameters within 1e-5."""
+    ulp = torch.finfo(torch.bfloat16).eps
+    for i, (a, b) in enumerate(zip(got, want)):
+        for key in ("h", "c"):
+            torch.testing.assert_close(a[key].double(), b[key].double(), rtol=ulp, atol=ulp,
+                                       msg=lambda m: f"seed={seed} {key}[{i}]: {m}")
+        torch.testing.assert_close(a["p"], b["p"], rtol=1e-5, atol=1e-5, msg=lambda m: f"seed={seed} p[{i}]: {m}")
+
 @needs_c
 @pytest.mark.parametrize("loop", C_LOOPS)
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -133,12 +143,7 @@ def test_c_mixed_state_dtypes_take_their_own_bias_rows(loop):
     want = run(case, grads_seq, net, impl="reference")
     with cpu_loop(loop):
         got = run(case, grads_seq, net, impl="fused")
-    ulp = torch.finfo(torch.bfloat16).eps
-    for i, (a, b) in enumerate(zip(got, want)):
-        for key in ("h", "c"):
-            torch.testing.assert_close(a[key].double(), b[key].double(), rtol=ulp, atol=ulp,
-                                       msg=lambda m: f"seed={seed} {key}[{i}]: {m}")
-        torch.testing.assert_close(a["p"], b["p"], rtol=1e-5, atol=1e-5, msg=lambda m: f"seed={seed} p[{i}]: {m}")
+    assert_bf16_state_close(got, want, seed)
 
 
 @needs_c
@@ -235,13 +240,8 @@ def test_triton_mixed_state_dtypes_take_their_own_bias_rows():
     want = run(case, grads_seq, net, impl="reference")
     with on_path("triton") as impl:
         got = run(case, grads_seq, net, impl=impl)
-    ulp = torch.finfo(torch.bfloat16).eps
-    for i, (a, b) in enumerate(zip(got, want)):
-        for key in ("h", "c"):
-            # one ulp: the interpreter truncates bf16 stores (test_kernels)
-            torch.testing.assert_close(a[key].double(), b[key].double(), rtol=ulp, atol=ulp,
-                                       msg=lambda m: f"seed={seed} {key}[{i}]: {m}")
-        torch.testing.assert_close(a["p"], b["p"], rtol=1e-5, atol=1e-5, msg=lambda m: f"seed={seed} p[{i}]: {m}")
+    # one ulp on h, c: the interpreter truncates bf16 stores (test_kernels)
+    assert_bf16_state_close(got, want, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

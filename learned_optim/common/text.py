@@ -17,7 +17,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["TRAIN_MODULES", "VALIDATION_MODULES", "stdlib_bytes", "corpus_id", "VOCAB_SIZE"]
+__all__ = ["TRAIN_MODULES", "VALIDATION_MODULES", "stdlib_dir", "stdlib_bytes", "corpus_id", "VOCAB_SIZE"]
 
 # Byte-level: every byte is a token.
 VOCAB_SIZE = 256
@@ -32,7 +32,8 @@ TRAIN_MODULES = (
 VALIDATION_MODULES = ("shutil.py", "tempfile.py", "string.py", "bisect.py", "copy.py", "operator.py")
 
 
-def _stdlib_dir() -> str:
+def stdlib_dir() -> str:
+    """The folder of this Python's standard-library sources (where the module names above are)."""
     return sysconfig.get_paths()["stdlib"]
 
 
@@ -55,7 +56,7 @@ def stdlib_bytes(split: str = "train") -> Tensor:
     """
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
-    root = _stdlib_dir()
+    root = stdlib_dir()
     chunks = []
     for name in TRAIN_MODULES if split == "train" else VALIDATION_MODULES:
         path = os.path.join(root, name)

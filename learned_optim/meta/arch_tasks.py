@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common.data import digits
-from ..common.text import TRAIN_MODULES, _stdlib_dir, stdlib_bytes
+from ..common.text import TRAIN_MODULES, stdlib_bytes, stdlib_dir
 from .arch_models import BNCNN, RNNLM, EmbeddingBag, ResMLP, TransformerLM, ViT
 from .task_core import Mixture, Task, _choice, _log_uniform
 from .task_families import MLPTask, _FamilyBase
@@ -104,7 +104,7 @@ def _eval_index(n: int, size: int) -> Tensor:
 def _module_spans() -> tuple[Tensor, Tensor, Tensor]:
     """The training corpus and, per ``TRAIN_MODULES`` entry, its start offset and length in it."""
     data = stdlib_bytes("train")
-    sizes = torch.tensor([os.path.getsize(os.path.join(_stdlib_dir(), m)) for m in TRAIN_MODULES])
+    sizes = torch.tensor([os.path.getsize(os.path.join(stdlib_dir(), m)) for m in TRAIN_MODULES])
     starts = torch.cumsum(sizes + 1, 0) - sizes - 1  # modules are joined with one b"\n"
     if int(sizes.sum()) + len(sizes) - 1 != data.numel():
         raise RuntimeError("stdlib_bytes('train') does not match the sizes of TRAIN_MODULES' files")
