@@ -222,3 +222,17 @@ def test_named_mixtures_sample_every_family():
         task = tiny.sample(torch.Generator().manual_seed(s))
         gen = torch.Generator().manual_seed(0)
         assert math.isfinite(float(task.loss(task.init_params(gen), task.sample_batch(gen)).detach()))
+
+
+def test_wide_family_reaches_realistic_widths_within_its_budget():
+    fam = A.wide_arch_family()
+    dims, sizes = set(), []
+    for s in range(60):
+        t = fam.sample(torch.Generator().manual_seed(s))
+        base = t.task if isinstance(t, RescaledTask) else t
+        sizes.append(sum(p.numel() for p in t.init_params(torch.Generator().manual_seed(0))))
+        m = re.match(r"tlm\d+x(\d+)", base.name)
+        if m:
+            dims.add(int(m.group(1)))
+    assert max(dims) >= 96 and min(dims) <= 48, dims
+    assert max(sizes) <= 250_000 and max(sizes) > 46_000, max(sizes)

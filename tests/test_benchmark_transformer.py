@@ -163,3 +163,24 @@ def test_quick_run_writes_three_files(tmp_path, capsys):
     # results already there are kept unless --force
     assert main(argv) == 2 and "--force" in capsys.readouterr().err
     assert transformer.rerender(out / "transformer.json", figure=False)["workloads"]["gpt-byte"]["summary"]
+
+
+def test_reused_adamw_runs_equal_fresh_ones(tmp_path, capsys):
+    base = ["benchmark", "transformer", "--quick", "--workloads", "vit-digits", "--steps", "3", "--adamw-lrs", "1e-3",
+            "--learned-lrs", "1e-3", "--no-progress"]
+    assert main([*base, "--seeds", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--seeds", "2", "--out", str(tmp_path / "b")]) == 0
+    assert main([*base, "--seeds", "2", "--out", str(tmp_path / "c"),
+                 "--reuse-adamw", str(tmp_path / "a" / "transformer.json")]) == 0
+    fresh, reused = (json.loads((tmp_path / d / "transformer.json").read_text(encoding="utf-8")) for d in "bc")
+    assert reused["reused_adamw"]["runs"] == 1  # seed 0 copied, seed 1 run
+    for key in ("adamw_lr=0.001", "learned_lr=0.001"):
+        assert reused["workloads"]["vit-digits"]["runs"][key]["curve"] == fresh["workloads"]["vit-digits"]["runs"][key]["curve"]
+    assert "1 AdamW runs copied from" in (tmp_path / "c" / "transformer.md").read_text(encoding="utf-8")
+    # another recipe (here: thread count) cannot be reused; a missing file is a CLI error
+    with pytest.raises(ValueError, match="reuse_adamw=.*other threads"):
+        transformer.run_transformer(workloads=["vit-digits"], seeds=1, steps={"vit-digits": 2}, adamw_lrs=[1e-3],
+                                    learned_lrs=[1e-3], quick=True, threads=2, out=tmp_path / "d", progress=False,
+                                    reuse_adamw=tmp_path / "a" / "transformer.json")
+    assert main([*base, "--out", str(tmp_path / "e"), "--reuse-adamw", str(tmp_path / "nope.json")]) == 2
+    assert "--reuse-adamw" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The meta-training loop: a tiny run, determinism, resume after kill -9, fine-tuning."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -141,3 +142,23 @@ def test_config_validation_names_the_field():
         meta_train("tiny", out=__file__)
     with pytest.raises(TypeError, match="cannot use a str as a task"):
         meta_train("tiny", out="unused", tasks=["not a task"])
+
+
+def test_validation_metric_mean_or_worst_task():
+    from learned_optim.meta.task_families import tiny_validation_tasks
+    from learned_optim.meta.validation import adam_baselines, evaluate
+    from learned_optim.network import CoordinatewiseLSTM
+
+    tasks = tiny_validation_tasks()
+    tasks = [tasks[0], (tasks[0][0], 2 * tasks[0][1])]  # two tasks that give different ratios
+    base = adam_baselines(tasks, 1)
+    net = CoordinatewiseLSTM(seed=3)
+    with torch.no_grad():
+        net.head_bias.fill_(0.5)  # not Adam: ratios differ from 1
+    kw = dict(inner_lr=1e-3, loss_cap=1.5)
+    mean, worst = evaluate(net, tasks, base, **kw), evaluate(net, tasks, base, reduce="max", **kw)
+    logs = [math.log(r["ratio_vs_tuned"]) for r in mean["rows"]]
+    assert logs[0] != pytest.approx(logs[1])
+    assert mean["metric"] == pytest.approx(sum(logs) / 2) and worst["metric"] == pytest.approx(max(logs))
+    with pytest.raises(ValueError, match="reduce must be 'mean' or 'max'"):
+        evaluate(net, tasks, base, reduce="median", **kw)

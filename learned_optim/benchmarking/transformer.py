@@ -44,6 +44,7 @@ import shlex
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -264,7 +265,7 @@ def run_transformer(*, workloads: Sequence[str] = tuple(WORKLOADS), seeds: int |
                     steps: dict[str, int] | None = None, adamw_lrs: Sequence[float] = ADAMW_LR_GRID,
                     learned_lrs: Sequence[float] = LEARNED_LRS, weights: str | None = None, quick: bool = False,
                     out: str | os.PathLike = DEFAULT_OUT, threads: int = 1, progress: bool = True,
-                    command: str = "") -> dict[str, Any]:
+                    command: str = "", reuse_adamw: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run the transformer benchmark; write transformer.json (after every run) and .md / .png.
 
     Args:
@@ -281,6 +282,11 @@ def run_transformer(*, workloads: Sequence[str] = tuple(WORKLOADS), seeds: int |
         threads: torch intra-op threads during the runs (default 1: the machine is shared).
         progress: a tqdm progress bar and one line per finished run (on stderr).
         command: the command line, recorded in the outputs.
+        reuse_adamw: an earlier transformer.json whose AdamW runs are copied instead of rerun
+            where everything that decides them is the same (workload, steps, evaluation points,
+            seed, lr, the shared recipe, corpus, torch version and threads): a run is a
+            deterministic function of these, so a learned-optimizer candidate can be compared
+            without retraining the AdamW grid. Seeds it lacks are run. Default None: run all.
     Returns:
         The results dict written to transformer.json.
     Raises:
@@ -309,6 +315,9 @@ def run_transformer(*, workloads: Sequence[str] = tuple(WORKLOADS), seeds: int |
                      "tuning": "AdamW tuned = grid lr with the lowest mean final validation loss over the seeds"},
         "workloads": {},
     }
+    reused = _load_reusable(reuse_adamw, results) if reuse_adamw is not None else {}
+    if reuse_adamw is not None:
+        results["reused_adamw"] = {"from": os.fspath(reuse_adamw), "runs": 0}
     try:
         built = {name: WORKLOADS[name](**({"val_windows": 8} if quick and name == "gpt-byte" else {}))
                  for name in workloads}
@@ -330,8 +339,12 @@ def run_transformer(*, workloads: Sequence[str] = tuple(WORKLOADS), seeds: int |
                     wl = results["workloads"][name]
                     for key, opt, lr in plan:
                         bar.set_postfix_str(f"{name} {key} seed {seed}")
-                        r = train_once(w, lambda g, m=makers[opt], lr=lr: m(g, lr), seed, wl["steps"],
-                                       wl["eval_steps"])
+                        r = reused.get((name, key, seed, wl["steps"], tuple(wl["eval_steps"]))) if opt == "adamw" else None
+                        if r is not None:
+                            results["reused_adamw"]["runs"] += 1
+                        else:
+                            r = train_once(w, lambda g, m=makers[opt], lr=lr: m(g, lr), seed, wl["steps"],
+                                           wl["eval_steps"])
                         wl["runs"][key]["seeds"].append(seed)
                         for k in _RUN_KEYS:
                             wl["runs"][key][k].append(r[k])
@@ -353,6 +366,38 @@ def run_transformer(*, workloads: Sequence[str] = tuple(WORKLOADS), seeds: int |
     write_json(out / "transformer.json", results)
     write_transformer_report(results, out)
     return results
+
+
+# the settings that decide an AdamW run besides its workload, steps, lr and seed
+_REUSE_SETTINGS = ("quick", "threads", "weight_decay", "grad_clip", "warmup_frac", "final_lr_frac", "adamw_betas")
+
+
+def _load_reusable(path: str | os.PathLike, results: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """The AdamW runs of the earlier result ``path`` that this run would reproduce exactly, keyed by
+    (workload, method key, seed, steps, evaluation steps). Raises ValueError if ``path`` is not a
+    transformer result or was made under other shared settings (then nothing could be reused)."""
+    try:
+        prev = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"reuse_adamw={os.fspath(path)!r} is not a readable transformer.json: {e}") from None
+    if not isinstance(prev, dict) or prev.get("benchmark") != "transformer":
+        raise ValueError(f"reuse_adamw={os.fspath(path)!r} is not a transformer benchmark result; pass a "
+                         f"transformer.json written by `learned-optim benchmark transformer`")
+    mismatch = [k for k in _REUSE_SETTINGS if prev.get("settings", {}).get(k) != results["settings"][k]]
+    mismatch += [k for k in ("corpus_id",) if prev.get(k) != results[k]]
+    if prev.get("machine", {}).get("torch") != results["machine"].get("torch"):
+        mismatch.append("torch version")
+    if mismatch:
+        raise ValueError(f"reuse_adamw={os.fspath(path)!r} was made with other {', '.join(mismatch)}; its AdamW runs "
+                         f"would not be reproduced here: drop --reuse-adamw")
+    out = {}
+    for name, wl in prev.get("workloads", {}).items():
+        for key, run in wl.get("runs", {}).items():
+            if run.get("optimizer") != "adamw":
+                continue
+            for i, seed in enumerate(run["seeds"]):
+                out[(name, key, seed, wl["steps"], tuple(wl["eval_steps"]))] = {k: run[k][i] for k in _RUN_KEYS}
+    return out
 
 
 _RUN_KEYS = ("curve", "train_curve", "acc_curve", "final", "min", "diverged", "diverged_at", "test_acc",
@@ -422,6 +467,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"pipeline check: {QUICK_STEPS} steps, {QUICK_SEEDS} seeds (numbers meaningless)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads during the runs (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--reuse-adamw", default=None, metavar="JSON",
+                        help="copy AdamW runs made under the same settings from this earlier transformer.json")
     parser.add_argument("--rerender", default=None, metavar="JSON",
                         help="no runs: summaries, transformer.md and .png again from this saved transformer.json")
 
@@ -446,18 +493,20 @@ def run_cli(args: argparse.Namespace) -> int:
             resolve(args.weights)
         except (WeightsError, WeightsNotFoundError) as e:
             raise ValueError(f"--weights {args.weights!r}: {e}") from None
+        if args.reuse_adamw is not None and not Path(args.reuse_adamw).is_file():
+            raise ValueError(f"--reuse-adamw {args.reuse_adamw!r} is not a file; pass an earlier transformer.json")
         check_out_dir(args.out)
         check_no_overwrite(args.out, OUTPUT_FILES, args.force)
     except (ValueError, OSError, KeyError) as e:
         print(f"{_PROG}: error: {e}", file=sys.stderr)
         return 2
     parts = [*_PROG.split()] + ["--quick"] * args.quick
-    for opt in ("workloads", "seeds", "steps", "adamw_lrs", "learned_lrs", "weights", "out", "threads"):
+    for opt in ("workloads", "seeds", "steps", "adamw_lrs", "learned_lrs", "weights", "out", "threads", "reuse_adamw"):
         if getattr(args, opt) is not None:
             parts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     command = shlex.join(parts + ["--force"] * args.force + ["--no-progress"] * args.no_progress)
     res = run_transformer(workloads=workloads, seeds=seeds, steps=steps, adamw_lrs=adamw_lrs, learned_lrs=learned_lrs,
                           weights=args.weights, quick=args.quick, out=args.out, threads=args.threads,
-                          progress=not args.no_progress, command=command)
+                          progress=not args.no_progress, command=command, reuse_adamw=args.reuse_adamw)
     print(f"wrote {args.out}/transformer.json, transformer.md, transformer.png ({res['wall_s']:.0f} s)")
     return 0

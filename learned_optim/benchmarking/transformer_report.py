@@ -95,7 +95,9 @@ def transformer_markdown(res: dict[str, Any]) -> str:
         f"Command: `{res['command']}`  ",
         f"Machine: {machine_line(res['machine'])}  ",
         f"Date (UTC): {res['machine']['date_utc']}; wall time {res.get('wall_s', 0):.0f} s; corpus "
-        f"`{res['corpus_id']}`; {len(st['seeds'])} seeds.",
+        f"`{res['corpus_id']}`; {len(st['seeds'])} seeds."
+        + (f" {res['reused_adamw']['runs']} AdamW runs copied from `{res['reused_adamw']['from']}` (same settings, "
+           "deterministic; their wall times are the original runs')." if res.get("reused_adamw") else ""),
         "",
         f"Same recipe for every method: weight decay {st['weight_decay']:g} on tensors with >= 2 dimensions only, "
         f"gradient-norm clipping {st['grad_clip']:g}, linear warmup over {100 * st['warmup_frac']:g}% of the steps "

@@ -33,6 +33,7 @@ from .arch_tasks import (
     TransformerLMFamily,
     ViTDigitsFamily,
     arch_train_family,
+    wide_arch_family,
     arch_validation_tasks,
 )
 from .task_core import (
@@ -86,6 +87,7 @@ __all__ = [
     "DeepMLPFamily",
     "EmbeddingBagFamily",
     "arch_train_family",
+    "wide_arch_family",
     "arch_validation_tasks",
     "as_task",
     "as_family",

@@ -178,7 +178,8 @@ class MetaTrainer:
         if self.baselines is None:
             self.baselines = adam_baselines(self.val_tasks, self.config.val_seeds)
         return evaluate(net or self.net, self.val_tasks, self.baselines, inner_lr=self.config.inner_lr,
-                        loss_cap=self.config.loss_cap, seeds=self.config.val_seeds)
+                        loss_cap=self.config.loss_cap, seeds=self.config.val_seeds,
+                        reduce=self.config.val_reduce)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> dict:
