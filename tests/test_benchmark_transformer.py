@@ -174,8 +174,9 @@ def test_reused_adamw_runs_equal_fresh_ones(tmp_path, capsys):
                  "--reuse-adamw", str(tmp_path / "a" / "transformer.json")]) == 0
     fresh, reused = (json.loads((tmp_path / d / "transformer.json").read_text(encoding="utf-8")) for d in "bc")
     assert reused["reused_adamw"]["runs"] == 1  # seed 0 copied, seed 1 run
+    runs, fresh_runs = reused["workloads"]["vit-digits"]["runs"], fresh["workloads"]["vit-digits"]["runs"]
     for key in ("adamw_lr=0.001", "learned_lr=0.001"):
-        assert reused["workloads"]["vit-digits"]["runs"][key]["curve"] == fresh["workloads"]["vit-digits"]["runs"][key]["curve"]
+        assert runs[key]["curve"] == fresh_runs[key]["curve"]
     assert "1 AdamW runs copied from" in (tmp_path / "c" / "transformer.md").read_text(encoding="utf-8")
     # another recipe (here: thread count) cannot be reused; a missing file is a CLI error
     with pytest.raises(ValueError, match="reuse_adamw=.*other threads"):

@@ -339,7 +339,8 @@ def run_transformer(*, workloads: Sequence[str] = tuple(WORKLOADS), seeds: int |
                     wl = results["workloads"][name]
                     for key, opt, lr in plan:
                         bar.set_postfix_str(f"{name} {key} seed {seed}")
-                        r = reused.get((name, key, seed, wl["steps"], tuple(wl["eval_steps"]))) if opt == "adamw" else None
+                        run_id = (name, key, seed, wl["steps"], tuple(wl["eval_steps"]))
+                        r = reused.get(run_id) if opt == "adamw" else None
                         if r is not None:
                             results["reused_adamw"]["runs"] += 1
                         else:

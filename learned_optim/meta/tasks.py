@@ -33,8 +33,8 @@ from .arch_tasks import (
     TransformerLMFamily,
     ViTDigitsFamily,
     arch_train_family,
-    wide_arch_family,
     arch_validation_tasks,
+    wide_arch_family,
 )
 from .task_core import (
     FixedTasks,
