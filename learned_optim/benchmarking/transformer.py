@@ -7,6 +7,8 @@ Run::
     learned-optim benchmark transformer --learned-lrs 1e-3,3e-4,1e-4 --seeds 3 --out benchmarks/results
     learned-optim benchmark transformer --quick --out /tmp/t              # a pipeline check in seconds
     learned-optim benchmark transformer --rerender DIR/transformer.json   # tables and figure again
+    learned-optim benchmark transformer --weights DIR --learned-lrs 1e-3 --reuse-adamw OLD/transformer.json
+                                      # a new learned rule against AdamW runs already made (same settings)
 
 Workloads (``WORKLOADS``; models in ``transformer_models``):
 
