@@ -188,3 +188,24 @@ def test_meta_objective_floor_counts_small_losses_as_the_floor_without_gradient(
     assert ga is None and math.isclose(float(gb), 0.5 / 0.5, rel_tol=1e-6)
     j0, _ = meta_objective([a, b], log_cap=math.log(3.0))  # no floor: the old objective
     assert math.isclose(float(j0), (math.log(1e-4) + math.log(0.5)) / 2, rel_tol=1e-6)
+
+
+def test_objective_from_counts_only_the_late_losses():
+    from learned_optim.meta.estimators import _counted
+
+    task, net = _tiny_task(), _net()
+    traj = _traj(task, net, 1, horizon=40)
+    losses = [torch.tensor(float(i)) for i in range(10)]  # losses[i] follows inner step traj.step + i + 1
+    traj.step = 15
+    assert [float(x) for x in _counted(traj, losses, 0.5)] == list(range(5, 10))  # steps 21..25 > 20
+    assert len(_counted(traj, losses, 0.0)) == 10 and not _counted(traj, losses, 0.75)
+    for est in (TruncatedBPTT(truncation_length=5), AntitheticPES(truncation_length=5)):
+        n = est.n_states
+        early, default, zero = (_traj(task, net, n, horizon=40) for _ in range(3))
+        # before the counted part: no gradient, but the trajectory advances as usual
+        g, stats = est.estimate(net, [early], torch.Generator().manual_seed(0), 0.05, 1.5, 0.0, 0.5)
+        assert torch.count_nonzero(g) == 0 and early.step == 5 and stats["meta_loss"] == 0.0
+        # objective_from=0 is the default objective
+        g0, _ = est.estimate(net, [default], torch.Generator().manual_seed(0), 0.05, 1.5)
+        g1, _ = est.estimate(net, [zero], torch.Generator().manual_seed(0), 0.05, 1.5, 0.0, 0.0)
+        assert torch.count_nonzero(g0) > 0 and torch.equal(g0, g1)

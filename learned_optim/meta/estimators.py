@@ -140,6 +140,13 @@ def _log_floor(traj: Trajectory, floor_factor: float) -> float:
     return math.log(traj.init_loss * floor_factor) if floor_factor > 0 else -math.inf
 
 
+def _counted(traj: Trajectory, losses: list[Tensor], objective_from: float) -> list[Tensor]:
+    """The losses of this truncation that the meta-objective counts: those after inner steps past
+    ``objective_from`` x the trajectory's horizon (all of them with 0). ``losses[i]`` follows inner
+    step ``traj.step + i + 1``."""
+    return losses[max(0, math.floor(objective_from * traj.horizon) - traj.step):]
+
+
 def _unroll(
     task: Task,
     shapes: list,
@@ -207,8 +214,11 @@ class TruncatedBPTT:
     n_states: int = field(default=1, init=False)
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
-                 lr: float, log_cap_factor: float, floor_factor: float = 0.0) -> tuple[Tensor, dict[str, float]]:
-        """Advance every trajectory by one truncation; return the mean meta-gradient (flat)."""
+                 lr: float, log_cap_factor: float, floor_factor: float = 0.0,
+                 objective_from: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+        """Advance every trajectory by one truncation; return the mean meta-gradient (flat).
+        ``objective_from``: the meta-objective counts only the losses after this fraction of each
+        trajectory's horizon (default 0: all; ``_counted``)."""
         params = [getattr(net, n) for n in WEIGHT_NAMES]
         total = torch.zeros(sum(p.numel() for p in params))
         objs, used, bad = [], 0, 0
@@ -222,8 +232,10 @@ class TruncatedBPTT:
             losses, new = _unroll(traj.task, traj.shapes, traj.states[0], traj.step, _batches(traj, n), net,
                                   net.config, lr, differentiable=True, second_order=self.second_order,
                                   log_cap=log_cap)
-            obj, diverged = meta_objective(losses, log_cap, log_floor)
-            if obj.requires_grad:
+            _, diverged = meta_objective(losses, log_cap, log_floor)
+            counted = _counted(traj, losses, objective_from)
+            obj = meta_objective(counted, log_cap, log_floor)[0] if counted else None
+            if obj is not None and obj.requires_grad:
                 grads = torch.autograd.grad(obj, params, allow_unused=True)
                 flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                                   for g, p in zip(grads, params)])
@@ -235,7 +247,8 @@ class TruncatedBPTT:
             traj.states[0] = new.detached()  # explicit truncation: drop the graph here
             traj.step += n
             traj.done = diverged or traj.step >= traj.horizon
-            objs.append(float(obj.detach()) - math.log(traj.init_loss))
+            if obj is not None:
+                objs.append(float(obj.detach()) - math.log(traj.init_loss))
         stats = {"meta_loss": sum(objs) / max(1, len(objs)), "nonfinite_grads": float(bad)}
         return total / max(1, used), stats
 
@@ -257,7 +270,9 @@ class AntitheticPES:
     n_states: int = field(default=2, init=False)
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
-                 lr: float, log_cap_factor: float, floor_factor: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+                 lr: float, log_cap_factor: float, floor_factor: float = 0.0,
+                 objective_from: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+        """As ``TruncatedBPTT.estimate``, by antithetic perturbations of the flat weights."""
         theta = flat_weights(net)
         total = torch.zeros_like(theta)
         objs, used = [], 0
@@ -274,19 +289,22 @@ class AntitheticPES:
                 log_cap = math.log(traj.init_loss * log_cap_factor)
                 log_floor = _log_floor(traj, floor_factor)
                 batches = _batches(traj, n)  # shared by both members of the pair
-                js, div = [], False
+                js, div, counts = [], False, False
                 for k, sign in enumerate((1.0, -1.0)):
                     w = weights_from_flat(theta + sign * eps, net)
                     losses, new = _unroll(traj.task, traj.shapes, traj.states[k], traj.step, batches, w, net.config,
                                           lr, differentiable=False, log_cap=log_cap)
-                    j, d = meta_objective(losses, log_cap, log_floor)
-                    js.append(float(j))
+                    d = meta_objective(losses, log_cap, log_floor)[1]
+                    counted = _counted(traj, losses, objective_from)
+                    counts = bool(counted)
+                    js.append(float(meta_objective(counted, log_cap, log_floor)[0]) if counted else 0.0)
                     div = div or d
                     traj.states[k] = new.detached()
                 total += traj.pes_acc * ((js[0] - js[1]) / (2 * self.sigma**2))
                 used += 1
                 traj.step += n
                 traj.done = div or traj.step >= traj.horizon
-                objs.append(0.5 * (js[0] + js[1]) - math.log(traj.init_loss))
+                if counts:
+                    objs.append(0.5 * (js[0] + js[1]) - math.log(traj.init_loss))
         stats = {"meta_loss": sum(objs) / max(1, len(objs)), "nonfinite_grads": 0.0}
         return total / max(1, used), stats
