@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `python benchmarks/meta_validation_curves.py --out {args.out} "
              + " ".join(args.runs) + "`", "",
              "Metric = mean over validation tasks and seeds of log(final loss / tuned-Adam final loss) (lower is "
-             "better; 0 = as good as Adam with its lr tuned per task and seed set). Per-task columns: "
-             "exp(mean log ratio) for that task (< 1: better than tuned Adam).", ""]
+             "better; 0 = as good as Adam with its lr tuned per task and seed set), or, for a run with "
+             "`val_reduce` \"max\", the largest of the tasks' mean log ratios (its worst task); the run keeps "
+             "the weights with the lowest metric. Per-task columns: exp(mean log ratio) for that task (< 1: "
+             "better than tuned Adam).", ""]
     for name, (config, evals) in runs.items():
         if not evals:
             lines += [f"## {name}", "", "no evaluations yet", ""]
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"## {name}", "",
                   f"Config: estimator {c('estimator')}, {c('meta_steps')} meta-steps, truncation "
                   f"{c('truncation_length')}, horizons {c('horizon_min')}-{c('horizon_max')}, "
-                  f"train tasks `{c('train_tasks')}`, loss floor {c('loss_floor', 0.0)}, "
-                  f"validation seeds {c('val_seeds', 1)}; network `{json.dumps(rule)}`.",
+                  f"curriculum fraction {c('curriculum_fraction')}, train tasks `{c('train_tasks')}`, loss floor "
+                  f"{c('loss_floor', 0.0)}, objective from {c('objective_from', 0.0)} of each horizon, "
+                  f"validation seeds {c('val_seeds', 1)}, metric {c('val_reduce', 'mean')}; "
+                  f"network `{json.dumps(rule)}`.",
                   "", "| meta-step | metric | diverged | " + " | ".join(tasks) + " |",
                   "|---" * (3 + len(tasks)) + "|"]
         for e in evals:
