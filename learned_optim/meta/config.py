@@ -82,14 +82,27 @@ def _v2w_train_family() -> TaskFamily:
     return Mixture([default_train_family(), wide_arch_family()], [1.0, 2.0])
 
 
+def _wide_train_family() -> TaskFamily:
+    from .arch_tasks import wide_arch_family
+
+    return wide_arch_family()
+
+
+def _arch_validation_tasks() -> list[tuple[Task, int]]:
+    from .arch_tasks import arch_validation_tasks
+
+    return arch_validation_tasks()
+
+
 TRAIN_FAMILIES: dict[str, Callable[[], TaskFamily]] = {"default": default_train_family, "tiny": tiny_train_family,
                                                       "v2": _v2_train_family, "arch": _arch_train_family,
-                                                      "v2-wide": _v2w_train_family}
+                                                      "v2-wide": _v2w_train_family, "wide": _wide_train_family}
 VAL_REDUCE = ("mean", "max")
 VAL_TASKS: dict[str, Callable[[], list[tuple[Task, int]]]] = {
     "default": default_validation_tasks,
     "tiny": tiny_validation_tasks,
     "v2": _v2_validation_tasks,
+    "arch": _arch_validation_tasks,
     "none": lambda: [],
 }
 
@@ -133,9 +146,10 @@ class MetaTrainConfig:
             always pay. Default 0: every loss.
         train_tasks: name of the training task family, a key of ``TRAIN_FAMILIES`` ("default",
             "tiny"; "arch": the architecture families of ``arch_tasks``; "v2": those and "default";
-            "v2-wide": ``wide_arch_family`` and "default").
+            "v2-wide": ``wide_arch_family`` and "default"; "wide": ``wide_arch_family`` alone).
             Default "default".
         val_tasks: name of the held-out task set, a key of ``VAL_TASKS`` ("default", "tiny";
+            "v2": ``arch_validation_tasks`` and two of "default"; "arch": ``arch_validation_tasks``;
             "none" disables evaluation). Default "default".
         val_seeds: runs per validation task (different initial parameters and minibatches) for
             each method; the metric averages over them. Default 1.
