@@ -430,10 +430,11 @@ def arch_train_family() -> Mixture:
 
 def wide_arch_family() -> Mixture:
     """The architecture families at the widths people train small models at (d up to 128,
-    up to ~250k parameters). At the default widths (d <= 48) Adam's best lr on the transformer
-    LMs is 3e-3 to 1e-2, at d = 64 it is 1e-3: a rule meta-trained on tiny models learns steps
-    too large for wider ones. A width range lets the per-tensor context (log fan-in) size steps
-    by width; each inner step costs up to ~5x more than on the default families."""
+    up to ~250k parameters). Adam's best lr falls with width (mostly 3e-3 on the default family's
+    transformer LMs, 1e-3 to 3e-3 on these, measured in
+    benchmarks/results/meta-v2/adam-lr-by-width.md): a width range lets the per-tensor context
+    (log fan-in) size steps by width. Each inner step costs up to ~5x more than on the default
+    families."""
     return Mixture(
         [TransformerLMFamily(dims=(32, 48, 64, 96, 128), layers=(1, 2), heads=(2, 4), contexts=(32,),
                              batch_sizes=(8, 16), max_params=250_000),

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     prov = net.provenance
     print(f"saved {args.out} (selected meta-step {prov.get('selected_step')}, "
-          f"held-out mean log ratio vs tuned Adam {prov.get('heldout_metric_mean_log_ratio_vs_tuned_adam')}, "
+          f"held-out {prov.get('heldout_metric_reduce', 'mean')} log ratio vs tuned Adam "
+          f"{prov.get('heldout_metric_mean_log_ratio_vs_tuned_adam')}, "
           f"{prov.get('wall_seconds')} s)")
     return 0

@@ -265,11 +265,11 @@ _LSTM_H4_V2 = dict(
              "context_features": ["p_log_rms", "log_fan_in", "is_vector"]},
 )
 
-# lstm-h4-v2 on models of the widths people train small models at (``wide_arch_family``, d up to
-# 128: at d <= 48 Adam's best lr is 3-10x larger than at d = 64), on horizons of 500-2000 steps
-# from the start, with a meta-objective that counts only the second half of each trajectory (the
-# benchmarks compare final losses; over the first few hundred steps larger steps always pay), kept
-# by its worst validation task rather than the mean over tasks.
+# Experimental, not shipped: lstm-h4-v2 on models of the widths people train small models at
+# (``wide_arch_family``, d up to 128), on horizons of 500-2000 steps from the start, with a
+# meta-objective that counts only the second half of each trajectory (the benchmarks compare final
+# losses; over the first few hundred steps larger steps always pay), kept by its worst validation
+# task. Its runs and the benchmark of its best point: benchmarks/results/meta-v2/README.md.
 _LSTM_H4_V2_WIDE = {**_LSTM_H4_V2, "train_tasks": "v2-wide", "val_reduce": "max", "meta_steps": 800,
                     "eval_every": 200, "horizon_min": 500, "curriculum_fraction": 0.0, "objective_from": 0.5}
 

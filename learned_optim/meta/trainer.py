@@ -268,7 +268,9 @@ class MetaTrainer:
             "custom_tasks": self.custom_tasks,
             "selected_step": self.best["step"] if found else self.step,
             "meta_steps_done": self.step,
+            # the key predates val_reduce; with val_reduce "max" the value is the worst task's mean log ratio
             "heldout_metric_mean_log_ratio_vs_tuned_adam": self.best["metric"] if found else None,
+            "heldout_metric_reduce": self.config.val_reduce,
             "heldout_table": self.best["table"],
             "wall_seconds": round(self.elapsed, 1),
             "command": self.command,
