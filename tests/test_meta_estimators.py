@@ -191,14 +191,14 @@ def test_meta_objective_floor_counts_small_losses_as_the_floor_without_gradient(
 
 
 def test_objective_from_counts_only_the_late_losses():
-    from learned_optim.meta.estimators import _counted
+    from learned_optim.meta.estimators import _first_counted
 
     task, net = _tiny_task(), _net()
     traj = _traj(task, net, 1, horizon=40)
     losses = [torch.tensor(float(i)) for i in range(10)]  # losses[i] follows inner step traj.step + i + 1
     traj.step = 15
-    assert [float(x) for x in _counted(traj, losses, 0.5)] == list(range(5, 10))  # steps 21..25 > 20
-    assert len(_counted(traj, losses, 0.0)) == 10 and not _counted(traj, losses, 0.75)
+    assert [float(x) for x in losses[_first_counted(traj, 0.5):]] == list(range(5, 10))  # steps 21..25 > 20
+    assert len(losses[_first_counted(traj, 0.0):]) == 10 and not losses[_first_counted(traj, 0.75):]
     for est in (TruncatedBPTT(truncation_length=5), AntitheticPES(truncation_length=5)):
         n = est.n_states
         early, default, zero = (_traj(task, net, n, horizon=40) for _ in range(3))

@@ -317,8 +317,9 @@ def run_transformer(*, workloads: Sequence[str] = tuple(WORKLOADS), seeds: int |
                      "tuning": "AdamW tuned = grid lr with the lowest mean final validation loss over the seeds"},
         "workloads": {},
     }
-    reused = _load_reusable(reuse_adamw, results) if reuse_adamw is not None else {}
+    reused = {}
     if reuse_adamw is not None:
+        reused = _load_reusable(reuse_adamw, results)
         results["reused_adamw"] = {"from": os.fspath(reuse_adamw), "runs": 0}
     try:
         built = {name: WORKLOADS[name](**({"val_windows": 8} if quick and name == "gpt-byte" else {}))

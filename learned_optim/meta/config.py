@@ -39,6 +39,7 @@ from .task_families import (
     tiny_train_family,
     tiny_validation_tasks,
 )
+from .validation import REDUCTIONS
 
 __all__ = [
     "MetaTrainConfig",
@@ -97,7 +98,6 @@ def _arch_validation_tasks() -> list[tuple[Task, int]]:
 TRAIN_FAMILIES: dict[str, Callable[[], TaskFamily]] = {"default": default_train_family, "tiny": tiny_train_family,
                                                       "v2": _v2_train_family, "arch": _arch_train_family,
                                                       "v2-wide": _v2w_train_family, "wide": _wide_train_family}
-VAL_REDUCE = ("mean", "max")
 VAL_TASKS: dict[str, Callable[[], list[tuple[Task, int]]]] = {
     "default": default_validation_tasks,
     "tiny": tiny_validation_tasks,
@@ -222,7 +222,7 @@ class MetaTrainConfig:
                          "raise horizon_max or lower horizon_min")
         check_choice(self, "train_tasks", TRAIN_FAMILIES)
         check_choice(self, "val_tasks", VAL_TASKS)
-        check_choice(self, "val_reduce", VAL_REDUCE)
+        check_choice(self, "val_reduce", REDUCTIONS)
         defaults = LSTMOptimizerConfig().to_dict()  # network lists the fields that differ from these
         check_nested(self, "network", "LSTMOptimizerConfig", lambda d: LSTMOptimizerConfig.from_dict({**defaults, **d}),
                      '{"log_scale_bound": 4.0}')

@@ -111,28 +111,32 @@ class Trajectory:
         return max(0, min(k, self.horizon - self.step))
 
 
-def meta_objective(losses: Sequence[Tensor], log_cap: float, log_floor: float = -math.inf) -> tuple[Tensor, bool]:
-    """Mean over the truncation of ``clip(log L_i, log_floor, log_cap)``; non-finite losses count
-    as the cap.
+def meta_objective(losses: Sequence[Tensor], log_cap: float, log_floor: float = -math.inf,
+                   start: int = 0) -> tuple[Tensor | None, bool]:
+    """Mean over ``losses[start:]`` (default: the whole truncation) of ``clip(log L_i, log_floor,
+    log_cap)``; non-finite losses count as the cap.
 
     Returns ``(J, diverged)``. Terms that are non-finite or above the cap enter as the constant
     ``log_cap``, terms below ``log_floor`` (default -inf: none) as the constant ``log_floor``
-    (no gradient either way); ``diverged`` says whether any term was non-finite or capped.
+    (no gradient either way); ``diverged`` says whether any term of ``losses``, counted or not, was
+    non-finite or capped. ``J`` is None when no term is counted (``start >= len(losses)``).
     """
     terms, diverged = [], False
-    for loss in losses:
+    for i, loss in enumerate(losses):
         val = loss.detach()
         if torch.isfinite(val) and val > 0 and math.log(float(val)) <= log_floor:
-            terms.append(torch.tensor(log_floor, dtype=loss.dtype))
+            term = torch.tensor(log_floor, dtype=loss.dtype)
         elif not torch.isfinite(val) or val <= 0 or math.log(float(val)) >= log_cap:
             diverged = diverged or not torch.isfinite(val) or math.log(max(float(val), 1e-300)) >= log_cap
             if torch.isfinite(val) and val <= 0:  # exact zero loss: floor it, no gradient
-                terms.append(torch.tensor(math.log(1e-30), dtype=loss.dtype))
+                term = torch.tensor(math.log(1e-30), dtype=loss.dtype)
             else:
-                terms.append(torch.tensor(log_cap, dtype=loss.dtype))
+                term = torch.tensor(log_cap, dtype=loss.dtype)
         else:
-            terms.append(torch.log(loss))
-    return torch.stack(terms).mean(), diverged
+            term = torch.log(loss) if i >= start else None  # uncounted: no graph to build
+        if i >= start:
+            terms.append(term)
+    return (torch.stack(terms).mean() if terms else None), diverged
 
 
 def _log_floor(traj: Trajectory, floor_factor: float) -> float:
@@ -140,11 +144,11 @@ def _log_floor(traj: Trajectory, floor_factor: float) -> float:
     return math.log(traj.init_loss * floor_factor) if floor_factor > 0 else -math.inf
 
 
-def _counted(traj: Trajectory, losses: list[Tensor], objective_from: float) -> list[Tensor]:
-    """The losses of this truncation that the meta-objective counts: those after inner steps past
-    ``objective_from`` x the trajectory's horizon (all of them with 0). ``losses[i]`` follows inner
-    step ``traj.step + i + 1``."""
-    return losses[max(0, math.floor(objective_from * traj.horizon) - traj.step):]
+def _first_counted(traj: Trajectory, objective_from: float) -> int:
+    """The index in this truncation's losses of the first one the meta-objective counts: losses
+    after inner steps past ``objective_from`` x the trajectory's horizon (0 with 0). ``losses[i]``
+    follows inner step ``traj.step + i + 1``."""
+    return max(0, math.floor(objective_from * traj.horizon) - traj.step)
 
 
 def _unroll(
@@ -218,7 +222,7 @@ class TruncatedBPTT:
                  objective_from: float = 0.0) -> tuple[Tensor, dict[str, float]]:
         """Advance every trajectory by one truncation; return the mean meta-gradient (flat).
         ``objective_from``: the meta-objective counts only the losses after this fraction of each
-        trajectory's horizon (default 0: all; ``_counted``)."""
+        trajectory's horizon (default 0: all; ``_first_counted``)."""
         params = [getattr(net, n) for n in WEIGHT_NAMES]
         total = torch.zeros(sum(p.numel() for p in params))
         objs, used, bad = [], 0, 0
@@ -232,9 +236,7 @@ class TruncatedBPTT:
             losses, new = _unroll(traj.task, traj.shapes, traj.states[0], traj.step, _batches(traj, n), net,
                                   net.config, lr, differentiable=True, second_order=self.second_order,
                                   log_cap=log_cap)
-            _, diverged = meta_objective(losses, log_cap, log_floor)
-            counted = _counted(traj, losses, objective_from)
-            obj = meta_objective(counted, log_cap, log_floor)[0] if counted else None
+            obj, diverged = meta_objective(losses, log_cap, log_floor, _first_counted(traj, objective_from))
             if obj is not None and obj.requires_grad:
                 grads = torch.autograd.grad(obj, params, allow_unused=True)
                 flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
@@ -289,22 +291,20 @@ class AntitheticPES:
                 log_cap = math.log(traj.init_loss * log_cap_factor)
                 log_floor = _log_floor(traj, floor_factor)
                 batches = _batches(traj, n)  # shared by both members of the pair
-                js, div, counts = [], False, False
+                js, div, start = [], False, _first_counted(traj, objective_from)
                 for k, sign in enumerate((1.0, -1.0)):
                     w = weights_from_flat(theta + sign * eps, net)
                     losses, new = _unroll(traj.task, traj.shapes, traj.states[k], traj.step, batches, w, net.config,
                                           lr, differentiable=False, log_cap=log_cap)
-                    d = meta_objective(losses, log_cap, log_floor)[1]
-                    counted = _counted(traj, losses, objective_from)
-                    counts = bool(counted)
-                    js.append(float(meta_objective(counted, log_cap, log_floor)[0]) if counted else 0.0)
+                    j, d = meta_objective(losses, log_cap, log_floor, start)
+                    js.append(0.0 if j is None else float(j))  # nothing counted yet: no signal, no gradient
                     div = div or d
                     traj.states[k] = new.detached()
                 total += traj.pes_acc * ((js[0] - js[1]) / (2 * self.sigma**2))
                 used += 1
                 traj.step += n
                 traj.done = div or traj.step >= traj.horizon
-                if counts:
+                if start < n:
                     objs.append(0.5 * (js[0] + js[1]) - math.log(traj.init_loss))
         stats = {"meta_loss": sum(objs) / max(1, len(objs)), "nonfinite_grads": 0.0}
         return total / max(1, used), stats

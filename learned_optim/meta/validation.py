@@ -32,7 +32,10 @@ from ..network import CoordinatewiseLSTM
 from .inner import init_inner, inner_step
 from .task_core import Task, flatten_params, unflatten_params
 
-__all__ = ["full_loss", "run_inner", "ratio_log", "adam_baselines", "evaluate"]
+__all__ = ["full_loss", "run_inner", "ratio_log", "adam_baselines", "evaluate", "REDUCTIONS"]
+
+# How ``evaluate`` combines the tasks into its metric (``MetaTrainConfig.val_reduce``).
+REDUCTIONS = ("mean", "max")
 
 # Task i of a validation set runs with seed VAL_SEED + i, for every method and every evaluation.
 VAL_SEED = 1000
@@ -141,7 +144,7 @@ def evaluate(net: CoordinatewiseLSTM, val_tasks: Sequence[tuple[Task, int]], bas
     ``rows`` the baseline rows with ``learned`` (mean final loss), ``diverged`` and
     ``ratio_vs_tuned`` (exp of the task's mean log ratio) added.
     """
-    if reduce not in ("mean", "max"):
+    if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
     rows, logs, task_means, wins, div = [], [], [], 0, 0
     for i, ((task, horizon), base) in enumerate(zip(val_tasks, baselines)):
