@@ -58,3 +58,25 @@ def test_unknown_fields_are_listed():
         MetaTrainConfig.from_dict({"meta_stepz": 3})
     with pytest.raises(TypeError, match="must be a JSON object"):
         MetaTrainConfig.from_dict([1])
+
+
+def test_network_overrides_keep_the_presets_other_network_fields(tmp_path):
+    from learned_optim.meta.cli import _parse_overrides
+    from learned_optim.meta.config import get_preset, load_config
+
+    v2 = get_preset("lstm-h4-v2")
+    changed = v2.replace(network={"direction_bound": 0.0})
+    assert changed.network == {**v2.network, "direction_bound": 0.0}
+    assert changed.network["sign_equivariant"] is True and changed.network["context_features"]
+    # the command line: a dotted key sets one network field, several combine
+    overrides = _parse_overrides(["network.direction_bound=0", "network.hidden_size=8", "meta_steps=5"])
+    assert overrides == {"network": {"direction_bound": 0, "hidden_size": 8}, "meta_steps": 5}
+    cli = v2.replace(**overrides)
+    assert cli.network == {**v2.network, "direction_bound": 0, "hidden_size": 8} and cli.meta_steps == 5
+    # a preset-based JSON file does the same
+    path = tmp_path / "c.json"
+    path.write_text('{"preset": "lstm-h4-v2", "network": {"direction_bound": 0.0}}')
+    assert load_config(path).network == changed.network
+    # a bad network field is still refused, naming it
+    with pytest.raises(ValueError, match="direction_bound"):
+        v2.replace(network={"direction_bound": -1.0})

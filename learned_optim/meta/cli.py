@@ -10,7 +10,9 @@ Examples::
 
 ``--config`` is a preset name (``learned_optim.meta.PRESETS``) or a JSON file holding
 ``MetaTrainConfig`` fields, optionally ``{"preset": "default", ...overrides}``. ``--set KEY=VALUE``
-overrides single fields (VALUE parsed as JSON, else taken as a string).
+overrides single fields (VALUE parsed as JSON, else taken as a string); ``--set network.FIELD=VALUE``
+one field of the rule's network, keeping the preset's others (as does a ``network`` dict in
+``--set`` or in a preset-based JSON file).
 """
 
 from __future__ import annotations
@@ -38,20 +40,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tune from these weights: shipped name, directory or Hub id "
                              "(default: a fresh network)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field, e.g. --set meta_steps=100 (repeatable)")
+                        help="override one config field, e.g. --set meta_steps=100 or --set network.direction_bound=0 "
+                             "(repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _parse_overrides(items: list[str]) -> dict:
-    out = {}
+    """``--set`` items as a dict of config changes; ``network.FIELD=VALUE`` sets one field of the
+    rule's network config (the preset's other network fields are kept)."""
+    out: dict = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}; e.g. --set meta_steps=100")
         key, raw = item.split("=", 1)
+        key = key.strip()
         try:
-            out[key.strip()] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            out[key.strip()] = raw
+            value = raw
+        if key.startswith("network."):
+            out.setdefault("network", {})[key[len("network."):]] = value
+        else:
+            out[key] = value
     return out
 
 

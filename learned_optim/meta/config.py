@@ -238,8 +238,20 @@ class MetaTrainConfig:
         return from_dict(cls, d, "meta-training config")
 
     def replace(self, **changes) -> "MetaTrainConfig":
-        """A copy with ``changes`` applied (validated like a new config)."""
-        return MetaTrainConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with ``changes`` applied (validated like a new config). A ``network`` dict
+        changes only the network fields it names: ``get_preset("lstm-h4-v2").replace(network=
+        {"direction_bound": 0.0})`` keeps the preset's sign equivariance and context features."""
+        return MetaTrainConfig.from_dict(_merge_network(self.to_dict(), changes))
+
+
+def _merge_network(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied, where a ``network`` dict in ``changes`` updates the
+    fields of ``base["network"]`` it names instead of replacing the whole network (a preset's
+    other network fields, e.g. version 2's, would otherwise fall back to the defaults unseen)."""
+    out = {**base, **changes}
+    if isinstance(changes.get("network"), dict) and isinstance(base.get("network"), dict):
+        out["network"] = {**base["network"], **changes["network"]}
+    return out
 
 
 # The shipped default (pretrained/lstm-h4-v1), measured in its model card. PES because in a
@@ -310,8 +322,7 @@ def load_config(spec: str | os.PathLike | dict | MetaTrainConfig | None) -> Meta
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"config file {str(path)!r} is not valid JSON: {e}") from None
         if isinstance(raw, dict) and "preset" in raw:  # {"preset": "default", ...overrides}
-            base = get_preset(raw.pop("preset")).to_dict()
-            return MetaTrainConfig.from_dict({**base, **raw})
+            return get_preset(raw.pop("preset")).replace(**raw)
         return MetaTrainConfig.from_dict(raw)
     if str(spec) in PRESETS:
         return get_preset(str(spec))
