@@ -20,6 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from learned_optim.network import LSTMOptimizerConfig
+
 
 def read_evals(path: Path) -> tuple[dict, list[dict]]:
     config, evals = {}, []
@@ -64,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         tasks = [r["task"] for r in evals[0]["rows"]]
         c = config.get
+        defaults = LSTMOptimizerConfig().to_dict()  # the rule's fields that matter here, and any changed one
         rule = {k: v for k, v in c("network", {}).items()
-                if k in ("sign_equivariant", "context_features", "log_scale_bound")}
+                if k in ("sign_equivariant", "context_features", "log_scale_bound") or defaults.get(k, v) != v}
         lines += [f"## {name}", "",
-                  f"Config: estimator {c('estimator')}, {c('meta_steps')} meta-steps, truncation "
+                  f"Config: estimator {c('estimator')}, {c('meta_steps')} meta-steps of "
+                  f"{c('num_trajectories')} trajectories, truncation "
                   f"{c('truncation_length')}, horizons {c('horizon_min')}-{c('horizon_max')}, "
                   f"curriculum fraction {c('curriculum_fraction')}, train tasks `{c('train_tasks')}`, loss floor "
                   f"{c('loss_floor', 0.0)}, objective from {c('objective_from', 0.0)} of each horizon, "
