@@ -80,3 +80,6 @@ def test_network_overrides_keep_the_presets_other_network_fields(tmp_path):
     # a bad network field is still refused, naming it
     with pytest.raises(ValueError, match="direction_bound"):
         v2.replace(network={"direction_bound": -1.0})
+    # and so is a name that is not a field (a typo must not be dropped silently)
+    with pytest.raises(ValueError, match=r"MetaTrainConfig.network is not a valid LSTMOptimizerConfig.*'hiden_size'"):
+        v2.replace(**_parse_overrides(["network.hiden_size=8"]))

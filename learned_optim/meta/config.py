@@ -224,7 +224,7 @@ class MetaTrainConfig:
         check_choice(self, "val_tasks", VAL_TASKS)
         check_choice(self, "val_reduce", REDUCTIONS)
         defaults = LSTMOptimizerConfig().to_dict()  # network lists the fields that differ from these
-        check_nested(self, "network", "LSTMOptimizerConfig", lambda d: LSTMOptimizerConfig.from_dict({**defaults, **d}),
+        check_nested(self, "network", "LSTMOptimizerConfig", lambda d: _network_config(defaults, d),
                      '{"log_scale_bound": 4.0}')
         self.network = {**defaults, **self.network}
 
@@ -242,6 +242,16 @@ class MetaTrainConfig:
         changes only the network fields it names: ``get_preset("lstm-h4-v2").replace(network=
         {"direction_bound": 0.0})`` keeps the preset's sign equivariance and context features."""
         return MetaTrainConfig.from_dict(_merge_network(self.to_dict(), changes))
+
+
+def _network_config(defaults: dict[str, Any], fields: dict[str, Any]) -> LSTMOptimizerConfig:
+    """The rule config of ``fields`` over ``defaults``; a name that is not a field is an error (a typo
+    in ``--set network.FIELD=...`` must not be dropped silently)."""
+    names = {f.name for f in dataclasses.fields(LSTMOptimizerConfig)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise KeyError(f"unknown field(s) {unknown}; fields: {sorted(names)}")
+    return LSTMOptimizerConfig.from_dict({**defaults, **fields})
 
 
 def _merge_network(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
