@@ -26,6 +26,7 @@ from test_fastpath import assert_same, cpu_loop, fresh_seed, grads_for, make_cas
 from torch import nn
 
 from learned_optim import LearnedOptimizer, from_pretrained, kernels, list_shipped
+from learned_optim.hub import DEFAULT_WEIGHTS
 from learned_optim.kernels import cpu
 from learned_optim.update import lstm_rule
 
@@ -193,15 +194,16 @@ def test_state_dict_records_the_weights_and_warns_on_others():
     a.step()
     sd = a.state_dict()
     ident = sd["learned_optim_weights"]
-    assert ident["name"] == "lstm-h4-v1" and len(ident["sha256"]) == 64
+    assert ident["name"] == DEFAULT_WEIGHTS and len(ident["sha256"]) == 64
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        LearnedOptimizer([p], "lstm-h4-v1").load_state_dict(sd)  # same weights: silent
-        LearnedOptimizer([p], from_pretrained("lstm-h4-v1")).load_state_dict(sd)  # same content, no name
+        LearnedOptimizer([p], DEFAULT_WEIGHTS).load_state_dict(sd)  # same weights: silent
+        LearnedOptimizer([p], from_pretrained(DEFAULT_WEIGHTS)).load_state_dict(sd)  # same content, no name
         torch.optim.Adam([p]).load_state_dict(sd)  # torch ignores the extra key
-    with pytest.warns(UserWarning, match=r"made with weights 'lstm-h4-v1' sha256 .* uses 'adam-equivalent' sha256"):
-        LearnedOptimizer([p], "adam-equivalent").load_state_dict(sd)
-    net = from_pretrained("lstm-h4-v1")
+    for other in ("lstm-h4-v1", "adam-equivalent"):
+        with pytest.warns(UserWarning, match=rf"made with weights '{DEFAULT_WEIGHTS}' sha256 .* uses '{other}' sha256"):
+            LearnedOptimizer([p], other).load_state_dict(sd)
+    net = from_pretrained(DEFAULT_WEIGHTS)
     b = LearnedOptimizer([p], net)
     before = b.weights_identity()["sha256"]
     with torch.no_grad():

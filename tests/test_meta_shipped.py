@@ -2,35 +2,44 @@
 
 import math
 
+import pytest
 import torch
 
 from learned_optim import LearnedOptimizer, from_pretrained, list_shipped
-from learned_optim.hub import resolve
+from learned_optim.hub import DEFAULT_WEIGHTS, resolve
 from learned_optim.meta import MetaTrainConfig, get_preset
 
-NAME = "lstm-h4-v1"
+# Each meta-trained shipped name and the preset its model card documents.
+SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "default"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32")]
 
 
-def test_shipped_weights_come_from_the_default_preset():
-    assert NAME in list_shipped()
-    net = from_pretrained(NAME)
+def test_the_default_preset_makes_the_default_weights():
+    assert DEFAULT_WEIGHTS == "lstm-h4-v2-t32"
+    assert get_preset("default") == get_preset(DEFAULT_WEIGHTS)
+
+
+@pytest.mark.parametrize("name,preset", SHIPPED)
+def test_shipped_weights_come_from_their_preset(name, preset):
+    assert name in list_shipped()
+    net = from_pretrained(name)
     prov = net.provenance
     assert prov["trained"] is True
-    # `learned-optim meta-train --config default` reproduces them: same config, same network.
+    # `learned-optim meta-train --config PRESET` reproduces them: same config, same network.
     # (Fields added to MetaTrainConfig later take their defaults, which keep the old behaviour.)
-    preset = get_preset("default")
-    assert MetaTrainConfig.from_dict(prov["meta_train_config"]) == preset
-    assert net.config.to_dict() == preset.network
-    card = (resolve(NAME) / "README.md").read_text(encoding="utf-8")
-    assert "learned-optim meta-train --config default" in card
+    config = get_preset(preset)
+    assert MetaTrainConfig.from_dict(prov["meta_train_config"]) == config
+    assert net.config.to_dict() == config.network
+    card = (resolve(name) / "README.md").read_text(encoding="utf-8")
+    assert f"learned-optim meta-train --config {preset}" in card
 
 
-def test_shipped_weights_train_a_small_model():
+@pytest.mark.parametrize("name", sorted({n for n, _ in SHIPPED}))
+def test_shipped_weights_train_a_small_model(name):
     torch.manual_seed(0)
     x = torch.randn(256, 6)
     y = (x[:, :3].sum(1) > x[:, 3:].sum(1)).long()
     model = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
-    opt = LearnedOptimizer(model.parameters(), weights=NAME)
+    opt = LearnedOptimizer(model.parameters(), weights=name)
     with torch.no_grad():
         start = float(torch.nn.functional.cross_entropy(model(x), y))
     for step in range(150):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from learned_optim import CoordinatewiseLSTM, LearnedOptimizer
+from learned_optim.hub import DEFAULT_WEIGHTS
 
 # One table of optimizer configurations drives the shared smoke test.
 CONFIGS = {
@@ -290,7 +291,7 @@ def test_load_state_dict_from_other_hidden_size_is_a_clear_error():
     opt.step()
     opt2 = LearnedOptimizer([p])
     before = {k: v.clone() for k, v in opt2.state_dict()["state"].items()}
-    with pytest.warns(UserWarning, match="made with weights \\(unnamed\\).*uses 'lstm-h4-v1'"), \
+    with pytest.warns(UserWarning, match=f"made with weights \\(unnamed\\).*uses '{DEFAULT_WEIGHTS}'"), \
             pytest.raises(ValueError, match=r"state 'lstm_h' of parameter 0 of param group 0 \(shape \[4\]\) has "
                                             r"shape \(2, 4\), expected .* shape \(4, 4\) \(hidden_size 4"):
         opt2.load_state_dict(opt.state_dict())  # at load time, before anything is loaded

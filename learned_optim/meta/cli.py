@@ -2,10 +2,11 @@
 
 Examples::
 
-    learned-optim meta-train --config default --out pretrained/lstm-h4-v1
+    learned-optim meta-train --config default --out pretrained/lstm-h4-v2-t32   # the shipped default
+    learned-optim meta-train --config lstm-h4-v1 --out pretrained/lstm-h4-v1
     learned-optim meta-train --config my_run.json --out runs/a --resume
     learned-optim meta-train --config tiny --out runs/ft --init adam-equivalent
-    torchrun --nproc_per_node 2 -m learned_optim.cli meta-train --config default --set slot_rng=true --out runs/d
+    torchrun --nproc_per_node 2 -m learned_optim.cli meta-train --config lstm-h4-v1 --set slot_rng=true --out runs/d
     learned-optim meta-train --config few-shot --out pretrained/lstm-fewshot-digits   # the few-shot weights
 
 ``--config`` is a preset name (``learned_optim.meta.PRESETS``) or a JSON file holding

@@ -11,7 +11,7 @@ trainer pays nothing for it.
 
 Launch (one machine, 2 processes; several machines: the usual ``torchrun --nnodes N
 --node_rank R --rdzv_endpoint HOST:PORT`` flags):
-    torchrun --nproc_per_node 2 -m learned_optim.cli meta-train --config default \\
+    torchrun --nproc_per_node 2 -m learned_optim.cli meta-train --config lstm-h4-v1 \\
         --set slot_rng=true --out runs/dist
 """
 
