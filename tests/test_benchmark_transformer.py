@@ -185,3 +185,20 @@ def test_reused_adamw_runs_equal_fresh_ones(tmp_path, capsys):
                                     reuse_adamw=tmp_path / "a" / "transformer.json")
     assert main([*base, "--out", str(tmp_path / "e"), "--reuse-adamw", str(tmp_path / "nope.json")]) == 2
     assert "--reuse-adamw" in capsys.readouterr().err
+
+
+def _fake_run(optimizer, lr, final):
+    n = len(final)
+    return {"optimizer": optimizer, "lr": lr, "seeds": list(range(n)), "final": final, "min": final,
+            "diverged": [False] * n, "test_acc": [None] * n, "train_loss": [None] * n, "wall_s": [1.0] * n,
+            "step_ms": [1.0] * n}
+
+
+def test_only_the_run_at_the_default_lr_is_the_learned_default():
+    runs = {"adamw_lr=0.001": _fake_run("adamw", 1e-3, [2.0, 2.1]),
+            "learned_lr=0.0003": _fake_run("learned", 3e-4, [1.9, 2.0]),
+            "learned_lr=0.001": _fake_run("learned", 1e-3, [2.2, 2.3])}
+    assert transformer.summarize({"runs": runs})["learned_default"] == "learned_lr=0.001"
+    del runs["learned_lr=0.001"]
+    summary = transformer.summarize({"runs": runs})
+    assert "learned_default" not in summary and summary["learned_best"] == "learned_lr=0.0003"

@@ -23,7 +23,7 @@ Workloads (``WORKLOADS``; models in ``transformer_models``):
 
 Protocol. Every method trains from the same initialisation on the same minibatches for a given
 seed: AdamW at every lr of ``--adamw-lrs`` and the learned optimizer at every lr of
-``--learned-lrs`` (the first, by default its default 1e-3, is "learned default"). Both get the
+``--learned-lrs`` (the run at its default lr 1e-3, if in the list, is "learned default"). Both get the
 same recipe: weight decay ``WEIGHT_DECAY`` on >= 2-D tensors only (nanoGPT's convention), global
 gradient-norm clipping at ``GRAD_CLIP``, and a ``LambdaLR`` schedule of linear warmup over
 ``WARMUP_FRAC`` of the steps then cosine decay to ``FINAL_LR_FRAC`` of the peak. AdamW keeps
@@ -39,6 +39,7 @@ survives), ``transformer.md`` and ``transformer.png`` (``transformer_report``).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -61,13 +62,16 @@ from .common import DEFAULT_OUT, check_no_overwrite, check_out_dir
 from .transformer_models import WORKLOADS, count_params, param_groups
 from .transformer_report import write_transformer_report
 
+# LearnedOptimizer's default lr (its signature), the lr a "learned default" run uses.
+_DEFAULT_LR = inspect.signature(LearnedOptimizer).parameters["lr"].default
+
 __all__ = ["WORKLOADS", "OUTPUT_FILES", "ADAMW_LR_GRID", "LEARNED_LRS", "lr_factor",
            "train_once", "evaluation_steps", "summarize", "run_transformer", "rerender", "add_cli_arguments",
            "run_cli"]
 
 OUTPUT_FILES = ("transformer.json", "transformer.md", "transformer.png")
 ADAMW_LR_GRID = (3e-4, 1e-3, 3e-3)
-LEARNED_LRS = (1e-3,)  # LearnedOptimizer's default lr; the first learned lr is "learned default"
+LEARNED_LRS = (1e-3,)  # LearnedOptimizer's default lr, reported as "learned default"
 WEIGHT_DECAY = 0.1  # GPT-2/nanoGPT's value, for AdamW and the learned optimizer alike
 GRAD_CLIP = 1.0
 WARMUP_FRAC = 0.05
@@ -218,7 +222,9 @@ def summarize(wl: dict[str, Any]) -> dict[str, Any]:
         }
     if learned:
         best = min(learned, key=lambda k: (methods[k]["val_mean"], -methods[k]["lr"]))
-        out["learned_default"] = learned[0]
+        at_default = [k for k in learned if wl["runs"][k]["lr"] == _DEFAULT_LR]
+        if at_default:  # only the run at LearnedOptimizer's own default lr is "learned default"
+            out["learned_default"] = at_default[0]
         out["learned_best"] = best
         out["learned_best_lr_over_adamw_tuned_lr"] = methods[best]["lr"] / methods[tuned]["lr"]
     return out
@@ -276,8 +282,8 @@ def run_transformer(*, workloads: Sequence[str] = tuple(WORKLOADS), seeds: int |
         steps: training steps per workload name (default: each workload's own; QUICK_STEPS with
             ``quick``); names not given keep the default.
         adamw_lrs: AdamW's lr grid (default ADAMW_LR_GRID); tuned AdamW is its best lr.
-        learned_lrs: the learned optimizer's lrs (default LEARNED_LRS); the first is reported as
-            "learned default".
+        learned_lrs: the learned optimizer's lrs (default LEARNED_LRS); the one equal to
+            ``LearnedOptimizer``'s default lr (1e-3), if any, is reported as "learned default".
         weights: learned-optimizer weights (shipped name, directory or Hub id); None = the package default.
         quick: a pipeline check: QUICK_STEPS steps, QUICK_SEEDS seeds, 8 validation windows.
         out: output directory (created).
