@@ -50,3 +50,23 @@ def test_shipped_weights_train_a_small_model(name):
     with torch.no_grad():
         end = float(torch.nn.functional.cross_entropy(model(x), y))
     assert math.isfinite(end) and end < 0.5 * start
+
+
+@pytest.mark.parametrize("name", sorted({n for n, _ in SHIPPED}))
+def test_a_coordinate_whose_gradient_stops_keeps_moving_by_a_nearly_constant_step(name):
+    # What the README says of a zero gradient after nonzero ones, for both meta-trained rules: the
+    # LSTM's output at zero input is not zero, so the step does not die away as Adam's does.
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = LearnedOptimizer([p], weights=name)
+    for _ in range(20):
+        p.grad = torch.tensor([1.0, -0.5, 0.0])
+        opt.step()
+    steps = []
+    for _ in range(600):
+        before = p.detach().clone()
+        p.grad = torch.zeros(3)
+        opt.step()
+        steps.append((p.detach() - before).abs())
+    assert steps[-1][2] == 0 and float(p.detach()[2]) == 0.0  # never had a gradient: never moves
+    late, later = steps[299][:2], steps[-1][:2]
+    assert (later > 1e-6).all() and ((later - late).abs() < 0.2 * late).all(), (late, later)
