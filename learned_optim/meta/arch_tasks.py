@@ -17,7 +17,10 @@ scikit-learn's bundled digits (``common.data.digits``), both cached once per pro
 
 ``full_batch()`` is a fixed evaluation batch (256 windows for the text tasks, a fixed subset of
 512 digits for the transformer/CNN digit tasks), so the trainer's final-loss evaluation is cheap.
-The LM tasks also have ``validation_batch()``: 256 windows of held-out text.
+The LM tasks also have ``validation_batch()``: 256 windows of held-out text. With ``split=True``
+the language-model and digit families train on part of their data (the first 90% of the text, a
+fixed 80% of the digits) and their tasks draw held-out minibatches of the rest
+(``heldout_batch(generator)``) for the held-out meta-objective (``objective_split="heldout"``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ __all__ = [
 
 _EVAL_SEED = 20240601  # fixed evaluation batches: the same windows/examples for every task and run
 _EVAL_WINDOWS = 256
+_SPLIT_SEED = 20240602  # the digits' fixed training / held-out split of the ``split`` families
+_HELDOUT_FRACTION = 0.2
 _MAX_DRAWS = 64
 
 
@@ -63,7 +68,7 @@ _MAX_DRAWS = 64
 
 @lru_cache(maxsize=8)
 def _corpus(source: str) -> Tensor:
-    """uint8 bytes of ``"train"``, ``"validation"``, or ``"validation:head"``/``"validation:tail"``
+    """uint8 bytes of ``"train"`` or ``"validation"``, or ``"<split>:head"``/``"<split>:tail"``
     (its first 90% / last 10%: a held-out task trains on the head and validates on the tail)."""
     split, _, part = source.partition(":")
     data = stdlib_bytes(split)
@@ -102,6 +107,15 @@ def _eval_index(n: int, size: int) -> Tensor:
 
 
 @lru_cache(maxsize=1)
+def _digit_split() -> tuple[Tensor, Tensor]:
+    """Sorted training and held-out indices of the digits: a fixed random fifth is held out."""
+    n = len(digits()[1])
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_SPLIT_SEED))
+    k = round(n * _HELDOUT_FRACTION)
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+@lru_cache(maxsize=1)
 def _module_spans() -> tuple[Tensor, Tensor, Tensor]:
     """The training corpus and, per ``TRAIN_MODULES`` entry, its start offset and length in it."""
     data = stdlib_bytes("train")
@@ -120,7 +134,9 @@ class LMTask:
 
     A batch is ``[batch_size, ctx + 1]`` int64 bytes; the loss is the mean cross-entropy of
     predicting bytes 1..ctx from the ones before. ``full_batch()``: 256 fixed windows of
-    ``source``; ``validation_batch()``: 256 fixed windows of ``heldout`` (None: no held-out text).
+    ``source``; ``validation_batch()``: 256 fixed windows of ``heldout`` (None: no held-out text);
+    ``heldout_batch(generator)``: random windows of ``objective_source`` (None: none), the
+    held-out minibatches of the meta-objective.
     """
 
     model: Any
@@ -130,6 +146,7 @@ class LMTask:
     init_scale: float = 1.0
     name: str = "lm"
     heldout: str | None = "validation"
+    objective_source: str | None = None
 
     def init_params(self, generator: torch.Generator) -> list[Tensor]:
         return self.model.init(generator, self.init_scale)
@@ -144,6 +161,15 @@ class LMTask:
         if self.heldout is None:
             raise ValueError(f"task {self.name!r} has no held-out text")
         return _eval_windows(self.heldout, self.ctx + 1)
+
+    @property
+    def heldout_batch(self) -> Callable[[torch.Generator], Tensor]:
+        """``heldout_batch(generator)``: ``batch_size`` random windows of ``objective_source``
+        (an AttributeError without one, so ``hasattr`` tells whether the task has held-out data)."""
+        if self.objective_source is None:
+            raise AttributeError(f"task {self.name!r} has no held-out minibatches (objective_source is None)")
+        source, n, length = self.objective_source, self.batch_size, self.ctx + 1
+        return lambda generator: _windows(_corpus(source), n, length, generator)
 
     def logits(self, params: Sequence[Tensor], tokens: Tensor) -> Tensor:
         """``[B, T]`` bytes -> ``[B, T, vocab]`` logits."""
@@ -171,6 +197,8 @@ class DigitsArchTask:
     init_scale: float = 1.0
     name: str = "digits-arch"
     eval_size: int | None = 512
+    heldout_x: Tensor | None = None
+    heldout_y: Tensor | None = None
     _eval: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     def init_params(self, generator: torch.Generator) -> list[Tensor]:
@@ -189,9 +217,44 @@ class DigitsArchTask:
                 self._eval = (self.x[idx], self.y[idx])
         return self._eval
 
+    @property
+    def heldout_batch(self) -> Callable[[torch.Generator], tuple[Tensor, Tensor]]:
+        """``heldout_batch(generator)``: ``batch_size`` examples of ``heldout_x``/``heldout_y``,
+        drawn with replacement (an AttributeError without them)."""
+        if self.heldout_x is None or self.heldout_y is None:
+            raise AttributeError(f"task {self.name!r} has no held-out examples (heldout_x is None)")
+        hx, hy, n = self.heldout_x, self.heldout_y, self.batch_size
+
+        def draw(generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            idx = torch.randint(len(hx), (n,), generator=generator)
+            return hx[idx], hy[idx]
+
+        return draw
+
     def loss(self, params: Sequence[Tensor], batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
         return F.cross_entropy(self.model(params, x), y)
+
+
+def _digits_task(model: Any, x: Tensor, y: Tensor, batch_size: int, init_scale: float, name: str, split: bool,
+                 eval_size: int | None = 512) -> DigitsArchTask:
+    """A ``DigitsArchTask`` on all the digits, or with ``split`` on the training part of
+    ``_digit_split`` with the rest as its held-out examples."""
+    if not split:
+        return DigitsArchTask(model, x, y, batch_size, init_scale, name, eval_size=eval_size)
+    train, held = _digit_split()
+    return DigitsArchTask(model, x[train], y[train], batch_size, init_scale, f"{name}-split", eval_size=eval_size,
+                          heldout_x=x[held], heldout_y=y[held])
+
+
+def _lm_task(model: Any, source: str, ctx: int, batch_size: int, init_scale: float, name: str,
+             split: bool) -> LMTask:
+    """An ``LMTask`` on ``source``, or with ``split`` on its first 90% with held-out minibatches
+    from the last 10%."""
+    if not split:
+        return LMTask(model, source, ctx, batch_size, init_scale, name)
+    return LMTask(model, f"{source}:head", ctx, batch_size, init_scale, f"{name}-split",
+                  objective_source=f"{source}:tail")
 
 
 def _bag_batch(modules: tuple[int, ...], min_len: int, max_len: int, n: int, gen: torch.Generator):
@@ -266,6 +329,7 @@ class TransformerLMFamily(_FamilyBase):
     batch_sizes: tuple = (4, 8, 16)
     max_params: int = 45_000
     source: str = "train"
+    split: bool = False
 
     def sample(self, gen: torch.Generator) -> Task:
         def make():
@@ -278,7 +342,7 @@ class TransformerLMFamily(_FamilyBase):
         bs, s = _choice(gen, self.batch_sizes), _log_uniform(gen, *self.init_scale)
         name = (f"tlm{m.layers}x{m.d}-h{m.heads}-c{m.ctx}-r{m.ratio}-{'tied' if m.tied else 'untied'}"
                 f"-bs{bs}-s{s:.2f}")
-        return self._finish(LMTask(m, self.source, m.ctx, bs, s, name), gen)
+        return self._finish(_lm_task(m, self.source, m.ctx, bs, s, name, self.split), gen)
 
 
 @dataclass(frozen=True)
@@ -293,6 +357,7 @@ class RNNLMFamily(_FamilyBase):
     batch_sizes: tuple = (8, 16)
     max_params: int = 45_000
     source: str = "train"
+    split: bool = False
 
     def sample(self, gen: torch.Generator) -> Task:
         def make():
@@ -303,7 +368,7 @@ class RNNLMFamily(_FamilyBase):
         ctx, bs = _choice(gen, self.contexts), _choice(gen, self.batch_sizes)
         s = _log_uniform(gen, *self.init_scale)
         name = f"{m.cell}lm{m.layers}x{m.hidden}-e{m.emb}-c{ctx}-bs{bs}-s{s:.2f}"
-        return self._finish(LMTask(m, self.source, ctx, bs, s, name), gen)
+        return self._finish(_lm_task(m, self.source, ctx, bs, s, name, self.split), gen)
 
 
 @dataclass(frozen=True)
@@ -318,6 +383,7 @@ class ViTDigitsFamily(_FamilyBase):
     pools: tuple[str, ...] = ("cls", "mean")
     batch_sizes: tuple = (16, 32)
     max_params: int = 45_000
+    split: bool = False
 
     def sample(self, gen: torch.Generator) -> Task:
         def make():
@@ -330,7 +396,7 @@ class ViTDigitsFamily(_FamilyBase):
         bs, s = _choice(gen, self.batch_sizes), _log_uniform(gen, *self.init_scale)
         p = int(round(m.patch_dim ** 0.5))
         name = f"vit{m.layers}x{m.d}-p{p}-h{m.heads}-r{m.ratio}-{'cls' if m.cls else 'mean'}-bs{bs}-s{s:.2f}"
-        return self._finish(DigitsArchTask(m, _digit_patches(p), digits()[1], bs, s, name), gen)
+        return self._finish(_digits_task(m, _digit_patches(p), digits()[1], bs, s, name, self.split), gen)
 
 
 @dataclass(frozen=True)
@@ -343,6 +409,7 @@ class ResMLPFamily(_FamilyBase):
     activations: tuple[str, ...] = ("relu", "gelu")
     batch_sizes: tuple = (16, 32, 64, 128)
     max_params: int = 45_000
+    split: bool = False
 
     def sample(self, gen: torch.Generator) -> Task:
         def make():
@@ -353,7 +420,7 @@ class ResMLPFamily(_FamilyBase):
         bs, s = _choice(gen, self.batch_sizes), _log_uniform(gen, *self.init_scale)
         x, y = digits()
         name = f"resmlp{m.blocks}x{m.width}-r{m.ratio}-{m.act}-bs{bs}-s{s:.2f}"
-        return self._finish(DigitsArchTask(m, x, y, bs, s, name, eval_size=None), gen)
+        return self._finish(_digits_task(m, x, y, bs, s, name, self.split, eval_size=None), gen)
 
 
 @dataclass(frozen=True)
@@ -366,6 +433,7 @@ class BatchNormCNNFamily(_FamilyBase):
     third: tuple[int, ...] = (0, 16, 24)  # 0: no third conv
     third_strides: tuple[int, ...] = (1, 2)
     batch_sizes: tuple = (16, 32, 64)
+    split: bool = False
 
     def sample(self, gen: torch.Generator) -> Task:
         ch = (_choice(gen, self.first), _choice(gen, self.second), _choice(gen, self.third))
@@ -373,7 +441,8 @@ class BatchNormCNNFamily(_FamilyBase):
         m = BNCNN(channels=ch[:2], strides=(1, 2)) if ch[2] == 0 else BNCNN(channels=ch, strides=(1, 2, stride3))
         bs, s = _choice(gen, self.batch_sizes), _log_uniform(gen, *self.init_scale)
         name = f"bncnn{'-'.join(map(str, m.channels))}-st{''.join(map(str, m.strides))}-bs{bs}-s{s:.2f}"
-        return self._finish(DigitsArchTask(m, digits()[0].view(-1, 1, 8, 8), digits()[1], bs, s, name), gen)
+        return self._finish(_digits_task(m, digits()[0].view(-1, 1, 8, 8), digits()[1], bs, s, name, self.split),
+                            gen)
 
 
 @dataclass(frozen=True)
@@ -428,20 +497,22 @@ def arch_train_family() -> Mixture:
     )
 
 
-def wide_arch_family() -> Mixture:
+def wide_arch_family(split: bool = False) -> Mixture:
     """The architecture families at the widths people train small models at (d up to 128,
-    up to ~250k parameters). Adam's best lr falls with width (mostly 3e-3 on the default family's
-    transformer LMs, 1e-3 to 3e-3 on these, measured in
+    up to ~250k parameters). With ``split``, the language-model and digit tasks train on part of
+    their data and have held-out minibatches of the rest (``heldout_batch``) for a held-out
+    meta-objective; the deep-MLP and embedding tasks have none. Adam's best lr falls with width
+    (mostly 3e-3 on the default family's transformer LMs, 1e-3 to 3e-3 on these, measured in
     benchmarks/results/meta-v2/adam-lr-by-width.md): a width range lets the per-tensor context
     (log fan-in) size steps by width. Each inner step costs up to ~5x more than on the default
     families."""
     return Mixture(
         [TransformerLMFamily(dims=(32, 48, 64, 96, 128), layers=(1, 2), heads=(2, 4), contexts=(32,),
-                             batch_sizes=(8, 16), max_params=250_000),
-         ViTDigitsFamily(dims=(32, 48, 64), max_params=120_000),
-         RNNLMFamily(hidden=(32, 64, 96), embeddings=(32,), max_params=120_000),
-         ResMLPFamily(widths=(32, 64, 128), max_params=120_000),
-         BatchNormCNNFamily(), DeepMLPFamily(widths=(32, 64, 96)), EmbeddingBagFamily()],
+                             batch_sizes=(8, 16), max_params=250_000, split=split),
+         ViTDigitsFamily(dims=(32, 48, 64), max_params=120_000, split=split),
+         RNNLMFamily(hidden=(32, 64, 96), embeddings=(32,), max_params=120_000, split=split),
+         ResMLPFamily(widths=(32, 64, 128), max_params=120_000, split=split),
+         BatchNormCNNFamily(split=split), DeepMLPFamily(widths=(32, 64, 96)), EmbeddingBagFamily()],
         [3.0, 1.5, 1.5, 1.5, 1.0, 1.0, 1.0],
     )
 

@@ -32,6 +32,7 @@ from ..common.config import (
     from_dict,
 )
 from ..network import LSTMOptimizerConfig
+from .estimators import OBJECTIVE_SPLITS
 from .task_core import Mixture, Task, TaskFamily
 from .task_families import (
     default_train_family,
@@ -83,6 +84,12 @@ def _v2w_train_family() -> TaskFamily:
     return Mixture([default_train_family(), wide_arch_family()], [1.0, 2.0])
 
 
+def _v2w_split_train_family() -> TaskFamily:
+    from .arch_tasks import wide_arch_family
+
+    return Mixture([default_train_family(), wide_arch_family(split=True)], [1.0, 2.0])
+
+
 def _wide_train_family() -> TaskFamily:
     from .arch_tasks import wide_arch_family
 
@@ -97,7 +104,8 @@ def _arch_validation_tasks() -> list[tuple[Task, int]]:
 
 TRAIN_FAMILIES: dict[str, Callable[[], TaskFamily]] = {"default": default_train_family, "tiny": tiny_train_family,
                                                       "v2": _v2_train_family, "arch": _arch_train_family,
-                                                      "v2-wide": _v2w_train_family, "wide": _wide_train_family}
+                                                      "v2-wide": _v2w_train_family, "wide": _wide_train_family,
+                                                      "v2-wide-split": _v2w_split_train_family}
 VAL_TASKS: dict[str, Callable[[], list[tuple[Task, int]]]] = {
     "default": default_validation_tasks,
     "tiny": tiny_validation_tasks,
@@ -144,10 +152,14 @@ class MetaTrainConfig:
             trajectory's horizon (PES still credits every earlier perturbation), so the rule is
             trained for where a run ends rather than for its first steps, where larger steps
             always pay. Default 0: every loss.
+        objective_split: where the meta-objective's losses are taken: ``"train"`` (the next
+            training minibatch) or ``"heldout"`` (a held-out minibatch, on tasks that have held-out
+            data, e.g. ``train_tasks="v2-wide-split"``; the others keep "train"). Default "train".
         train_tasks: name of the training task family, a key of ``TRAIN_FAMILIES`` ("default",
             "tiny"; "arch": the architecture families of ``arch_tasks``; "v2": those and "default";
-            "v2-wide": ``wide_arch_family`` and "default"; "wide": ``wide_arch_family`` alone).
-            Default "default".
+            "v2-wide": ``wide_arch_family`` and "default"; "wide": ``wide_arch_family`` alone;
+            "v2-wide-split": "v2-wide" with the architecture tasks' data split into training and
+            held-out parts, for ``objective_split="heldout"``). Default "default".
         val_tasks: name of the held-out task set, a key of ``VAL_TASKS`` ("default", "tiny";
             "v2": ``arch_validation_tasks`` and two of "default"; "arch": ``arch_validation_tasks``;
             "none" disables evaluation). Default "default".
@@ -190,6 +202,7 @@ class MetaTrainConfig:
     loss_cap: float = 1.5
     loss_floor: float = 0.0
     objective_from: float = 0.0
+    objective_split: str = "train"
     train_tasks: str = "default"
     val_tasks: str = "default"
     val_seeds: int = 1
@@ -220,6 +233,7 @@ class MetaTrainConfig:
         if self.horizon_max < self.horizon_min:
             config_error(self, "horizon_max", f">= horizon_min ({self.horizon_min})",
                          "raise horizon_max or lower horizon_min")
+        check_choice(self, "objective_split", OBJECTIVE_SPLITS)
         check_choice(self, "train_tasks", TRAIN_FAMILIES)
         check_choice(self, "val_tasks", VAL_TASKS)
         check_choice(self, "val_reduce", REDUCTIONS)

@@ -11,7 +11,10 @@ of inner trajectories that continue across meta-steps.
     J = \frac{1}{n}\sum_{i=1}^n \min\big(\log L_i,\ \log L_{cap}\big),
     \qquad L_{cap} = \texttt{loss\_cap} \cdot L_{init}
 
-where :math:`L_{init}` is the task's loss at the start of its trajectory. The log makes tasks of
+where :math:`L_{init}` is the task's loss at the start of its trajectory. With
+``objective_split="heldout"``, :math:`L_i` is taken on a held-out minibatch for tasks that have
+held-out data (``heldout_batch``), so the rule is rewarded for generalisation, not for
+memorising a small training set; the inner gradients always come from training minibatches. The log makes tasks of
 any loss scale count alike and rewards progress late in training as much as early on; the cap
 (default ``loss_cap`` 1.5: for a C-class task, whose initial loss is about ln C, this is
 learned_optimization's "clip at 1.5 ln C" stabilising trick) bounds what one exploding task
@@ -164,12 +167,18 @@ def _unroll(
     differentiable: bool,
     second_order: bool = False,
     log_cap: float,
+    objective_batches: Sequence[Any] | None = None,
+    objective_start: int = 0,
 ) -> tuple[list[Tensor], InnerState]:
     """Run ``len(batches) - 1`` inner steps (``inner.inner_step``) from ``state``, cut from its
     graph first, continuing the step count from ``step0`` (the trajectory's, not ``state.step``).
 
     Returns the losses after each update (the last one on the extra final batch) and the new
-    state. With ``differentiable=True`` the returned losses and state carry graph to ``weights``.
+    state. With ``objective_batches`` (one per update), the loss after update ``i`` (1-based) is
+    taken on ``objective_batches[i - 1]`` instead (held-out data) for the losses from index
+    ``objective_start`` on; the ones before are the minibatch losses, which the meta-objective
+    does not count. With
+    ``differentiable=True`` the returned losses and state carry graph to ``weights``.
     """
     # The truncation boundary: nothing before this point is reachable.
     state = state.detached()._replace(step=step0)
@@ -177,9 +186,15 @@ def _unroll(
     losses: list[Tensor] = []
     n = len(batches) - 1
     for i in range(n + 1):
+        held = objective_batches is not None and i > 0 and i - 1 >= objective_start
+        if held:
+            with torch.set_grad_enabled(differentiable):
+                losses.append(task.loss(unflatten_params(state.params, shapes), objective_batches[i - 1]))
+            if i == n:  # the extra final minibatch only scores the last update
+                break
         with torch.enable_grad():
             loss = task.loss(unflatten_params(state.params, shapes), batches[i])
-            if i > 0:
+            if i > 0 and not held:
                 losses.append(loss)
             if i == n:
                 break
@@ -203,6 +218,19 @@ def _batches(traj: Trajectory, n: int) -> list[Any]:
     return [traj.task.sample_batch(traj.data_gen) for _ in range(n + 1)]
 
 
+OBJECTIVE_SPLITS = ("train", "heldout")
+
+
+def _objective_batches(traj: Trajectory, n: int, objective_split: str) -> list[Any] | None:
+    """With ``"heldout"``, one held-out minibatch per update for tasks that have held-out data
+    (``heldout_batch``); None otherwise (the objective uses the training minibatches)."""
+    if objective_split not in OBJECTIVE_SPLITS:
+        raise ValueError(f"objective_split must be one of {OBJECTIVE_SPLITS}, got {objective_split!r}")
+    if objective_split == "train" or not hasattr(traj.task, "heldout_batch"):
+        return None
+    return [traj.task.heldout_batch(traj.data_gen) for _ in range(n)]
+
+
 @dataclass
 class TruncatedBPTT:
     """Truncated backpropagation through the unrolled inner optimisation.
@@ -219,10 +247,12 @@ class TruncatedBPTT:
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
                  lr: float, log_cap_factor: float, floor_factor: float = 0.0,
-                 objective_from: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+                 objective_from: float = 0.0, objective_split: str = "train") -> tuple[Tensor, dict[str, float]]:
         """Advance every trajectory by one truncation; return the mean meta-gradient (flat).
         ``objective_from``: the meta-objective counts only the losses after this fraction of each
-        trajectory's horizon (default 0: all; ``_first_counted``)."""
+        trajectory's horizon (default 0: all; ``_first_counted``). ``objective_split``: ``"train"``
+        (default: the loss after each update on the next training minibatch) or ``"heldout"``
+        (on a held-out minibatch, for tasks with ``heldout_batch``; the others keep "train")."""
         params = [getattr(net, n) for n in WEIGHT_NAMES]
         total = torch.zeros(sum(p.numel() for p in params))
         objs, used, bad = [], 0, 0
@@ -233,10 +263,13 @@ class TruncatedBPTT:
                 continue
             log_cap = math.log(traj.init_loss * log_cap_factor)
             log_floor = _log_floor(traj, floor_factor)
-            losses, new = _unroll(traj.task, traj.shapes, traj.states[0], traj.step, _batches(traj, n), net,
+            start = _first_counted(traj, objective_from)
+            batches = _batches(traj, n)
+            losses, new = _unroll(traj.task, traj.shapes, traj.states[0], traj.step, batches, net,
                                   net.config, lr, differentiable=True, second_order=self.second_order,
-                                  log_cap=log_cap)
-            obj, diverged = meta_objective(losses, log_cap, log_floor, _first_counted(traj, objective_from))
+                                  log_cap=log_cap, objective_batches=_objective_batches(traj, n, objective_split),
+                                  objective_start=start)
+            obj, diverged = meta_objective(losses, log_cap, log_floor, start)
             if obj is not None and obj.requires_grad:
                 grads = torch.autograd.grad(obj, params, allow_unused=True)
                 flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
@@ -273,7 +306,7 @@ class AntitheticPES:
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
                  lr: float, log_cap_factor: float, floor_factor: float = 0.0,
-                 objective_from: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+                 objective_from: float = 0.0, objective_split: str = "train") -> tuple[Tensor, dict[str, float]]:
         """As ``TruncatedBPTT.estimate``, by antithetic perturbations of the flat weights."""
         theta = flat_weights(net)
         total = torch.zeros_like(theta)
@@ -290,12 +323,14 @@ class AntitheticPES:
                 traj.pes_acc += eps
                 log_cap = math.log(traj.init_loss * log_cap_factor)
                 log_floor = _log_floor(traj, floor_factor)
-                batches = _batches(traj, n)  # shared by both members of the pair
+                batches = _batches(traj, n)  # shared by both members of the pair, as are the held-out ones
                 js, div, start = [], False, _first_counted(traj, objective_from)
+                held = _objective_batches(traj, n, objective_split)
                 for k, sign in enumerate((1.0, -1.0)):
                     w = weights_from_flat(theta + sign * eps, net)
                     losses, new = _unroll(traj.task, traj.shapes, traj.states[k], traj.step, batches, w, net.config,
-                                          lr, differentiable=False, log_cap=log_cap)
+                                          lr, differentiable=False, log_cap=log_cap, objective_batches=held,
+                                          objective_start=start)
                     j, d = meta_objective(losses, log_cap, log_floor, start)
                     js.append(0.0 if j is None else float(j))  # nothing counted yet: no signal, no gradient
                     div = div or d

@@ -53,6 +53,8 @@ class Task(Protocol):
         sample_batch(generator) -> any batch object ``loss`` understands.
         loss(params, batch) -> scalar tensor, differentiable in ``params``.
         full_batch() -> the whole training set as one batch (used for final-loss evaluation).
+        heldout_batch(generator) -> optional: a minibatch of data the task never trains on; the
+            meta-objective uses it with ``objective_split="heldout"``.
     """
 
     name: str
@@ -136,6 +138,11 @@ class RescaledTask:
 
     def full_batch(self) -> Any:
         return self.task.full_batch()
+
+    @property
+    def heldout_batch(self) -> Callable[[torch.Generator], Any]:
+        # a property, so that hasattr() is False exactly when the wrapped task has none
+        return self.task.heldout_batch
 
     def loss(self, params: Sequence[Tensor], batch: Any) -> Tensor:
         return self.task.loss([q * s for q, s in zip(params, self.scales)], batch)
