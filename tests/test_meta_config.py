@@ -18,7 +18,10 @@ from learned_optim.network import LSTMOptimizerConfig
         (dict(slot_rng="yes"), ConfigTypeError, "MetaTrainConfig.slot_rng must be true or false, got 'yes'"),
         (dict(second_order=1), ConfigTypeError, "MetaTrainConfig.second_order must be true or false"),
         (dict(train_tasks="big"), ValueError,
-         "MetaTrainConfig.train_tasks must be one of ['arch', 'default', 'tiny', 'v2', 'v2-wide', 'wide']"),
+         "MetaTrainConfig.train_tasks must be one of ['arch', 'default', 'tiny', 'v2', 'v2-wide', 'v2-wide-split', "
+         "'wide']"),
+        (dict(objective_split="test"), ValueError,
+         "MetaTrainConfig.objective_split must be one of ['heldout', 'train'], got 'test'"),
         (dict(val_reduce="median"), ValueError, "MetaTrainConfig.val_reduce must be one of ['max', 'mean']"),
         (dict(objective_from=1), ValueError, "MetaTrainConfig.objective_from must be"),
         (dict(network=[]), ConfigTypeError, "MetaTrainConfig.network must be a dict of LSTMOptimizerConfig fields"),
