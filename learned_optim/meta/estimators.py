@@ -14,8 +14,8 @@ of inner trajectories that continue across meta-steps.
 where :math:`L_{init}` is the task's loss at the start of its trajectory. With
 ``objective_split="heldout"``, :math:`L_i` is taken on a held-out minibatch for tasks that have
 held-out data (``heldout_batch``), so the rule is rewarded for generalisation, not for
-memorising a small training set; the inner gradients always come from training minibatches. The log makes tasks of
-any loss scale count alike and rewards progress late in training as much as early on; the cap
+memorising a small training set; the inner gradients always come from training minibatches.
+The log makes tasks of any loss scale count alike and rewards progress late in training as much as early on; the cap
 (default ``loss_cap`` 1.5: for a C-class task, whose initial loss is about ln C, this is
 learned_optimization's "clip at 1.5 ln C" stabilising trick) bounds what one exploding task
 contributes, and a non-finite loss counts as the cap with no gradient, so one divergent task
@@ -177,8 +177,8 @@ def _unroll(
     state. With ``objective_batches`` (one per update), the loss after update ``i`` (1-based) is
     taken on ``objective_batches[i - 1]`` instead (held-out data) for the losses from index
     ``objective_start`` on; the ones before are the minibatch losses, which the meta-objective
-    does not count. With
-    ``differentiable=True`` the returned losses and state carry graph to ``weights``.
+    does not count. With ``differentiable=True`` the returned losses and state carry graph to
+    ``weights``.
     """
     # The truncation boundary: nothing before this point is reachable.
     state = state.detached()._replace(step=step0)
