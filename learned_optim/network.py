@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -52,7 +52,12 @@ FEATURES = ("g_norm", "m_norm")
 #                 compares the step with it)
 #   "log_fan_in": log10(numel / shape[0]) for tensors with >= 2 dimensions, else 0
 #   "is_vector":  1 for tensors with <= 1 dimension (biases, norm gains), else 0
-CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector")
+#   "log_num_params": log10(P / 1e5), P the number of values in all the parameters the optimizer
+#                 updates (every param group; a meta-training task's flat vector): the same for
+#                 every tensor, it tells a 5k-parameter MLP from a 1M-parameter transformer, whose
+#                 best Adam learning rates differ ~10x. Centred so that 1 to 1e10 values stay
+#                 inside the feature clip.
+CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params")
 
 # The meta-parameters of a CoordinatewiseLSTM, by attribute name, in the one order used everywhere:
 # flat meta-parameter vectors, safetensors files, checkpoints, and the mapping lstm_rule accepts.
@@ -218,6 +223,41 @@ class CoordinatewiseLSTM(nn.Module):
         Pure and differentiable (meta-training backpropagates through it).
         """
         return lstm_cell(features, h, c, self.weight, self.bias, self.head_weight, self.head_bias, context)
+
+    def with_context_features(self, names: Sequence[str]) -> "CoordinatewiseLSTM":
+        """The same rule with the context inputs ``names`` (a superset of this rule's, in any
+        order): a new input starts with zero weights into the gates and the head, so the returned
+        network takes exactly this network's steps; meta-training then learns how to use it.
+
+        Example::
+
+            >>> net = CoordinatewiseLSTM(LSTMOptimizerConfig(context_features=("p_log_rms",)))
+            >>> wider = net.with_context_features(("p_log_rms", "log_num_params"))
+            >>> wider.config.context_features
+            ('p_log_rms', 'log_num_params')
+        """
+        cfg = self.config
+        names = tuple(names) if isinstance(names, (list, tuple)) else names
+        missing = [n for n in cfg.context_features if not isinstance(names, tuple) or n not in names]
+        if missing:
+            raise ValueError(f"names={names!r} drops the context features {missing} of these weights: pass a superset "
+                             f"of {cfg.context_features}")
+        new = CoordinatewiseLSTM(dataclasses.replace(cfg, context_features=names), provenance=dict(self.provenance))
+        f, k, h = cfg.num_features, cfg.num_context, cfg.hidden_size
+        with torch.no_grad():
+            weight = torch.zeros_like(new.weight)
+            weight[:, :f] = self.weight[:, :f]
+            weight[:, f + len(names):] = self.weight[:, f + k:]
+            head = torch.zeros_like(new.head_weight)
+            head[:, :h] = self.head_weight[:, :h]
+            for j, name in enumerate(cfg.context_features):
+                weight[:, f + names.index(name)] = self.weight[:, f + j]
+                head[:, h + names.index(name)] = self.head_weight[:, h + j]
+            new.weight.copy_(weight)
+            new.head_weight.copy_(head)
+            new.bias.copy_(self.bias)
+            new.head_bias.copy_(self.head_bias)
+        return new.to(self.weight.dtype)
 
     def extra_repr(self) -> str:
         extra = ""

@@ -352,6 +352,9 @@ class LearnedOptimizer(Optimizer):
                 loss = closure()
         self._skips.settle(block=False)
         skipped, deferred = 0, []
+        # the model size the "log_num_params" context feature sees: every parameter of every
+        # group, whether or not it has a gradient this step (DTensor.numel() is the global size)
+        num_params = sum(p.numel() for group in self.param_groups for p in group["params"])
         for gi, group in enumerate(self.param_groups):
             # (device, compute dtype, id of the DTensor mesh) -> (mesh, the 7 tensor lists)
             buckets: dict[tuple, tuple[Any, list[list]]] = {}
@@ -374,7 +377,7 @@ class LearnedOptimizer(Optimizer):
             hp = self._hparams(group) if buckets else {}
             for (device, _, _), (mesh, lists) in buckets.items():
                 kw = dict(weights=self.network, config=self.network.config, impl=self.impl,
-                          chunk_size=self.chunk_size, **hp)
+                          chunk_size=self.chunk_size, num_params=num_params, **hp)
                 if skips_on_device(self.impl, device):
                     # The Triton kernel takes the flags on the device: nothing here waits for it.
                     ok = all_ranks_min(finite_flags_on_device(lists[1]).to(torch.int32), mesh)

@@ -58,8 +58,9 @@ Format version 2 (``network.LSTMOptimizerConfig``) adds two options to the same 
 
   so negating every gradient negates every step exactly (the LSTM sees the same inputs).
 * ``context_features``: per-tensor values :math:`z \in \mathbb{R}^K` (``tensor_context``: the
-  tensor's log RMS, log fan-in, whether it is a vector) enter as biases of the gates and the head,
-  :math:`b + W_z z` and :math:`b_y + W_{yz} z`: the rule can size its steps per layer.
+  tensor's log RMS, log fan-in, whether it is a vector, the log size of the whole model) enter as
+  biases of the gates and the head, :math:`b + W_z z` and :math:`b_y + W_{yz} z`: the rule can
+  size its steps per layer and per model.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def lstm_rule(
                              f"(update.tensor_context of the parameter tensor)")
         context = context.to(grad.dtype)
         context = context[:, None] if context.dim() == 1 else context
+        if context.shape[0] != config.num_context:
+            raise ValueError(f"context has {context.shape[0]} rows, this rule's context_features "
+                             f"{config.context_features} need {config.num_context}: pass "
+                             f"update.tensor_context's values")
     else:
         context = None
     y, h_new, c_new = lstm_cell(
@@ -168,14 +173,16 @@ def lstm_rule(
 
 
 def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
-                   dtype: torch.dtype | None = None) -> Tensor:
+                   dtype: torch.dtype | None = None, num_params: int | None = None) -> Tensor:
     """The per-tensor context inputs of ``config.context_features`` (see ``network.CONTEXT_FEATURES``)
     for each tensor of ``params``: ``[len(params), K]``, computed without autograd in ``dtype``
     (default ``None``: fp64) on the tensors' device, with one foreach norm for all of them (in
     each tensor's own dtype: an fp64 accumulation costs ~7x more on CPU, and a log10 of an RMS
-    needs no more precision)."""
+    needs no more precision). ``num_params`` is the model size of ``"log_num_params"`` (default
+    ``None``: the number of values in ``params``)."""
     params = list(params)
     dtype = torch.float64 if dtype is None else dtype
+    num_params = _check_num_params(num_params, params)
     if not params:
         return torch.zeros(0, config.num_context, dtype=dtype)
     with torch.no_grad():
@@ -183,7 +190,16 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
         norms = torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms]).to(dtype)
     key = tuple(tuple(p.shape) for p in params)
     sqrt_n, _ = _static_context(key, str(norms.device), dtype)
-    return _context_columns(norms / sqrt_n, key, config)
+    return _context_columns(norms / sqrt_n, key, config, num_params)
+
+
+def _check_num_params(num_params, params) -> int:
+    if num_params is None:
+        return sum(p.numel() for p in params)
+    if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 0:
+        raise ValueError(f"num_params must be a non-negative int (the number of values in all the parameters "
+                         f"the optimizer updates), got {num_params!r}; pass None to count params")
+    return num_params
 
 
 @functools.lru_cache(maxsize=64)
@@ -207,7 +223,7 @@ def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptim
     sq = torch.zeros(len(key), dtype=params.dtype, device=params.device).index_add(0, seg, params * params)
     # clamped: sqrt's derivative at 0 (a zero-initialised bias) is infinite
     rms = (sq / numels.to(params.dtype)).clamp_min(1e-30).sqrt()
-    return _context_columns(rms, key, config).T[:, seg]
+    return _context_columns(rms, key, config, params.numel()).T[:, seg]
 
 
 @functools.lru_cache(maxsize=64)
@@ -218,13 +234,17 @@ def _segments(shapes: tuple[tuple[int, ...], ...], device: str) -> tuple[Tensor,
     return seg.to(device), torch.tensor([max(n, 1) for n in numels], device=device)
 
 
-def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: LSTMOptimizerConfig) -> Tensor:
+def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: LSTMOptimizerConfig,
+                     num_params: int) -> Tensor:
     clip = config.feature_clip
     _, static = _static_context(shapes, str(rms.device), rms.dtype)
     cols = []
     for name in config.context_features:
         if name == "p_log_rms":
             cols.append(torch.log10(rms + 1e-8).clamp(-clip, clip))
+        elif name == "log_num_params":
+            value = min(max(math.log10(max(num_params, 1)) - 5.0, -clip), clip)
+            cols.append(torch.full((len(shapes),), value, dtype=rms.dtype, device=rms.device))
         else:  # shape features: clipped like every input
             cols.append(static[name].clamp(-clip, clip))
     return torch.stack(cols, dim=1)
@@ -248,6 +268,7 @@ def learned_update(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     betas: tuple[float, float] | None = None,
     finite: Tensor | None = None,
+    num_params: int | None = None,
 ) -> None:
     """Apply the learned rule in place to every tensor of the lists (see the module docstring).
 
@@ -265,6 +286,10 @@ def learned_update(
     step count is incremented (the caller takes back those of skipped tensors once it reads the
     flags; ``LearnedOptimizer`` does); on every other path the flags are read here and skipped
     tensors keep their step count.
+
+    ``num_params`` (default ``None``: the number of values in ``params``) is the size of the whole
+    model for the ``"log_num_params"`` context feature: ``LearnedOptimizer`` passes the count over
+    all its param groups, so the rule does not change with how the tensors are split between calls.
     """
     if not params:
         return
@@ -295,7 +320,7 @@ def learned_update(
     kw = dict(weights=weights, config=config, lr=lr, weight_decay=weight_decay, maximize=maximize, betas=betas)
     with torch.no_grad():
         # the per-tensor context of the parameters before this step, the same for every impl
-        context = tensor_context(params, config) if config.context_features else None
+        context = tensor_context(params, config, num_params=num_params) if config.context_features else None
         torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
             _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, context=context,

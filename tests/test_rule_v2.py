@@ -2,6 +2,7 @@
 eager backend, the inner-loop API and the file format; version 1 unchanged."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -94,7 +95,7 @@ def test_lstm_rule_is_exactly_sign_equivariant(name, dtype):
     m = torch.zeros(n, dtype=dtype)
     v, h, c = torch.zeros(n, dtype=dtype), torch.zeros(hs, n, dtype=dtype), torch.zeros(hs, n, dtype=dtype)
     state_pos, state_neg = (m, v, h, c), (m.clone(), v.clone(), h.clone(), c.clone())
-    ctx = torch.tensor([0.5, -1.0, 1.0][: cfg.num_context], dtype=dtype)
+    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0][: cfg.num_context], dtype=dtype)
     for t in range(1, 6):
         g = torch.randn(n, generator=gen, dtype=dtype)
         g[:5] = 0.0
@@ -137,18 +138,73 @@ def test_context_values_and_flat_context():
     cfg = LSTMOptimizerConfig(context_features=CONTEXT_FEATURES)
     params = [torch.full((4, 25), 0.1), torch.zeros(3), torch.full((2, 3, 2, 2), 2.0)]
     ctx = tensor_context(params, cfg)
-    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0], [-5.0, 0.0, 1.0],
-                             [0.30103, 1.0791812460476249, 0.0]], dtype=torch.float64)
+    size = math.log10(127) - 5  # 100 + 3 + 24 values, centred at 1e5
+    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size], [-5.0, 0.0, 1.0, size],
+                             [0.30103, 1.0791812460476249, 0.0, size]], dtype=torch.float64)
     torch.testing.assert_close(ctx, expected, atol=1e-5, rtol=0)
     flat = torch.cat([p.reshape(-1) for p in params])
     per_coord = flat_context(flat, [p.shape for p in params], cfg)
-    assert per_coord.shape == (3, flat.numel())
+    assert per_coord.shape == (4, flat.numel())
     torch.testing.assert_close(per_coord.T.double(), ctx.repeat_interleave(torch.tensor([100, 3, 24]), dim=0),
                                atol=1e-5, rtol=0)
 
 
-def test_inner_step_needs_shapes_and_matches_the_optimizer():
-    cfg = CONFIGS["both"]
+def test_model_size_feature_counts_the_given_size_clipped():
+    cfg = LSTMOptimizerConfig(context_features=("log_num_params",))
+    params = [torch.ones(10, 10), torch.ones(5)]
+    assert tensor_context(params, cfg)[:, 0].tolist() == [math.log10(105) - 5] * 2
+    assert tensor_context(params, cfg, num_params=10**7)[:, 0].tolist() == [2.0, 2.0]
+    assert tensor_context(params, cfg, num_params=10**12)[:, 0].tolist() == [5.0, 5.0]  # feature_clip
+    assert tensor_context(params, cfg, num_params=0)[:, 0].tolist() == [-5.0, -5.0]
+    for bad in (-1, 2.5, True, "1e5"):
+        with pytest.raises(ValueError, match="num_params"):
+            tensor_context(params, cfg, num_params=bad)
+
+
+def test_model_size_feature_sees_every_group_and_gradless_parameter():
+    """The optimizer passes the size of all its parameters: splitting them into groups, or a
+    parameter without a gradient this step, does not change the step of the others."""
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=("log_num_params",))
+    net = random_net(cfg)
+    with torch.no_grad():
+        net.head_weight[:, -1] = 3.0  # a strong dependence on the model size
+    gen = torch.Generator().manual_seed(3)
+    init = [torch.randn(s, generator=gen) for s in ((8, 5), (5,), (300,))]
+    grads = [torch.randn(p.shape, generator=gen) for p in init]
+
+    def run(grouping, with_third_grad):
+        ps = [p.clone().requires_grad_() for p in init]
+        groups = [{"params": [ps[i] for i in g]} for g in grouping]
+        opt = LearnedOptimizer(groups, weights=net, lr=1e-2)
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        if not with_third_grad:
+            ps[2].grad = None
+        opt.step()
+        return [p.detach() for p in ps]
+
+    one = run([[0, 1, 2]], True)
+    assert all(torch.equal(a, b) for a, b in zip(one, run([[0], [1, 2]], True)))
+    no_grad = run([[0, 1, 2]], False)
+    assert torch.equal(no_grad[2], init[2])
+    assert torch.equal(no_grad[0], one[0]) and torch.equal(no_grad[1], one[1])
+    # the size does enter the step: counting only the first two tensors changes it, passing the
+    # optimizer's count gives its step exactly
+    def update_first_two(num_params):
+        ps = [p.clone() for p in init[:2]]
+        moments = [[torch.zeros_like(p) for p in ps] for _ in range(2)]
+        lstm = [[torch.zeros(cfg.hidden_size, *p.shape) for p in ps] for _ in range(2)]
+        learned_update(ps, grads[:2], *moments, *lstm, [torch.tensor(0.0) for _ in ps], weights=net, config=cfg,
+                       lr=1e-2, weight_decay=0.0, maximize=False, num_params=num_params)
+        return ps
+
+    assert not torch.equal(update_first_two(None)[0], one[0])
+    assert all(torch.equal(a, b) for a, b in zip(update_first_two(345), one))
+
+
+@pytest.mark.parametrize("name", ["both", "context"])
+def test_inner_step_needs_shapes_and_matches_the_optimizer(name):
+    cfg = CONFIGS[name]
     net = random_net(cfg).double()
     shapes = [torch.Size((6, 4)), torch.Size((4,))]
     gen = torch.Generator().manual_seed(5)
@@ -228,3 +284,52 @@ def test_meta_training_a_v2_rule_on_architecture_tasks(tmp_path, estimator):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["format_version"] == 2
     loaded = load_directory(tmp_path / "a")
     assert all(torch.equal(getattr(loaded, k), getattr(net, k)) for k in ("weight", "bias", "head_weight"))
+
+
+def test_with_context_features_keeps_the_rule_exactly():
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "is_vector"))
+    net = random_net(cfg)
+    wider = net.with_context_features(("log_num_params", "p_log_rms", "log_fan_in", "is_vector"))
+    assert wider.config.context_features == ("log_num_params", "p_log_rms", "log_fan_in", "is_vector")
+    assert wider.config.format_version == 2 and wider.weight.shape == (16, 10)
+    gen = torch.Generator().manual_seed(4)
+    init = [torch.randn(s, generator=gen) for s in ((7, 3), (7,))]
+    results = []
+    for weights in (net, wider):
+        ps = [p.clone().requires_grad_() for p in init]
+        opt = LearnedOptimizer(ps, weights=weights, lr=1e-2)
+        g = torch.Generator().manual_seed(5)
+        for _ in range(4):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        results.append([p.detach() for p in ps])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    # the new inputs do take part once their weights move
+    with torch.no_grad():
+        wider.head_weight[0, cfg.hidden_size] = 1.0
+    ctx = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    zero_state = (torch.zeros(7), torch.zeros(7), torch.zeros(4, 7), torch.zeros(4, 7))
+    a = lstm_rule(torch.ones(7), *zero_state, 1.0, wider, wider.config, ctx)
+    b = lstm_rule(torch.ones(7), *zero_state, 1.0, wider, wider.config, torch.zeros(4))
+    assert not torch.equal(a.direction, b.direction)
+    with pytest.raises(ValueError, match="drops the context features"):
+        net.with_context_features(("log_num_params",))
+    with pytest.raises(ValueError, match="context_features"):
+        net.with_context_features(("p_log_rms", "is_vector", "nope"))
+
+
+def test_meta_training_adds_the_configs_context_features_to_init_weights(tmp_path):
+    from learned_optim.meta.config import get_preset
+    from learned_optim.meta.trainer import MetaTrainer
+
+    init = random_net(LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms",)))
+    cfg = get_preset("tiny").replace(network={"sign_equivariant": True,
+                                              "context_features": ["p_log_rms", "log_num_params"]})
+    tr = MetaTrainer(cfg, out=tmp_path / "wide", init=init, progress=False)
+    assert tr.net.config.context_features == ("p_log_rms", "log_num_params")
+    assert torch.equal(tr.net.head_weight[:, :5], init.head_weight) and (tr.net.head_weight[:, 5] == 0).all()
+    # a config that differs in more than added context features leaves the init's rule as it is
+    other = cfg.replace(network={"hidden_size": 8})
+    tr = MetaTrainer(other, out=tmp_path / "other", init=init, progress=False)
+    assert tr.net.config == init.config

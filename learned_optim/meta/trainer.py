@@ -22,6 +22,7 @@ The config (``MetaTrainConfig``, ``PRESETS``, ``load_config``), the checkpoint f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -75,7 +76,9 @@ class MetaTrainer:
         config: a ``MetaTrainConfig``, preset name, JSON path or dict. Default the "default" preset.
         out: output directory (created). Required.
         init: start from these weights (shipped name, directory, Hub id or a
-            ``CoordinatewiseLSTM``) instead of a fresh Adam-equivalent network. Default None.
+            ``CoordinatewiseLSTM``) instead of a fresh Adam-equivalent network; their rule config
+            is kept, except that context features the config's ``network`` adds to it start at
+            zero weight (``CoordinatewiseLSTM.with_context_features``). Default None.
         tasks: train on these instead of ``config.train_tasks``: a ``TaskFamily``, a ``Task``,
             ``(model, (X, y))`` tuples, or a list of them. Default None.
         val_tasks: held-out evaluation tasks as ``[(task, horizon), ...]`` instead of
@@ -114,6 +117,12 @@ class MetaTrainer:
         else:
             self.net = CoordinatewiseLSTM(LSTMOptimizerConfig.from_dict(self.config.network), seed=self.config.seed)
             self.init_name = None
+        if init is not None:
+            target = LSTMOptimizerConfig.from_dict(self.config.network)
+            if _adds_context(self.net.config, target):
+                # the config asks for more context inputs than the init weights have: they start at
+                # zero weight (the init's rule exactly) and are learned from there
+                self.net = self.net.with_context_features(target.context_features)
         self.net.provenance = {}
         c = self.config
         self.estimator = (AntitheticPES(c.truncation_length, c.pes_sigma) if c.estimator == "pes"
@@ -421,6 +430,12 @@ class MetaTrainer:
             self._log({"event": "done", "step": self.step, "best_step": self.best["step"],
                        "best_metric": self.best["metric"], "elapsed": round(self.elapsed, 2)})
         return self._best_network()
+
+
+def _adds_context(have: LSTMOptimizerConfig, want: LSTMOptimizerConfig) -> bool:
+    """Whether ``want`` is ``have`` with more context features (and nothing else changed)."""
+    return (set(have.context_features) < set(want.context_features)
+            and dataclasses.replace(want, context_features=have.context_features) == have)
 
 
 def meta_train(config=None, out: str | os.PathLike | None = None, *, init=None, tasks=None, val_tasks=None,
