@@ -383,6 +383,94 @@ def test_out_must_not_be_a_file(tmp_path):
         quality.run_quality(quick=True, out=f, progress=False)
 
 
+_QUICK_WINE = ["benchmark", "quality", "--quick", "--no-progress", "--tasks", "wine_mlp"]
+
+
+@pytest.fixture(scope="module")
+def quality_wine_one_seed(tmp_path_factory):
+    """A quick quality.json of wine_mlp, one seed (a second or two): the earlier result to reuse."""
+    out = tmp_path_factory.mktemp("quality-wine")
+    assert main([*_QUICK_WINE, "--seeds", "1", "--out", str(out)]) == 0
+    return out / "quality.json"
+
+
+def test_reused_baselines_equal_fresh_runs(quality_wine_one_seed, tmp_path):
+    """--reuse-baselines copies each baseline run (per task and seed) of an earlier quality.json made
+    under the same settings; seeds and tasks it lacks are run, the learned optimizer always is, and
+    the copies equal fresh runs exactly (the runs are deterministic)."""
+    two = [*_QUICK_WINE, "diabetes_mse", "--seeds", "2"]
+    assert main([*two, "--out", str(tmp_path / "fresh")]) == 0
+    assert main([*two, "--out", str(tmp_path / "reused"), "--reuse-baselines", str(quality_wine_one_seed)]) == 0
+    first = _strict_json(quality_wine_one_seed)
+    fresh, reused = (_strict_json(tmp_path / d / "quality.json") for d in ("fresh", "reused"))
+    assert "reused_baselines" not in fresh and "--reuse-baselines" in reused["command"]
+    first_runs = first["tasks"]["wine_mlp"]["runs"]
+    baselines = [k for k in first_runs if k != "learned"]
+    assert len(baselines) == len(quality.ADAM_LR_GRID) + 2  # the Adam grid, AdamW, SGD+momentum
+    # seed 0 of wine_mlp's baselines copied; its seed 1, diabetes_mse and the learned optimizer run
+    assert reused["reused_baselines"] == {"from": str(quality_wine_one_seed), "runs": len(baselines)}
+    per_seed = quality._RUN_FIELDS + quality._HELDOUT_FIELDS
+    for name in ("wine_mlp", "diabetes_mse"):
+        runs, fresh_runs = reused["tasks"][name]["runs"], fresh["tasks"][name]["runs"]
+        assert runs.keys() == fresh_runs.keys()
+        for key, run in runs.items():
+            assert run.keys() == fresh_runs[key].keys() and set(per_seed) <= run.keys()
+            for k in ("curve", "final", "initial", "min_loss", "diverged", "heldout_curve", "heldout_final"):
+                assert run[k] == fresh_runs[key][k], (name, key, k)
+            if name == "wine_mlp" and key != "learned":  # copied, wall times and all
+                assert all(run[k][0] == first_runs[key][k][0] for k in per_seed), key
+    assert reused["tasks"]["wine_mlp"]["runs"]["learned"]["wall_s"][0] != first_runs["learned"]["wall_s"][0]
+    for name, t in reused["tasks"].items():  # the same tables, timings apart
+        for k in ("adam_tuned_lr", "vs"):
+            assert t["summary"][k] == fresh["tasks"][name]["summary"][k], (name, k)
+    assert reused["suite_adam"]["lr"] == fresh["suite_adam"]["lr"]
+    line = f"{len(baselines)} baseline runs copied from `{quality_wine_one_seed}`"
+    assert line in (tmp_path / "reused" / "quality.md").read_text(encoding="utf-8")
+    # the result rerenders, keeping the note
+    again = quality.rerender(tmp_path / "reused" / "quality.json", figure=False)
+    assert again["reused_baselines"] == reused["reused_baselines"]
+    assert line in (tmp_path / "reused" / "quality.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda r: r["machine"].update(torch="1.0.0"), "other torch version"),
+    (lambda r: r["settings"].update(adam_lr_grid=[1e-3]), "other adam_lr_grid"),
+    (lambda r: r["settings"].update(eval_points=10), "other eval_points"),
+    (lambda r: r["settings"]["optimizers"]["adamw"].update(lr=3e-4), "other baseline optimizers"),
+    (lambda r: r.update(benchmark="speed"), "not a quality benchmark result"),
+    (lambda r: r["tasks"]["wine_mlp"].pop("runs"), "not a well-formed quality.json"),
+])
+def test_reuse_baselines_refuses_a_file_made_otherwise(quality_wine_one_seed, tmp_path, edit, needle):
+    res = json.loads(quality_wine_one_seed.read_text(encoding="utf-8"))
+    edit(res)
+    (tmp_path / "other.json").write_text(json.dumps(res), encoding="utf-8")
+    with pytest.raises(ValueError, match=f"reuse_baselines=.*{needle}.*drop --reuse-baselines"):
+        quality.run_quality(quick=True, seeds=1, task_filter=["wine_mlp"], out=tmp_path / "o", progress=False,
+                            reuse_baselines=tmp_path / "other.json")
+
+
+def test_reuse_baselines_errors(quality_wine_one_seed, tmp_path, capsys):
+    """Other settings (here: threads, quick) or a file that is not a quality.json are refused before
+    any run, by the API (ValueError naming reuse_baselines) and the CLI (exit 2, one line)."""
+    for kwargs, needle in (({"threads": 2}, "other threads"), ({"quick": False}, "other quick")):
+        with pytest.raises(ValueError, match=f"reuse_baselines=.*{needle}.*drop --reuse-baselines"):
+            quality.run_quality(**{"quick": True, **kwargs}, seeds=1, task_filter=["wine_mlp"],
+                                out=tmp_path / "o", progress=False, reuse_baselines=quality_wine_one_seed)
+    (tmp_path / "bad.json").write_text("not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="reuse_baselines=.*not a readable quality.json.*drop --reuse-baselines"):
+        quality.run_quality(quick=True, seeds=1, task_filter=["wine_mlp"], out=tmp_path / "o", progress=False,
+                            reuse_baselines=tmp_path / "bad.json")
+    assert not (tmp_path / "o" / "quality.json").exists()
+    capsys.readouterr()
+    assert main([*_QUICK_WINE, "--out", str(tmp_path / "e"), "--reuse-baselines", str(tmp_path / "nope.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--reuse-baselines" in err and "is not a file" in err and len(err.splitlines()) == 1
+    assert main([*_QUICK_WINE, "--threads", "2", "--out", str(tmp_path / "e"),
+                 "--reuse-baselines", str(quality_wine_one_seed)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reuse_baselines=" in err and "other threads" in err and len(err.splitlines()) == 1
+
+
 def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr

@@ -3,6 +3,7 @@
 Run::
 
     learned-optim benchmark quality [--quick] [--weights NAME_OR_DIR] [--out DIR] [--seeds N] [--tasks T ...]
+                                    [--reuse-baselines OLD/quality.json]
     learned-optim benchmark speed   [--quick] [--weights NAME_OR_DIR] [--out DIR] [--sizes N ...] [--device cpu|cuda]
     learned-optim benchmark few-shot [--quick] [--weights NAME_OR_DIR] [--out DIR] [--init fresh|learned]
     learned-optim benchmark transformer [--quick] [--weights NAME_OR_DIR] [--out DIR] [--learned-lrs 1e-3,3e-4]
@@ -69,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"seeds per optimizer (default {quality.FULL_SEEDS}; {quality.QUICK_SEEDS} with --quick)")
     q.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help=f"run only these tasks (of {', '.join(tasks.task_names())})")
+    q.add_argument("--reuse-baselines", default=None, metavar="JSON",
+                   help="copy the baseline runs (Adam at every grid lr, AdamW, SGD+momentum) of an earlier "
+                        "quality.json made under the same settings instead of rerunning them; the learned optimizer "
+                        "is always run")
     s = sub.add_parser("speed", help="step time and memory against Adam, the step's floor, a whole training step",
                        description=speed.__doc__.splitlines()[0])
     _add_shared(s, "speed", "a pipeline check in seconds: 2 sizes, short timing budgets")
@@ -92,7 +97,7 @@ def _command(args: argparse.Namespace) -> str:
         if getattr(args, flag, False):
             parts.append("--" + flag.replace("_", "-"))
     option, listed = ("seeds", "tasks") if args.which == "quality" else ("device", "sizes")
-    for opt in ("weights", "out", "threads", "learned_kwargs", option):
+    for opt in ("weights", "out", "threads", "learned_kwargs", option, "reuse_baselines"):
         val = getattr(args, opt, None)
         if val is not None:
             parts += [f"--{opt.replace('_', '-')}", str(val)]
@@ -115,6 +120,11 @@ def _validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}; e.g. --seeds 3")
         for t in args.tasks or ():
             tasks.get_task(t)
+        if args.reuse_baselines is not None:
+            if not Path(args.reuse_baselines).is_file():
+                raise ValueError(f"--reuse-baselines {args.reuse_baselines!r} is not a file; pass an earlier "
+                                 f"quality.json")
+            quality._load_reusable(args.reuse_baselines, quick=args.quick, threads=args.threads)  # its errors, now
     else:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda, but torch.cuda.is_available() is False; use --device cpu")
@@ -158,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         res = quality.run_quality(weights=args.weights, quick=args.quick, out=args.out, seeds=args.seeds,
                                   task_filter=args.tasks, threads=args.threads,
                                   learned_kwargs=args.learned_kwargs_dict, progress=not args.no_progress,
-                                  command=command)
+                                  command=command, reuse_baselines=args.reuse_baselines)
     else:
         res = speed.run_speed(weights=args.weights, quick=args.quick, out=args.out, sizes=args.sizes,
                               threads=args.threads, device=args.device, rss_check=not args.no_rss,

@@ -6,6 +6,7 @@ Run (from a checkout or an installed wheel; scikit-learn and matplotlib needed):
     learned-optim benchmark quality --quick --out /tmp/q # a pipeline check (short horizons, 2 seeds)
     learned-optim benchmark quality --weights DIR_OR_NAME --out DIR
     learned-optim benchmark quality --rerender benchmarks/results/quality.json   # summaries and tables again
+    learned-optim benchmark quality --weights DIR --reuse-baselines OLD/quality.json   # rerun the learned one only
 
 Protocol. For every task of ``tasks.TASKS`` and every seed, each optimizer of ``OPTIMIZERS``
 trains a model from the same initialisation on the same minibatches. Adam is also run at every
@@ -29,6 +30,14 @@ compares the same columns (Adam tuned and the best single lr are still chosen on
 Late spikes: every run records ``min_loss``, the lowest loss on its evaluated curve; the report
 gives the mean over seeds of final / min and the runs above ``SPIKE_RATIO`` (1.2).
 
+Reusing baselines. ``--reuse-baselines OLD/quality.json`` copies the baseline runs (Adam at every
+grid lr, AdamW, SGD+momentum) of an earlier result made under the same settings instead of
+rerunning them: a run is a deterministic function of its task (steps, batch size, evaluation
+steps, data), seed, optimizer and lr, the settings ``_REUSE_SETTINGS``, the thread count and the
+torch version. Runs the earlier file lacks (other tasks or horizons, more seeds) are run; the
+learned optimizer is always run. The result records ``reused_baselines`` (the file and the number
+of per-seed runs copied), and the report says so.
+
 Outputs (stable names, in ``--out``): ``quality.json`` (every curve and setting),
 ``quality.md`` (the tables) and ``quality.png`` (one panel per task), the last two from
 ``quality_report``.
@@ -49,7 +58,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..common.adam_baseline import ADAM_LR_GRID, diverged
-from ..common.files import write_json
+from ..common.files import to_jsonable, write_json
 from ..common.machine import machine_info
 from ..hub import DEFAULT_WEIGHTS, from_pretrained, resolve
 from ..network import CoordinatewiseLSTM
@@ -64,6 +73,13 @@ __all__ = ["OptimizerSpec", "OPTIMIZERS", "BASELINES", "SUITE_KEY", "ADAM_LR_GRI
            "finish", "rerender"]
 
 OUTPUT_FILES = ("quality.json", "quality.md", "quality.png")
+
+# What train_once returns and a task's runs store per seed; the held-out pair only where the
+# problem has a held-out split. _FLOAT_FIELDS may hold NaN (null in the JSON).
+_RUN_FIELDS = ("curve", "final", "initial", "min_loss", "diverged", "optimizer_step_s", "wall_s",
+               "nonfinite_grad_warnings")
+_HELDOUT_FIELDS = ("heldout_curve", "heldout_final")
+_FLOAT_FIELDS = ("curve", "final", "initial", "min_loss", "heldout_curve", "heldout_final")
 
 ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default (Kingma & Ba, 2015)
 
@@ -213,7 +229,7 @@ def _weights_info(weights: str | None, network: CoordinatewiseLSTM) -> dict[str,
 def run_quality(*, weights: str | None = None, quick: bool = False, out: str | Path = DEFAULT_OUT,
                 seeds: int | None = None, task_filter: Sequence[str] | None = None, threads: int = 1,
                 learned_kwargs: dict[str, Any] | None = None, progress: bool = True,
-                command: str = "") -> dict[str, Any]:
+                command: str = "", reuse_baselines: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run the quality benchmark and write quality.json / .md / .png into ``out``.
 
     Args:
@@ -227,8 +243,17 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
             ``{"state_dtype": "bfloat16"}``), from ``--learned-kwargs``.
         progress: show a tqdm progress bar (on stderr).
         command: the command line, recorded in the outputs.
+        reuse_baselines: an earlier quality.json whose baseline runs (Adam at every grid lr, AdamW,
+            SGD+momentum) are copied instead of rerun where everything that decides them is the
+            same (task steps, batch size, evaluation steps and data, seed, optimizer and lr, the
+            settings ``_REUSE_SETTINGS``, threads and the torch version): a run is a deterministic
+            function of these, so a learned-optimizer candidate can be compared without
+            retraining the baselines. Seeds and tasks it lacks are run; the learned optimizer is
+            always run. Default None: run all.
     Returns:
         The results dict that was written to quality.json.
+    Raises:
+        ValueError: a bad argument (the message names it and the fix).
     """
     if seeds is None:
         seeds = QUICK_SEEDS if quick else FULL_SEEDS
@@ -242,8 +267,6 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
     setup = LearnedSetup(network, dict(learned_kwargs or {}))
 
     plan = _planned_runs(OPTIMIZERS)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     t_start = time.perf_counter()
     results: dict[str, Any] = {
         "benchmark": "quality",
@@ -264,6 +287,12 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
         },
         "tasks": {},
     }
+    reused = {}
+    if reuse_baselines is not None:
+        reused = _load_reusable(reuse_baselines, quick=quick, threads=threads)
+        results["reused_baselines"] = {"from": os.fspath(reuse_baselines), "runs": 0}
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     total = len(specs) * len(plan) * seeds
     try:
         with tqdm(total=total, desc="quality", unit="run", disable=not progress, mininterval=1.0) as bar:
@@ -271,10 +300,10 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
                 problem = spec.problem()
                 steps = max(QUICK_MIN_STEPS, spec.steps // QUICK_STEP_DIVISOR) if quick else spec.steps
                 eval_steps = evaluation_steps(steps)
+                corpus = tasks_mod.corpus_info() if spec.name == "char_gru_lm" else None
+                data = _data_id(to_jsonable(problem.split), corpus)
                 task_runs: dict[str, Any] = {}
-                fields = ("curve", "final", "initial", "min_loss", "diverged", "optimizer_step_s", "wall_s",
-                          "nonfinite_grad_warnings") + (("heldout_curve", "heldout_final") if problem.has_heldout
-                                                        else ())
+                fields = _RUN_FIELDS + (_HELDOUT_FIELDS if problem.has_heldout else ())
                 for key, ospec, lr in plan:
                     if ospec.key == "learned":
                         lr = float(setup.kwargs.get("lr", lr))  # --learned-kwargs may set the lr
@@ -282,8 +311,14 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
                            **{k: [] for k in fields}}
                     for seed in range(seeds):
                         bar.set_postfix_str(f"{spec.name} {key} seed {seed}")
-                        r = train_once(problem, lambda p, m=ospec.make, lr=lr: m(p, lr, setup),
-                                       seed, steps, spec.batch_size, eval_steps)
+                        run_id = (spec.name, key, rec["optimizer"], lr, seed, steps, spec.batch_size,
+                                  tuple(eval_steps), data)
+                        r = reused.get(run_id) if ospec.key != "learned" else None
+                        if r is not None and all(k in r for k in fields):
+                            results["reused_baselines"]["runs"] += 1
+                        else:
+                            r = train_once(problem, lambda p, m=ospec.make, lr=lr: m(p, lr, setup),
+                                           seed, steps, spec.batch_size, eval_steps)
                         for k in fields:
                             rec[k].append(r[k])
                         bar.update(1)
@@ -294,8 +329,8 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
                 grid_runs = len(ADAM_LR_GRID) * seeds
                 tr["tuning_cost"] = {"adam_runs": grid_runs, "optimizer_steps": grid_runs * steps,
                                      "wall_s": sum(sum(task_runs[f"adam_lr={lr:g}"]["wall_s"]) for lr in ADAM_LR_GRID)}
-                if spec.name == "char_gru_lm":
-                    tr["corpus"] = tasks_mod.corpus_info()
+                if corpus is not None:
+                    tr["corpus"] = corpus
                 results["tasks"][spec.name] = tr
     finally:
         torch.set_num_threads(old_threads)
@@ -305,6 +340,63 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
     write_json(out / "quality.json", results)
     write_quality_report(results, out)
     return results
+
+
+# the settings that decide a baseline run besides its task, seed, optimizer and lr (and the torch version)
+_REUSE_SETTINGS = ("quick", "threads", "adam_lr_grid", "eval_points", "baseline optimizers")
+
+
+def _data_id(split: Any, corpus: dict[str, Any] | None) -> str:
+    """What a task's runs trained and were evaluated on, as its result records it: the split and,
+    for char_gru_lm, the hashes of the corpus and its held-out text (not where they were read)."""
+    hashes = None if corpus is None else [corpus.get("sha256"), (corpus.get("heldout") or {}).get("sha256")]
+    return json.dumps({"split": split, "corpus": hashes}, sort_keys=True)
+
+
+def _load_reusable(path: str | os.PathLike, *, quick: bool, threads: int) -> dict[tuple, dict[str, Any]]:
+    """The baseline runs of the earlier result ``path`` that a run with ``quick`` and ``threads``
+    would reproduce exactly, one record per seed (the fields of ``train_once``, NaN restored), keyed
+    by (task, run key, optimizer, lr, seed, steps, batch size, evaluation steps, ``_data_id``).
+    Raises ValueError if ``path`` is not a quality result or was made under other settings
+    (then nothing could be reused)."""
+    try:
+        prev = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"reuse_baselines={os.fspath(path)!r} is not a readable quality.json ({e}); pass an "
+                         f"earlier quality.json, or drop --reuse-baselines") from None
+    if not isinstance(prev, dict) or prev.get("benchmark") != "quality":
+        raise ValueError(f"reuse_baselines={os.fspath(path)!r} is not a quality benchmark result; pass a "
+                         f"quality.json written by `learned-optim benchmark quality`, or drop --reuse-baselines")
+    here = {"quick": quick, "threads": threads, "adam_lr_grid": list(ADAM_LR_GRID), "eval_points": EVAL_POINTS,
+            "baseline optimizers": {o.key: [o.label, o.lr] for o in OPTIMIZERS if o.key in BASELINES}}
+    st = prev.get("settings") if isinstance(prev.get("settings"), dict) else {}
+    opts = st.get("optimizers") if isinstance(st.get("optimizers"), dict) else {}
+    there = {**{k: st.get(k) for k in _REUSE_SETTINGS},
+             "baseline optimizers": {k: [(opts.get(k) or {}).get("label"), (opts.get(k) or {}).get("lr")]
+                                     for k in BASELINES}}
+    mismatch = [k for k in _REUSE_SETTINGS if there[k] != here[k]]
+    if (prev.get("machine") or {}).get("torch") != torch.__version__:
+        mismatch.append("torch version")
+    if mismatch:
+        raise ValueError(f"reuse_baselines={os.fspath(path)!r} was made with other {', '.join(mismatch)}; its "
+                         f"baseline runs would not be reproduced here: drop --reuse-baselines")
+    out = {}
+    try:
+        for name, tr in prev.get("tasks", {}).items():
+            data = _data_id(tr.get("split"), tr.get("corpus"))
+            for key, run in tr["runs"].items():
+                if key == "learned":
+                    continue
+                for i, seed in enumerate(st["seeds"]):
+                    rec = {k: _nan_from_null(run[k][i]) if k in _FLOAT_FIELDS else run[k][i]
+                           for k in _RUN_FIELDS + _HELDOUT_FIELDS if k in run and i < len(run[k])}
+                    out[(name, key, run.get("optimizer"), run.get("lr"), seed, tr["steps"], tr["batch_size"],
+                         tuple(tr["eval_steps"]), data)] = rec
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"reuse_baselines={os.fspath(path)!r} is not a well-formed quality.json "
+                         f"({type(e).__name__}: {e}); pass one written by `learned-optim benchmark quality`, or drop "
+                         f"--reuse-baselines") from None
+    return out
 
 
 def finish(results: dict[str, Any]) -> dict[str, Any]:
@@ -343,7 +435,7 @@ def rerender(path: str | Path, figure: bool = True) -> dict[str, Any]:
     results = json.loads(path.read_text(encoding="utf-8"))
     for tr in results["tasks"].values():
         for run in tr["runs"].values():
-            for key in ("curve", "final", "initial", "min_loss", "heldout_curve", "heldout_final"):
+            for key in _FLOAT_FIELDS:
                 if key in run:
                     run[key] = _nan_from_null(run[key])
     finish(results)

@@ -137,7 +137,10 @@ def quality_markdown(res: dict[str, Any]) -> str:
            f"{res['summary_recomputed_utc']} UTC.  "]
           if res.get("summary_recomputed_utc") else []),
         f"Date (UTC): {res['machine']['date_utc']}; wall time {res['wall_s']:.0f} s; {seeds} seeds per optimizer "
-        f"and lr; Adam lr grid {', '.join(f'{x:g}' for x in res['settings']['adam_lr_grid'])}.",
+        f"and lr; Adam lr grid {', '.join(f'{x:g}' for x in res['settings']['adam_lr_grid'])}."
+        + (f" {res['reused_baselines']['runs']} baseline runs copied from `{res['reused_baselines']['from']}` "
+           "(same settings, deterministic; their wall times are the original runs')."
+           if res.get("reused_baselines") else ""),
         "",
         f"Final training loss (on the whole training split), mean ± std over {seeds} seeds (same initialisations "
         "and minibatches for every optimizer; lower is better). **Adam tuned** takes, per task, the grid lr with "
