@@ -353,8 +353,10 @@ class LearnedOptimizer(Optimizer):
         self._skips.settle(block=False)
         skipped, deferred = 0, []
         # the model size the "log_num_params" context feature sees: every parameter of every
-        # group, whether or not it has a gradient this step (DTensor.numel() is the global size)
-        num_params = sum(p.numel() for group in self.param_groups for p in group["params"])
+        # group, whether or not it has a gradient this step (DTensor.numel() is the global size);
+        # counted only for rules that read it (a Python loop over the tensors, at every step)
+        num_params = (sum(p.numel() for group in self.param_groups for p in group["params"])
+                      if "log_num_params" in self.network.config.context_features else None)
         for gi, group in enumerate(self.param_groups):
             # (device, compute dtype, id of the DTensor mesh) -> (mesh, the 7 tensor lists)
             buckets: dict[tuple, tuple[Any, list[list]]] = {}
