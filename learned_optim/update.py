@@ -182,7 +182,7 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
     ``None``: the number of values in ``params``)."""
     params = list(params)
     dtype = torch.float64 if dtype is None else dtype
-    num_params = _check_num_params(num_params, params)
+    num_params = _check_num_params(num_params, params, "log_num_params" in config.context_features)
     if not params:
         return torch.zeros(0, config.num_context, dtype=dtype)
     with torch.no_grad():
@@ -193,9 +193,9 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
     return _context_columns(norms / sqrt_n, key, config, num_params)
 
 
-def _check_num_params(num_params, params) -> int:
-    if num_params is None:
-        return sum(p.numel() for p in params)
+def _check_num_params(num_params, params, needed: bool) -> int:
+    if num_params is None:  # counted only for rules that read it (a Python loop, at every step)
+        return sum(p.numel() for p in params) if needed else 0
     if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 0:
         raise ValueError(f"num_params must be a non-negative int (the number of values in all the parameters "
                          f"the optimizer updates), got {num_params!r}; pass None to count params")
