@@ -209,3 +209,52 @@ def test_objective_from_counts_only_the_late_losses():
         g0, _ = est.estimate(net, [default], torch.Generator().manual_seed(0), 0.05, 1.5)
         g1, _ = est.estimate(net, [zero], torch.Generator().manual_seed(0), 0.05, 1.5, 0.0, 0.0)
         assert torch.count_nonzero(g0) > 0 and torch.equal(g0, g1)
+
+
+def test_rise_term_punishes_only_rises_above_the_trajectory_best():
+    from learned_optim.meta.estimators import RISE_FLOOR, rise_term
+
+    task, net = _tiny_task(), _net()
+    traj = _traj(task, net, 2, horizon=40)
+    traj.init_loss = 1.0
+    cap = math.log(1.5)
+    seq = [0.5, 0.25, 0.5, 0.1, 0.2, 0.0, 1e-13, 10.0, float("nan")]
+    want = [0.0, 0.0, math.log(2), 0.0, math.log(2), 0.0, 0.0, cap - math.log(RISE_FLOOR), cap - math.log(RISE_FLOOR)]
+    for loss, w in zip(seq, want):
+        x = torch.tensor(loss, requires_grad=True)
+        r = rise_term(traj, 0, x, cap)
+        assert math.isclose(float(r), w, rel_tol=1e-6, abs_tol=1e-12), (loss, float(r), w)
+        # a rise inside the clip range carries gradient d log L / dL = 1/L; a clipped loss none
+        grad = torch.autograd.grad(r, x, allow_unused=True)[0] if r.requires_grad else None
+        if w > 0 and 0 < loss < 1.5 and loss > RISE_FLOOR:
+            assert math.isclose(float(grad), 1 / loss, rel_tol=1e-6)
+        else:
+            assert grad is None or float(grad) == 0.0
+    # each state keeps its own best; the other one's is untouched
+    assert traj.best_log[1] == 0.0 and math.isclose(traj.best_log[0], math.log(RISE_FLOOR), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("est", [TruncatedBPTT(truncation_length=5), AntitheticPES(truncation_length=5)])
+def test_rise_penalty_zero_is_the_default_and_positive_changes_the_estimate(est):
+    from learned_optim.meta.checkpoint import traj_from_dict, traj_to_dict
+
+    task, net = _tiny_task(), _net()
+    n = est.n_states
+    a, b, c = (_traj(task, net, n, horizon=40) for _ in range(3))
+    ga, _ = est.estimate(net, [a], torch.Generator().manual_seed(0), 0.3, 1.5)
+    gb, _ = est.estimate(net, [b], torch.Generator().manual_seed(0), 0.3, 1.5, 0.0, 0.0, "train", 0.0)
+    assert torch.equal(ga, gb) and a.best_log is None and b.best_log is None
+    # at lr 0.3 this rule's loss goes up and down between truncation ends: the penalty has a say
+    gs = []
+    for _ in range(6):
+        g, _ = est.estimate(net, [c], torch.Generator().manual_seed(0), 0.3, 1.5, 0.0, 0.0, "train", 10.0)
+        gs.append(g)
+    assert c.best_log is not None and len(c.best_log) == n and all(math.isfinite(v) for v in c.best_log)
+    # the per-state best survives a checkpoint round trip
+    back = traj_from_dict(traj_to_dict(c), lambda seed: task)
+    assert back.best_log == c.best_log
+    a2 = _traj(task, net, n, horizon=40)
+    ref = [est.estimate(net, [a2], torch.Generator().manual_seed(0), 0.3, 1.5)[0] for _ in range(6)]
+    # no rise at the first four truncation ends (the loss falls): the same estimates; then it rises
+    assert all(torch.equal(x, y) for x, y in zip(gs[:4], ref[:4]))
+    assert all(not torch.equal(x, y) for x, y in zip(gs[4:], ref[4:]))

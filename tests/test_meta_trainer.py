@@ -162,3 +162,36 @@ def test_validation_metric_mean_or_worst_task():
     assert mean["metric"] == pytest.approx(sum(logs) / 2) and worst["metric"] == pytest.approx(max(logs))
     with pytest.raises(ValueError, match="reduce must be 'mean' or 'max'"):
         evaluate(net, tasks, base, reduce="median", **kw)
+
+
+def test_rise_penalty_run_resumes_exactly(tmp_path):
+    from learned_optim.meta.trainer import MetaTrainer
+
+    # at inner lr 0.3 the tiny tasks' losses rise between truncation ends, so the penalty has a say
+    cfg = load_config("tiny").replace(rise_penalty=1.0, meta_steps=8, checkpoint_every=1, eval_every=4, inner_lr=0.3)
+    ref = MetaTrainer(cfg, tmp_path / "ref", progress=False)
+    ref.train()
+    assert any(t is not None and t.best_log is not None for t in ref.trajs)  # the penalty was computed
+
+    cut = MetaTrainer(cfg, tmp_path / "cut", progress=False)
+    real = cut._estimate
+
+    def stop_after_five():
+        if cut.step == 5:
+            raise KeyboardInterrupt  # an interruption after the step-5 checkpoint
+        return real()
+
+    cut._estimate = stop_after_five
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    MetaTrainer(cfg, tmp_path / "cut", progress=False).train(resume=True)
+
+    def last(d):  # the network after the last meta-step (the saved weights are the selected ones)
+        return torch.load(tmp_path / d / CHECKPOINT_NAME, weights_only=True)["net"]
+
+    a, b = last("ref"), last("cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and the penalty changed the run
+    MetaTrainer(cfg.replace(rise_penalty=0.0), tmp_path / "plain", progress=False).train()
+    c = last("plain")
+    assert not all(torch.equal(a[k], c[k]) for k in a)

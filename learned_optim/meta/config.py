@@ -152,6 +152,12 @@ class MetaTrainConfig:
             trajectory's horizon (PES still credits every earlier perturbation), so the rule is
             trained for where a run ends rather than for its first steps, where larger steps
             always pay. Default 0: every loss.
+        rise_penalty: the weight of a term that punishes late rises: at the end of every counted
+            truncation, the rise of the full-batch loss above the lowest such loss of the trajectory
+            so far, on a log scale clipped to [1e-12, loss_cap] x the initial loss
+            (``estimators.rise_term``), so a rule that bounces away from a low loss late in a run
+            pays for it even below ``loss_floor``. Costs one full-batch loss per truncation.
+            Default 0: no such term.
         objective_split: where the meta-objective's losses are taken: ``"train"`` (the next
             training minibatch) or ``"heldout"`` (a held-out minibatch, on tasks that have held-out
             data, e.g. ``train_tasks="v2-wide-split"``; the others keep "train"). Default "train".
@@ -202,6 +208,7 @@ class MetaTrainConfig:
     loss_cap: float = 1.5
     loss_floor: float = 0.0
     objective_from: float = 0.0
+    rise_penalty: float = 0.0
     objective_split: str = "train"
     train_tasks: str = "default"
     val_tasks: str = "default"
@@ -227,6 +234,7 @@ class MetaTrainConfig:
         check_number(self, "loss_cap", gt=1)
         check_number(self, "loss_floor", ge=0, lt=1)
         check_number(self, "objective_from", ge=0, lt=1)
+        check_number(self, "rise_penalty", ge=0)
         for name in ("second_order", "slot_rng"):
             check_bool(self, name)
         check_choice(self, "estimator", ESTIMATORS)

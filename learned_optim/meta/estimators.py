@@ -21,6 +21,13 @@ learned_optimization's "clip at 1.5 ln C" stabilising trick) bounds what one exp
 contributes, and a non-finite loss counts as the cap with no gradient, so one divergent task
 cannot poison a meta-step with NaN.
 
+With ``rise_penalty`` :math:`\lambda > 0`, each truncation also pays for a rise of the full-batch
+loss :math:`L_b` at its end above the lowest such loss of the trajectory so far,
+:math:`J \mathrel{+}= \lambda \max(0, \ell_b - \min_{b' < b} \ell_{b'})` with
+:math:`\ell = \mathrm{clip}(\log L,\ \log(10^{-12} L_{init}),\ \log L_{cap})` (``rise_term``), so a
+rule that reaches a low loss and bounces away from it late in a run is punished even where the
+loss is below ``loss_floor``.
+
 **Truncated BPTT** (``TruncatedBPTT``): unroll :math:`n` steps with the parameters carrying
 autograd graph back to :math:`\theta` and backpropagate :math:`J`. The inner state (parameters,
 moments, LSTM state) is cut with an explicit ``.detach()`` at every truncation boundary, so no
@@ -61,6 +68,7 @@ __all__ = [
     "InnerState",
     "Trajectory",
     "meta_objective",
+    "rise_term",
     "TruncatedBPTT",
     "AntitheticPES",
     "flat_weights",
@@ -94,6 +102,8 @@ class Trajectory:
         pes_acc: PES's accumulated perturbation (None for BPTT).
         first_truncation: length of the first truncation (randomised to de-synchronise workers).
         done: set when the horizon is reached or the run diverged.
+        best_log: per state, the lowest clipped log full-batch loss at a truncation end so far
+            (``rise_term``; None until the first truncation with ``rise_penalty`` > 0).
     """
 
     task: Task
@@ -107,6 +117,7 @@ class Trajectory:
     pes_acc: Tensor | None = None
     first_truncation: int = 0
     done: bool = False
+    best_log: list[float] | None = None
 
     def truncation_length(self, k: int) -> int:
         if self.step == 0 and self.first_truncation > 0:
@@ -145,6 +156,35 @@ def meta_objective(losses: Sequence[Tensor], log_cap: float, log_floor: float = 
 def _log_floor(traj: Trajectory, floor_factor: float) -> float:
     """log(floor_factor x the task's initial loss), or -inf without a floor (factor 0)."""
     return math.log(traj.init_loss * floor_factor) if floor_factor > 0 else -math.inf
+
+
+# rise_term clips log L at this fraction of the initial loss from below: smaller losses are float
+# rounding on most tasks (their rises are not a training failure) and an exact 0 has no log.
+RISE_FLOOR = 1e-12
+
+
+def rise_term(traj: Trajectory, k: int, loss: Tensor, log_cap: float) -> Tensor:
+    """The rise of state ``k``'s full-batch loss ``loss`` at a truncation end above the lowest of
+    the trajectory so far, on clipped logs: max(0, l - min l') with l = clip(log L, log(RISE_FLOOR x
+    L_init), log_cap); updates ``traj.best_log``. A clipped or non-finite loss enters as a constant
+    (no gradient), as in ``meta_objective``; otherwise the term carries ``loss``'s graph."""
+    lo = math.log(traj.init_loss * RISE_FLOOR)
+    if traj.best_log is None:
+        traj.best_log = [min(max(math.log(traj.init_loss), lo), log_cap)] * len(traj.states)
+    val = loss.detach()
+    if not torch.isfinite(val) or val <= 0 or not lo < math.log(float(val)) < log_cap:
+        const = lo if torch.isfinite(val) and (val <= 0 or math.log(float(val)) <= lo) else log_cap
+        ell = torch.tensor(const, dtype=loss.dtype)
+    else:
+        ell = torch.log(loss)
+    rise = torch.clamp(ell - traj.best_log[k], min=0.0)
+    traj.best_log[k] = min(traj.best_log[k], float(ell.detach()))
+    return rise
+
+
+def _full_loss(traj: Trajectory, state: InnerState) -> Tensor:
+    """The task's full-batch loss at ``state``'s parameters (with their graph, if any)."""
+    return traj.task.loss(unflatten_params(state.params, traj.shapes), traj.task.full_batch())
 
 
 def _first_counted(traj: Trajectory, objective_from: float) -> int:
@@ -247,12 +287,15 @@ class TruncatedBPTT:
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
                  lr: float, log_cap_factor: float, floor_factor: float = 0.0,
-                 objective_from: float = 0.0, objective_split: str = "train") -> tuple[Tensor, dict[str, float]]:
+                 objective_from: float = 0.0, objective_split: str = "train",
+                 rise_penalty: float = 0.0) -> tuple[Tensor, dict[str, float]]:
         """Advance every trajectory by one truncation; return the mean meta-gradient (flat).
         ``objective_from``: the meta-objective counts only the losses after this fraction of each
         trajectory's horizon (default 0: all; ``_first_counted``). ``objective_split``: ``"train"``
         (default: the loss after each update on the next training minibatch) or ``"heldout"``
-        (on a held-out minibatch, for tasks with ``heldout_batch``; the others keep "train")."""
+        (on a held-out minibatch, for tasks with ``heldout_batch``; the others keep "train").
+        ``rise_penalty``: the weight of ``rise_term`` at each truncation end the objective counts
+        (default 0: none, and no full-batch loss is computed)."""
         params = [getattr(net, n) for n in WEIGHT_NAMES]
         total = torch.zeros(sum(p.numel() for p in params))
         objs, used, bad = [], 0, 0
@@ -270,6 +313,10 @@ class TruncatedBPTT:
                                   log_cap=log_cap, objective_batches=_objective_batches(traj, n, objective_split),
                                   objective_start=start)
             obj, diverged = meta_objective(losses, log_cap, log_floor, start)
+            if rise_penalty > 0:
+                rise = rise_term(traj, 0, _full_loss(traj, new), log_cap)
+                if obj is not None:  # the truncation's end is counted exactly when any loss is
+                    obj = obj + rise_penalty * rise
             if obj is not None and obj.requires_grad:
                 grads = torch.autograd.grad(obj, params, allow_unused=True)
                 flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
@@ -306,7 +353,8 @@ class AntitheticPES:
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
                  lr: float, log_cap_factor: float, floor_factor: float = 0.0,
-                 objective_from: float = 0.0, objective_split: str = "train") -> tuple[Tensor, dict[str, float]]:
+                 objective_from: float = 0.0, objective_split: str = "train",
+                 rise_penalty: float = 0.0) -> tuple[Tensor, dict[str, float]]:
         """As ``TruncatedBPTT.estimate``, by antithetic perturbations of the flat weights."""
         theta = flat_weights(net)
         total = torch.zeros_like(theta)
@@ -332,6 +380,10 @@ class AntitheticPES:
                                           lr, differentiable=False, log_cap=log_cap, objective_batches=held,
                                           objective_start=start)
                     j, d = meta_objective(losses, log_cap, log_floor, start)
+                    if rise_penalty > 0:
+                        rise = rise_term(traj, k, _full_loss(traj, new), log_cap)
+                        if j is not None:
+                            j = j + rise_penalty * rise
                     js.append(0.0 if j is None else float(j))  # nothing counted yet: no signal, no gradient
                     div = div or d
                     traj.states[k] = new.detached()

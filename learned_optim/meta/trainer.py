@@ -307,14 +307,14 @@ class MetaTrainer:
         c = self.config
         if self.slot_gens is None:
             return self.estimator.estimate(self.net, self.trajs, self.meta_gen, c.inner_lr, c.loss_cap,
-                                           c.loss_floor, c.objective_from, c.objective_split)
+                                           c.loss_floor, c.objective_from, c.objective_split, c.rise_penalty)
         n_w = sum(p.numel() for p in self.net.parameters())
         acc = torch.zeros(n_w + 3, dtype=torch.float64)  # [grad sum | used | meta-loss sum | non-finite]
         for i, traj in enumerate(self.trajs):
             if not self._owns(i):
                 continue
             g, st = self.estimator.estimate(self.net, [traj], self.slot_gens[i], c.inner_lr, c.loss_cap,
-                                            c.loss_floor, c.objective_from, c.objective_split)
+                                            c.loss_floor, c.objective_from, c.objective_split, c.rise_penalty)
             used = 0.0 if st["nonfinite_grads"] else 1.0
             acc[:n_w] += g.double() * used
             acc[n_w] += used
