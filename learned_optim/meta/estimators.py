@@ -158,8 +158,9 @@ def _log_floor(traj: Trajectory, floor_factor: float) -> float:
     return math.log(traj.init_loss * floor_factor) if floor_factor > 0 else -math.inf
 
 
-# rise_term clips log L at this fraction of the initial loss from below: smaller losses are float
-# rounding on most tasks (their rises are not a training failure) and an exact 0 has no log.
+# rise_term clips log L at this fraction of the initial loss from below: there the loss is mostly float
+# rounding (a float32 cross-entropy term is exactly 0 beyond a logit margin of ~17), so its rises are
+# not a training failure, and an exact 0 has no log.
 RISE_FLOOR = 1e-12
 
 
