@@ -24,14 +24,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn_2(fn, args) -> None:
+def spawn_2(fn, args, fresh=()) -> None:
     """``mp.spawn(fn, (port, *args), nprocs=2)`` with a fresh free port, retried once (with a new
     port) if a worker was killed by a signal.
 
     gloo worker processes have been seen (1 run in 9 here) to abort at interpreter teardown
     ("terminate called without an active exception") after their work was done. A worker that
-    raises (a failed assertion) is never retried: ``ProcessRaisedException`` propagates.
+    raises (a failed assertion) is never retried: ``ProcessRaisedException`` propagates. The paths
+    in ``fresh`` (what the workers write, e.g. a run directory that refuses to be overwritten) are
+    removed before the retry, so it starts from the first attempt's clean slate.
     """
+    import shutil
+    from pathlib import Path
+
     for attempt in range(2):
         try:
             mp.spawn(fn, args=(free_port(), *args), nprocs=2, join=True)
@@ -39,3 +44,8 @@ def spawn_2(fn, args) -> None:
         except mp.ProcessExitedException as e:
             if attempt == 1 or e.exit_code is None or e.exit_code >= 0:
                 raise
+            for path in map(Path, fresh):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)

@@ -169,7 +169,7 @@ def _worker(rank, port, mode, out, ckpt_dir):
 def _run(mode):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "params.pt")
-        spawn_2(_worker, (mode, out, os.path.join(tmp, "ckpt")))
+        spawn_2(_worker, (mode, out, os.path.join(tmp, "ckpt")), fresh=(os.path.join(tmp, "ckpt"),))
         return torch.load(out, weights_only=True), torch.load(out + ".rank1", weights_only=True)
 
 

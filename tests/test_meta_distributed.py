@@ -30,7 +30,7 @@ def _worker(rank, port, out, errfile):
 def test_two_processes_match_one(tmp_path):
     one, two, err = tmp_path / "one", tmp_path / "two", tmp_path / "err.txt"
     meta_train(CONFIG, one, progress=False)
-    spawn_2(_worker, (str(two), str(err)))
+    spawn_2(_worker, (str(two), str(err)), fresh=(two,))
 
     assert "slot_rng" in err.read_text()
     ck1 = torch.load(one / "checkpoint.pt", weights_only=True)
