@@ -315,8 +315,11 @@ class TruncatedBPTT:
                                   objective_start=start)
             obj, diverged = meta_objective(losses, log_cap, log_floor, start)
             if rise_penalty > 0:
-                rise = rise_term(traj, 0, _full_loss(traj, new), log_cap)
-                if obj is not None:  # the truncation's end is counted exactly when any loss is
+                # the truncation's end is counted exactly when any loss is; otherwise the loss only
+                # updates the trajectory's best, and no graph is built for it
+                with torch.set_grad_enabled(obj is not None):
+                    rise = rise_term(traj, 0, _full_loss(traj, new), log_cap)
+                if obj is not None:
                     obj = obj + rise_penalty * rise
             if obj is not None and obj.requires_grad:
                 grads = torch.autograd.grad(obj, params, allow_unused=True)
