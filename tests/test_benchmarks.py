@@ -729,3 +729,31 @@ def test_path_sensitivity_quick_outputs_are_well_formed(tmp_path):
     md = (tmp_path / "path_sensitivity.md").read_text()
     assert "QUICK RUN" in md and "| iris_deep_mlp | 20 | eager |" in md
     _check_png(tmp_path / "path_sensitivity.png")
+
+
+def test_selection_study_ranks_and_reads_committed_results(tmp_path):
+    """benchmarks/selection_vs_benchmark.py: its Spearman matches scipy's (ties included), and the
+    study runs on the committed results alone, one row per listed point with every figure its
+    folders hold."""
+    import importlib.util
+
+    from scipy.stats import spearmanr
+
+    spec = importlib.util.spec_from_file_location("svb", ROOT / "benchmarks" / "selection_vs_benchmark.py")
+    svb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(svb)
+    a, b = [1.0, 3.0, 2.0, 2.0, 5.0, 0.5], [2.0, 1.0, 4.0, 4.0, 3.0, 0.1]
+    assert svb.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert svb.spearman(a, a) == pytest.approx(1.0)
+
+    proc = _run_script("selection_vs_benchmark", "--out", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = _strict_json(tmp_path / "selection-vs-benchmark.json")
+    assert [p["point"] for p in res["points"]] == list(svb.POINTS)
+    default = next(p for p in res["points"] if "(default)" in p["point"])
+    assert default["gpt"] == pytest.approx(1.7135, abs=1e-4)
+    assert default["suite_median"] == pytest.approx(1.23, abs=5e-3)
+    for fig, row in res["spearman"].items():
+        assert row["n"] == sum(fig in p for p in res["points"]) >= 10
+        assert all(-1.0 <= r <= 1.0 for r in row["rho"].values())
+    _check_png(tmp_path / "selection-vs-benchmark.png")
