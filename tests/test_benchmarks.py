@@ -757,3 +757,24 @@ def test_selection_study_ranks_and_reads_committed_results(tmp_path):
         assert row["n"] == sum(fig in p for p in res["points"]) >= 10
         assert all(-1.0 <= r <= 1.0 for r in row["rho"].values())
     _check_png(tmp_path / "selection-vs-benchmark.png")
+
+
+def test_heldout_vit_probe_scores_the_held_out_fifth():
+    """benchmarks/heldout_vit_probe.py: the probe's task trains on the training split and what
+    validation scores (its full batch) is the held-out split, disjoint from it."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("probe", ROOT / "benchmarks" / "heldout_vit_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    task = probe._task()
+    hx, hy = task.full_batch()
+    assert hx is task.heldout_x and hy is task.heldout_y
+    assert len(hx) + len(task.x) == 1797 and 0.15 < len(hx) / 1797 < 0.25
+    train_rows = {tuple(r.flatten().tolist()) for r in task.x}
+    assert sum(tuple(r.flatten().tolist()) in train_rows for r in hx) < 0.2 * len(hx)  # digits has a few duplicates
+    gen = torch.Generator().manual_seed(0)
+    xb, _ = task.sample_batch(gen)
+    assert all(tuple(r.flatten().tolist()) in train_rows for r in xb)
