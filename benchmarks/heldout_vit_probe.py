@@ -12,7 +12,7 @@ the benchmark's accuracy.
 
     python benchmarks/heldout_vit_probe.py --out benchmarks/results/meta-v2 [--workers 2]
 
-Writes ``heldout-vit-probe.json``, ``.md`` and ``.png`` into ``--out``. ~15 minutes on 2 cores.
+Writes ``heldout-vit-probe.json``, ``.md`` and ``.png`` into ``--out``. ~5 minutes on 2 cores.
 """
 
 from __future__ import annotations
