@@ -128,22 +128,11 @@ def main(argv: list[str] | None = None) -> int:
               f"ratio goes with a higher accuracy; |rho| > {crit:.2f} differs from 0 at the 5% level): held-out "
               f"ratio **{rho_held:+.2f}**, training-loss ratio **{rho_train:+.2f}**."]
     (out / "heldout-vit-probe.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no heldout-vit-probe.png", file=sys.stderr)
-        return 0
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, key, label, rho in ((axes[0], "heldout_ratio", "held-out loss", rho_held),
-                                (axes[1], "val_train_ratio", "training loss", rho_train)):
-        ax.scatter([points[n][key] for n in names], acc, s=18)
-        ax.set_xlabel(f"validation ViT {label} / tuned Adam")
-        ax.set_ylabel("vit-digits test accuracy (%)")
-        ax.set_title(f"rho {rho:+.2f} (n={len(names)})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "heldout-vit-probe.png", dpi=110)
+    study.scatter_panels(out / "heldout-vit-probe.png", [
+        ([points[n][key] for n in names], acc, f"validation ViT {label} / tuned Adam", "vit-digits test accuracy (%)",
+         f"rho {rho:+.2f} (n={len(names)})")
+        for key, label, rho in (("heldout_ratio", "held-out loss", rho_held),
+                                ("val_train_ratio", "training loss", rho_train))])
     return 0
 
 

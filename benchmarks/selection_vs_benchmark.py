@@ -210,26 +210,38 @@ def main(argv: list[str] | None = None) -> int:
               f"lr 1e-3 (the rule's own default lr) instead of tuned Adam **{kept['max vs Adam at lr 1e-3']}**."]
     (out / "selection-vs-benchmark.md").write_text("\n".join(lines) + "\n")
 
+    pairs = [(tasks[0], "gpt"), (tasks[1], "vit"), ("worst task (val_reduce=max)", "suite_median"),
+             ("mean (val_reduce=mean)", "gpt")]
+    panels = []
+    for pred, f in pairs:
+        have = [p for p in points if f in p]
+        panels.append(([predictors[pred](p) for p in have], [p[f] for p in have],
+                       f"validation: {short.get(pred, pred)} / tuned Adam", FIGURES[f][0],
+                       f"rho {table[f]['rho'][pred]:+.2f} (n={len(have)})"))
+    scatter_panels(out / "selection-vs-benchmark.png", panels)
+    return 0
+
+
+def scatter_panels(path: Path, panels: list[tuple[list[float], list[float], str, str, str]]) -> None:
+    """One scatter plot per ``(xs, ys, xlabel, ylabel, title)`` side by side, saved as PNG at ``path``
+    (nothing, with a note on stderr, without matplotlib)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib missing: no selection-vs-benchmark.png", file=sys.stderr)
-        return 0
-    pairs = [(tasks[0], "gpt"), (tasks[1], "vit"), ("worst task (val_reduce=max)", "suite_median"),
-             ("mean (val_reduce=mean)", "gpt")]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8))
-    for ax, (pred, f) in zip(axes, pairs):
-        have = [p for p in points if f in p]
-        xs, ys = [predictors[pred](p) for p in have], [p[f] for p in have]
+        print(f"matplotlib missing: no {path.name}", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False)
+    for ax, (xs, ys, xlabel, ylabel, title) in zip(axes[0], panels):
         ax.scatter(xs, ys, s=18)
-        ax.set_xlabel(f"validation: {short.get(pred, pred)} / tuned Adam")
-        ax.set_ylabel(FIGURES[f][0])
-        ax.set_title(f"rho {table[f]['rho'][pred]:+.2f} (n={len(have)})", fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "selection-vs-benchmark.png", dpi=110)
-    return 0
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
