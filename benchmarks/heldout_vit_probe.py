@@ -42,22 +42,26 @@ def _study():
 
 
 def _task():
-    from learned_optim.common.data import digits
-    from learned_optim.meta.arch_models import ViT
-    from learned_optim.meta.arch_tasks import DigitsArchTask, _digit_patches, _digit_split
+    """The validation ViT task (model, patches, batch size, init scale) on the digits' training split,
+    scoring the held-out split."""
+    import dataclasses
 
-    class HeldoutScored(DigitsArchTask):
+    from learned_optim.meta.arch_tasks import _digit_split, arch_validation_tasks
+
+    val = arch_validation_tasks()[1][0]
+    if val.name != "val-vit2x48-p2-cls-bs32":  # the task the validation records score
+        raise RuntimeError(f"arch_validation_tasks()[1] is {val.name!r}; update this probe")
+
+    class HeldoutScored(type(val)):
         """Trains on the training split; its "full batch" (what validation scores) is the held-out split."""
 
         def full_batch(self):
             return self.heldout_x, self.heldout_y
 
-    _, y = digits()
-    x = _digit_patches(2)
     train, held = _digit_split()
-    vit = ViT(n_patches=16, patch_dim=4, d=48, heads=4, layers=2, ratio=2, cls=True)
-    return HeldoutScored(vit, x[train], y[train], 32, 1.0, "val-vit2x48-p2-cls-bs32-heldout",
-                         heldout_x=x[held], heldout_y=y[held])
+    kw = {f.name: getattr(val, f.name) for f in dataclasses.fields(val) if f.init}
+    kw.update(x=val.x[train], y=val.y[train], name=f"{val.name}-heldout", heldout_x=val.x[held], heldout_y=val.y[held])
+    return HeldoutScored(**kw)
 
 
 def _job(args: tuple[str, str | None, float]) -> tuple[str, list[float]]:
