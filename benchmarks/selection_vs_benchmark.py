@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
              "",
              "Each row is a set of meta-trained weights that both had a meta-validation evaluation in its run's log "
              "and was benchmarked. Validation columns: final loss / tuned Adam per validation task (3 seeds), their "
-             "geometric mean (what `val_reduce=\"mean\"` ranks by) and their largest (`\"max\"`). Benchmark columns "
+             "geometric mean (close to what `val_reduce=\"mean\"` ranks by, which averages per-seed log ratios) "
+             "and their largest (what `\"max\"` ranks by). Benchmark columns "
              "(5 seeds; blank where the point was not benchmarked with 5 seeds): gpt-byte validation nats/byte, "
              "vit-digits test accuracy, the quality suite's median and geometric mean of final loss / tuned Adam.", "",
              "| point | " + " | ".join(short.values()) + " | mean | max | gpt | vit % | suite median | suite geomean |",
