@@ -55,6 +55,8 @@ from tqdm.auto import tqdm
 
 from ..common.files import write_json
 from ..common.machine import machine_info
+from ..common.schedules import FINAL_LR_FRAC, WARMUP_FRAC, WEIGHT_DECAY
+from ..common.schedules import warmup_cosine as lr_factor  # the schedule's lr multiplier before update s of steps
 from ..common.text import corpus_id
 from ..hub import DEFAULT_WEIGHTS, WeightsError, WeightsNotFoundError, from_pretrained, resolve
 from ..optimizer import LearnedOptimizer
@@ -72,25 +74,12 @@ __all__ = ["WORKLOADS", "OUTPUT_FILES", "ADAMW_LR_GRID", "LEARNED_LRS", "lr_fact
 OUTPUT_FILES = ("transformer.json", "transformer.md", "transformer.png")
 ADAMW_LR_GRID = (3e-4, 1e-3, 3e-3)
 LEARNED_LRS = (1e-3,)  # LearnedOptimizer's default lr, reported as "learned default"
-WEIGHT_DECAY = 0.1  # GPT-2/nanoGPT's value, for AdamW and the learned optimizer alike
 GRAD_CLIP = 1.0
-WARMUP_FRAC = 0.05
-FINAL_LR_FRAC = 0.1
 EVAL_POINTS = 20  # validation evaluations per run, plus one at step 0
 FULL_SEEDS = 5
 QUICK_SEEDS = 2
 QUICK_STEPS = 6
 _PROG = "learned-optim benchmark transformer"
-
-
-def lr_factor(step: int, steps: int) -> float:
-    """The schedule's lr multiplier before update ``step`` (0-based) of ``steps``: linear warmup
-    over WARMUP_FRAC of the steps, then cosine from 1 to FINAL_LR_FRAC at the last step."""
-    warmup = max(1, round(WARMUP_FRAC * steps))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - 1 - warmup))
-    return FINAL_LR_FRAC + (1 - FINAL_LR_FRAC) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def evaluation_steps(steps: int) -> list[int]:

@@ -64,6 +64,7 @@ def traj_to_dict(t: Trajectory) -> dict[str, Any]:
         "states": [{k: v.detach().clone() for k, v in s.tensors().items()} for s in t.states],
         "pes_acc": None if t.pes_acc is None else t.pes_acc.clone(),
         "best_log": None if t.best_log is None else list(t.best_log),
+        "recipe": t.recipe,
     }
 
 
@@ -73,7 +74,8 @@ def traj_from_dict(d: dict[str, Any], build_task: Callable[[int], Task]) -> Traj
     shapes = [p.shape for p in task.init_params(torch.Generator().manual_seed(0))]
     states = [InnerState(s["params"], s["exp_avg"], s["exp_avg_sq"], s["h"], s["c"], d["step"]) for s in d["states"]]
     return Trajectory(task, shapes, d["task_seed"], d["horizon"], make_gen(d["data_gen"]), d["init_loss"],
-                      states, d["step"], d["pes_acc"], d["first_truncation"], d["done"], d.get("best_log"))
+                      states, d["step"], d["pes_acc"], d["first_truncation"], d["done"], d.get("best_log"),
+                      d.get("recipe", "constant"))  # checkpoints from before recipes trained at a constant lr
 
 
 def write_checkpoint(ck: dict[str, Any], path: Path) -> Path:

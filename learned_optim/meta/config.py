@@ -32,7 +32,7 @@ from ..common.config import (
     from_dict,
 )
 from ..network import LSTMOptimizerConfig
-from .estimators import OBJECTIVE_SPLITS
+from .estimators import INNER_RECIPES, OBJECTIVE_SPLITS
 from .task_core import Mixture, Task, TaskFamily
 from .task_families import (
     default_train_family,
@@ -166,6 +166,13 @@ class MetaTrainConfig:
             "v2-wide": ``wide_arch_family`` and "default"; "wide": ``wide_arch_family`` alone;
             "v2-wide-split": "v2-wide" with the architecture tasks' data split into training and
             held-out parts, for ``objective_split="heldout"``). Default "default".
+        inner_recipe: how the training trajectories train (``estimators.Trajectory``):
+            ``"constant"`` (``inner_lr`` throughout, no weight decay), ``"scheduled"`` (``inner_lr``
+            with linear warm-up over 5% of each horizon and cosine decay to 10% at its end, and
+            decoupled weight decay 0.1 on tensors with two or more dimensions: the transformer
+            benchmark's recipe, ``common.schedules``) or ``"mixed"`` (each new trajectory one of
+            the two with probability 1/2, one extra draw from the run's random stream). Held-out
+            evaluation is unchanged (constant lr, no decay). Default "constant".
         val_tasks: name of the held-out task set, a key of ``VAL_TASKS`` ("default", "tiny";
             "v2": ``arch_validation_tasks`` and two of "default"; "arch": ``arch_validation_tasks``;
             "none" disables evaluation). Default "default".
@@ -211,6 +218,7 @@ class MetaTrainConfig:
     rise_penalty: float = 0.0
     objective_split: str = "train"
     train_tasks: str = "default"
+    inner_recipe: str = "constant"
     val_tasks: str = "default"
     val_seeds: int = 1
     val_reduce: str = "mean"
@@ -242,6 +250,7 @@ class MetaTrainConfig:
             config_error(self, "horizon_max", f">= horizon_min ({self.horizon_min})",
                          "raise horizon_max or lower horizon_min")
         check_choice(self, "objective_split", OBJECTIVE_SPLITS)
+        check_choice(self, "inner_recipe", INNER_RECIPES)
         check_choice(self, "train_tasks", TRAIN_FAMILIES)
         check_choice(self, "val_tasks", VAL_TASKS)
         check_choice(self, "val_reduce", REDUCTIONS)

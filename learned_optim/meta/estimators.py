@@ -58,8 +58,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ..common.schedules import WEIGHT_DECAY, warmup_cosine
 from ..network import WEIGHT_NAMES, CoordinatewiseLSTM, LSTMOptimizerConfig
-from .inner import InnerState, inner_step
+from .inner import InnerState, decay_mask, inner_step
 from .task_core import Task, unflatten_params
 
 # WEIGHT_NAMES (network) and InnerState (inner) are re-exported: estimator code and tests use them.
@@ -73,6 +74,8 @@ __all__ = [
     "AntitheticPES",
     "flat_weights",
     "weights_from_flat",
+    "OBJECTIVE_SPLITS",
+    "INNER_RECIPES",
 ]
 
 
@@ -104,6 +107,11 @@ class Trajectory:
         done: set when the horizon is reached or the run diverged.
         best_log: per state, the lowest clipped log full-batch loss at a truncation end so far
             (``rise_term``; None until the first truncation with ``rise_penalty`` > 0).
+        recipe: how the inner run trains, one of ``INNER_RECIPES``: ``"constant"`` (the lr as
+            given, no weight decay) or ``"scheduled"`` (``common.schedules``: the lr times
+            ``warmup_cosine`` over the horizon, decoupled weight decay ``WEIGHT_DECAY`` on tensors
+            with two or more dimensions), so the rule can be trained the way the transformer
+            benchmark and most users run it. Default "constant".
     """
 
     task: Task
@@ -118,11 +126,25 @@ class Trajectory:
     first_truncation: int = 0
     done: bool = False
     best_log: list[float] | None = None
+    recipe: str = "constant"
 
     def truncation_length(self, k: int) -> int:
         if self.step == 0 and self.first_truncation > 0:
             k = self.first_truncation
         return max(0, min(k, self.horizon - self.step))
+
+    def inner_lrs(self, lr: float, n: int) -> float | list[float]:
+        """The inner lr of the next ``n`` updates: ``lr`` itself under the constant recipe, else
+        one value per update from the schedule over the horizon."""
+        if self.recipe == "constant":
+            return lr
+        return [lr * warmup_cosine(self.step + i, self.horizon) for i in range(n)]
+
+    def weight_decay(self) -> float | Tensor:
+        """The inner runs' decoupled weight decay: 0.0, or per coordinate under the scheduled recipe."""
+        if self.recipe == "constant":
+            return 0.0
+        return decay_mask(self.shapes, WEIGHT_DECAY, self.states[0].params.dtype)
 
 
 def meta_objective(losses: Sequence[Tensor], log_cap: float, log_floor: float = -math.inf,
@@ -203,13 +225,14 @@ def _unroll(
     batches: Sequence[Any],
     weights,
     config: LSTMOptimizerConfig,
-    lr: float,
+    lr: float | Sequence[float],
     *,
     differentiable: bool,
     second_order: bool = False,
     log_cap: float,
     objective_batches: Sequence[Any] | None = None,
     objective_start: int = 0,
+    weight_decay: float | Tensor = 0.0,
 ) -> tuple[list[Tensor], InnerState]:
     """Run ``len(batches) - 1`` inner steps (``inner.inner_step``) from ``state``, cut from its
     graph first, continuing the step count from ``step0`` (the trajectory's, not ``state.step``).
@@ -219,7 +242,8 @@ def _unroll(
     taken on ``objective_batches[i - 1]`` instead (held-out data) for the losses from index
     ``objective_start`` on; the ones before are the minibatch losses, which the meta-objective
     does not count. With ``differentiable=True`` the returned losses and state carry graph to
-    ``weights``.
+    ``weights``. ``lr``: one value for every update, or one per update (``Trajectory.inner_lrs``);
+    ``weight_decay``: as in ``inner_step``.
     """
     # The truncation boundary: nothing before this point is reachable.
     state = state.detached()._replace(step=step0)
@@ -249,7 +273,8 @@ def _unroll(
         if not second_order:
             g = g.detach()
         with torch.set_grad_enabled(differentiable):
-            state = inner_step(state, g, weights, config, lr, shapes)
+            step_lr = lr[i] if isinstance(lr, (list, tuple)) else lr
+            state = inner_step(state, g, weights, config, step_lr, shapes, weight_decay)
         if not differentiable:
             state = state._replace(params=state.params.detach().requires_grad_(True))
     return losses, state
@@ -260,6 +285,7 @@ def _batches(traj: Trajectory, n: int) -> list[Any]:
 
 
 OBJECTIVE_SPLITS = ("train", "heldout")
+INNER_RECIPES = ("constant", "scheduled", "mixed")  # "mixed": each trajectory one of the first two
 
 
 def _objective_batches(traj: Trajectory, n: int, objective_split: str) -> list[Any] | None:
@@ -310,9 +336,10 @@ class TruncatedBPTT:
             start = _first_counted(traj, objective_from)
             batches = _batches(traj, n)
             losses, new = _unroll(traj.task, traj.shapes, traj.states[0], traj.step, batches, net,
-                                  net.config, lr, differentiable=True, second_order=self.second_order,
-                                  log_cap=log_cap, objective_batches=_objective_batches(traj, n, objective_split),
-                                  objective_start=start)
+                                  net.config, traj.inner_lrs(lr, n), differentiable=True,
+                                  second_order=self.second_order, log_cap=log_cap,
+                                  objective_batches=_objective_batches(traj, n, objective_split),
+                                  objective_start=start, weight_decay=traj.weight_decay())
             obj, diverged = meta_objective(losses, log_cap, log_floor, start)
             if rise_penalty > 0:
                 # the truncation's end is counted exactly when any loss is; otherwise the loss only
@@ -378,11 +405,12 @@ class AntitheticPES:
                 batches = _batches(traj, n)  # shared by both members of the pair, as are the held-out ones
                 js, div, start = [], False, _first_counted(traj, objective_from)
                 held = _objective_batches(traj, n, objective_split)
+                lrs, wd = traj.inner_lrs(lr, n), traj.weight_decay()
                 for k, sign in enumerate((1.0, -1.0)):
                     w = weights_from_flat(theta + sign * eps, net)
                     losses, new = _unroll(traj.task, traj.shapes, traj.states[k], traj.step, batches, w, net.config,
-                                          lr, differentiable=False, log_cap=log_cap, objective_batches=held,
-                                          objective_start=start)
+                                          lrs, differentiable=False, log_cap=log_cap, objective_batches=held,
+                                          objective_start=start, weight_decay=wd)
                     j, d = meta_objective(losses, log_cap, log_floor, start)
                     if rise_penalty > 0:
                         rise = rise_term(traj, k, _full_loss(traj, new), log_cap)

@@ -12,7 +12,9 @@ One step, with :math:`u_t` and the new ``m, v, h, c`` from ``learned_optim.updat
 .. math::
     (u_t, m_t, v_t, h_t, c_t) = \mathrm{lstm\_rule}(g_t, m_{t-1}, v_{t-1}, h_{t-1}, c_{t-1}, t)
 
-    p_t = p_{t-1} - \eta\, u_t
+    p_t = p_{t-1} (1 - \eta\lambda) - \eta\, u_t
+
+with :math:`\lambda` the decoupled weight decay (0 by default; AdamW's convention).
 
 Example::
 
@@ -38,7 +40,7 @@ from torch import Tensor
 from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
 from ..update import flat_context, lstm_rule
 
-__all__ = ["InnerState", "init_inner", "inner_step"]
+__all__ = ["InnerState", "init_inner", "inner_step", "decay_mask"]
 
 
 class InnerState(NamedTuple):
@@ -120,8 +122,10 @@ def inner_step(
     config: LSTMOptimizerConfig,
     lr: float | Tensor,
     shapes: Sequence[torch.Size] | None = None,
+    weight_decay: float | Tensor = 0.0,
 ) -> InnerState:
-    """One update of the learned rule: ``p - lr * u`` with ``u`` from ``lstm_rule``. Pure.
+    """One update of the learned rule: ``p * (1 - lr * weight_decay) - lr * u`` with ``u`` from
+    ``lstm_rule``. Pure.
 
     Nothing is modified in place; the result carries autograd graph to whatever inputs carry it
     (``state``, ``grads``, ``weights``, ``lr``) when grad mode is on. Call it under
@@ -137,6 +141,8 @@ def inner_step(
         shapes: the shapes of the tensors the flat parameters hold, in order. Needed (and only
             used) when ``config.context_features`` is not empty: the per-tensor context comes
             from them (``update.flat_context``). Default ``None``.
+        weight_decay: the decoupled weight decay :math:`\\lambda`: a float, or an ``[N]`` tensor of
+            per-coordinate values (e.g. 0 on biases and norm gains, ``decay_mask``). Default 0.0.
     Returns:
         The state after the step, ``step`` incremented by one.
 
@@ -157,4 +163,20 @@ def inner_step(
         context = flat_context(state.params, shapes, config)
     out = lstm_rule(grads, state.exp_avg, state.exp_avg_sq, state.h, state.c, float(state.step + 1), weights, config,
                     context)
-    return InnerState(state.params - lr * out.direction, out.exp_avg, out.exp_avg_sq, out.h, out.c, state.step + 1)
+    params = state.params
+    if isinstance(weight_decay, Tensor) or weight_decay != 0.0:  # no extra op (and rounding) without decay
+        params = params * (1 - lr * weight_decay)
+    return InnerState(params - lr * out.direction, out.exp_avg, out.exp_avg_sq, out.h, out.c, state.step + 1)
+
+
+def decay_mask(shapes: Sequence[torch.Size], weight_decay: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The per-coordinate weight decay of flat parameters holding tensors of ``shapes``:
+    ``weight_decay`` on tensors with two or more dimensions, 0 on the others (biases, norm gains),
+    the transformer benchmark's convention. Returns an ``[N]`` tensor of ``dtype``.
+
+    Example::
+
+        >>> [round(x, 2) for x in decay_mask([torch.Size([2, 2]), torch.Size([3])], 0.1).tolist()]
+        [0.1, 0.1, 0.1, 0.1, 0.0, 0.0, 0.0]
+    """
+    return torch.cat([torch.full((s.numel(),), weight_decay if len(s) >= 2 else 0.0, dtype=dtype) for s in shapes])

@@ -168,6 +168,9 @@ class MetaTrainer:
         # De-synchronised starts: the first trajectories of a run get a random first truncation
         # so that they do not all reach their horizon (and reset) on the same meta-step.
         first_trunc = int(torch.randint(1, c.truncation_length + 1, (), generator=gen)) if first else 0
+        recipe = c.inner_recipe
+        if recipe == "mixed":  # drawn last, so the other recipes keep the random stream they always had
+            recipe = "scheduled" if torch.rand((), generator=gen).item() < 0.5 else "constant"
         task = self._build_task(seed)
         data_gen = torch.Generator().manual_seed(seed + 1)
         params = task.init_params(data_gen)
@@ -178,7 +181,8 @@ class MetaTrainer:
             init_loss = max(init_loss, 1e-8) if math.isfinite(init_loss) else 1.0
         st = init_inner(flat.clone(), self.net.config)
         states = [st] + [st.clone() for _ in range(self.estimator.n_states - 1)]
-        return Trajectory(task, shapes, seed, horizon, data_gen, init_loss, states, 0, None, first_trunc)
+        return Trajectory(task, shapes, seed, horizon, data_gen, init_loss, states, 0, None, first_trunc,
+                          recipe=recipe)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, net: CoordinatewiseLSTM | None = None) -> dict[str, Any]:
