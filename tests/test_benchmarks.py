@@ -778,3 +778,37 @@ def test_heldout_vit_probe_scores_the_held_out_fifth():
     gen = torch.Generator().manual_seed(0)
     xb, _ = task.sample_batch(gen)
     assert all(tuple(r.flatten().tolist()) in train_rows for r in xb)
+
+
+def test_average_weights_is_the_mean_and_refuses_mixed_configs(tmp_path):
+    """benchmarks/average_weights.py: the element-wise mean of the inputs, a committed average
+    reproduced from its committed inputs, and a clear error for inputs of different configs."""
+    import torch
+    from safetensors.torch import load_file
+
+    from learned_optim.hub import save_pretrained
+    from learned_optim.network import WEIGHT_NAMES, CoordinatewiseLSTM
+
+    nets = [CoordinatewiseLSTM(LSTMOptimizerConfig(hidden_size=2), seed=s) for s in (0, 1, 2)]
+    for i, n in enumerate(nets):
+        save_pretrained(n, tmp_path / f"w{i}")
+    proc = _run_script("average_weights", str(tmp_path / "mean"), *(str(tmp_path / f"w{i}") for i in range(3)),
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = load_file(str(tmp_path / "mean" / "model.safetensors"))
+    for name in WEIGHT_NAMES:
+        want = torch.stack([getattr(n, name).detach().double() for n in nets]).mean(0).float()
+        assert torch.equal(got[name], want)
+
+    avg = ROOT / "benchmarks" / "results" / "meta-v2" / "avg"
+    inputs = [str(avg / "inputs" / "rise1" / f"step{s}") for s in (100, 200, 300, 400)]
+    proc = _run_script("average_weights", str(tmp_path / "again"), *inputs, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = load_file(str(tmp_path / "again" / "model.safetensors"))
+    committed = load_file(str(avg / "rise1-100to400" / "weights" / "model.safetensors"))
+    assert all(torch.equal(again[k], committed[k]) for k in committed)
+
+    save_pretrained(CoordinatewiseLSTM(LSTMOptimizerConfig(hidden_size=3)), tmp_path / "other")
+    proc = _run_script("average_weights", str(tmp_path / "bad"), str(tmp_path / "w0"), str(tmp_path / "other"),
+                       cwd=tmp_path)
+    assert proc.returncode != 0 and "another rule config" in proc.stderr and not (tmp_path / "bad").exists()
