@@ -108,6 +108,8 @@ def test_checkpoint_keeps_the_recipe():
 def test_bad_recipe_is_refused():
     with pytest.raises(ValueError, match="inner_recipe"):
         MetaTrainConfig(inner_recipe="cosine")
+    with pytest.raises(ValueError, match="recipe must be 'constant' or 'scheduled'"):
+        _traj("mixed")
     assert MetaTrainConfig().inner_recipe == "constant"
 
 

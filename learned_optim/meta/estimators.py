@@ -107,8 +107,8 @@ class Trajectory:
         done: set when the horizon is reached or the run diverged.
         best_log: per state, the lowest clipped log full-batch loss at a truncation end so far
             (``rise_term``; None until the first truncation with ``rise_penalty`` > 0).
-        recipe: how the inner run trains, one of ``INNER_RECIPES``: ``"constant"`` (the lr as
-            given, no weight decay) or ``"scheduled"`` (``common.schedules``: the lr times
+        recipe: how the inner run trains: ``"constant"`` (the lr as given, no weight decay) or
+            ``"scheduled"`` (``common.schedules``: the lr times
             ``warmup_cosine`` over the horizon, decoupled weight decay ``WEIGHT_DECAY`` on tensors
             with two or more dimensions), so the rule can be trained the way the transformer
             benchmark and most users run it. Default "constant".
@@ -127,6 +127,11 @@ class Trajectory:
     done: bool = False
     best_log: list[float] | None = None
     recipe: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.recipe not in ("constant", "scheduled"):
+            raise ValueError(f"recipe must be 'constant' or 'scheduled', got {self.recipe!r} (a config's \"mixed\" "
+                             "picks one of the two for each trajectory)")
 
     def truncation_length(self, k: int) -> int:
         if self.step == 0 and self.first_truncation > 0:
