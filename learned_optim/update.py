@@ -77,10 +77,11 @@ from torch import Tensor
 
 from . import kernels
 from .kernels.eager import DEFAULT_CHUNK_SIZE
-from .kernels.rule import compute_dtype, prepare_batch, prepare_rule, weights_dict
+from .kernels.rule import Batch, PreparedRule, compute_dtype, prepare_batch, prepare_rule, weights_dict
 from .network import LSTMOptimizerConfig, lstm_cell
 
-__all__ = ["RuleOutput", "lstm_rule", "tensor_context", "flat_context", "learned_update", "finite_flags",
+__all__ = ["RuleOutput", "lstm_rule", "tensor_context", "flat_tensor_context", "flat_context", "learned_update",
+           "update_batch", "finite_flags",
            "finite_flags_on_device", "skips_on_device",
            "DeferredSkips", "all_ranks_min", "warn_skipped", "IMPLS", "DEFAULT_CHUNK_SIZE"]
 
@@ -212,10 +213,10 @@ def _static_context(shapes: tuple[tuple[int, ...], ...], device: str, dtype: tor
     return sqrt_n, cols
 
 
-def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:
-    """``tensor_context`` for a flat vector of the tensors of ``shapes`` (the inner loop of
-    meta-training), per coordinate: ``[K, N]``. Differentiable in ``params``; a handful of ops
-    whatever the number of tensors (it runs at every inner step)."""
+def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:
+    """``tensor_context`` for a flat vector of the tensors of ``shapes``, one row per tensor:
+    ``[len(shapes), K]`` in ``params``' dtype. Differentiable in ``params``; a handful of ops
+    whatever the number of tensors (it runs at every inner step of meta-training)."""
     key = tuple(tuple(s) for s in shapes)
     seg, numels = _segments(key, str(params.device))
     if seg.numel() != params.numel():
@@ -223,7 +224,14 @@ def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptim
     sq = torch.zeros(len(key), dtype=params.dtype, device=params.device).index_add(0, seg, params * params)
     # clamped: sqrt's derivative at 0 (a zero-initialised bias) is infinite
     rms = (sq / numels.to(params.dtype)).clamp_min(1e-30).sqrt()
-    return _context_columns(rms, key, config, params.numel()).T[:, seg]
+    return _context_columns(rms, key, config, params.numel())
+
+
+def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:
+    """``flat_tensor_context`` per coordinate: ``[K, N]``, column j the context of the tensor that
+    holds coordinate j. Differentiable in ``params``."""
+    seg, _ = _segments(tuple(tuple(s) for s in shapes), str(params.device))
+    return flat_tensor_context(params, shapes, config).T[:, seg]
 
 
 @functools.lru_cache(maxsize=64)
@@ -336,10 +344,28 @@ def learned_update(
                             maximize=maximize, betas=betas)
         batch = prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, config=config,
                               betas=betas, finite=finite, rule=rule, context=context)
-        todo = [i for i, n in enumerate(batch.numels) if n > 0]
+        update_batch(rule, batch, impl=impl, fused=fused, chunk_size=chunk_size)
+
+
+def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chunk_size: int = DEFAULT_CHUNK_SIZE
+                 ) -> None:
+    """Apply a prepared rule in place to a prepared batch (``kernels.rule``), steps already
+    counted: ``learned_update`` after its checks and preparation, for callers that hold flat
+    buffers (the graph-free inner step of meta-training, ``meta.inner.inner_step``). ``impl`` is
+    ``"auto"``, ``"fused"`` or ``"eager"`` (not ``"reference"``: that one runs ``lstm_rule`` on
+    the tensors themselves); ``fused`` is the device's fused backend (``None``: the one
+    ``kernels.FUSED_BACKENDS`` has for the batch's device). Runs without autograd."""
+    if impl not in ("auto", "fused", "eager"):
+        raise ValueError(f"update_batch: impl must be 'auto', 'fused' or 'eager', got {impl!r}")
+    device = batch.p[0].device if batch.p else torch.device("cpu")
+    if fused is None:
+        fused = kernels.FUSED_BACKENDS.get(device.type)
+    todo = [i for i, n in enumerate(batch.numels) if n > 0]
+    with torch.no_grad():
         if impl != "eager" and todo:
             # a backend declares the format-2 rule (sign equivariance, per-tensor biases) with V2
-            v2_ok = fused is not None and (config.format_version == 1 or getattr(fused, "V2", False))
+            needs_v2 = bool(rule.sign_equivariant) or batch.gate_bias is not None
+            v2_ok = fused is not None and (not needs_v2 or getattr(fused, "V2", False))
             done = fused.select(rule, batch, todo) if v2_ok else []
             if impl == "fused" and len(done) < len(todo):
                 why = "no fused kernel exists for this device" if fused is None else (

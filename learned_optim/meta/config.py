@@ -33,6 +33,7 @@ from ..common.config import (
 )
 from ..network import LSTMOptimizerConfig
 from .estimators import INNER_RECIPES, OBJECTIVE_SPLITS
+from .inner import INNER_IMPLS
 from .task_core import Mixture, Task, TaskFamily
 from .task_families import (
     default_train_family,
@@ -173,6 +174,15 @@ class MetaTrainConfig:
             benchmark's recipe, ``common.schedules``) or ``"mixed"`` (each new trajectory one of
             the two with probability 1/2, one extra draw from the run's random stream). Held-out
             evaluation is unchanged (constant lr, no decay). Default "constant".
+        inner_impl: how the graph-free inner steps (every PES unroll, every validation run) compute
+            the rule (``inner.inner_step``'s ``impl``): ``"reference"`` (``lstm_rule`` in torch ops)
+            or ``"auto"`` (the C loop on CPU where it applies, else the eager loop; ``"fused"``,
+            ``"eager"`` to require one): the same maths up to float rounding, ~2.7x less time in
+            the inner steps of the ``default`` preset's training tasks
+            (benchmarks/results/meta-speed/meta-speed.md). TBPTT's unrolls, which backpropagate
+            through the steps, always use the reference. Runs that differ only in this option
+            are different runs: rounding differences grow along a trajectory. Default
+            "reference": every earlier run, the shipped default's included, reproduces bit for bit.
         val_tasks: name of the held-out task set, a key of ``VAL_TASKS`` ("default", "tiny";
             "v2": ``arch_validation_tasks`` and two of "default"; "arch": ``arch_validation_tasks``;
             "none" disables evaluation). Default "default".
@@ -219,6 +229,7 @@ class MetaTrainConfig:
     objective_split: str = "train"
     train_tasks: str = "default"
     inner_recipe: str = "constant"
+    inner_impl: str = "reference"
     val_tasks: str = "default"
     val_seeds: int = 1
     val_reduce: str = "mean"
@@ -251,6 +262,7 @@ class MetaTrainConfig:
                          "raise horizon_max or lower horizon_min")
         check_choice(self, "objective_split", OBJECTIVE_SPLITS)
         check_choice(self, "inner_recipe", INNER_RECIPES)
+        check_choice(self, "inner_impl", INNER_IMPLS)
         check_choice(self, "train_tasks", TRAIN_FAMILIES)
         check_choice(self, "val_tasks", VAL_TASKS)
         check_choice(self, "val_reduce", REDUCTIONS)

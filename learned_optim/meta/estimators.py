@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ..common.schedules import WEIGHT_DECAY, warmup_cosine
 from ..network import WEIGHT_NAMES, CoordinatewiseLSTM, LSTMOptimizerConfig
-from .inner import InnerState, decay_mask, inner_step
+from .inner import INNER_IMPLS, InnerState, decay_mask, inner_step
 from .task_core import Task, unflatten_params
 
 # WEIGHT_NAMES (network) and InnerState (inner) are re-exported: estimator code and tests use them.
@@ -238,6 +238,7 @@ def _unroll(
     objective_batches: Sequence[Any] | None = None,
     objective_start: int = 0,
     weight_decay: float | Tensor = 0.0,
+    impl: str = "reference",
 ) -> tuple[list[Tensor], InnerState]:
     """Run ``len(batches) - 1`` inner steps (``inner.inner_step``) from ``state``, cut from its
     graph first, continuing the step count from ``step0`` (the trajectory's, not ``state.step``).
@@ -248,8 +249,12 @@ def _unroll(
     ``objective_start`` on; the ones before are the minibatch losses, which the meta-objective
     does not count. With ``differentiable=True`` the returned losses and state carry graph to
     ``weights``. ``lr``: one value for every update, or one per update (``Trajectory.inner_lrs``);
-    ``weight_decay``: as in ``inner_step``.
+    ``weight_decay``: as in ``inner_step``; ``impl``: ``inner_step``'s, for graph-free unrolls
+    (``differentiable=False``; the reference otherwise).
     """
+    if differentiable and impl != "reference":
+        raise ValueError(f"impl={impl!r} computes the inner steps without autograd: a differentiable unroll "
+                         "needs impl='reference'")
     # The truncation boundary: nothing before this point is reachable.
     state = state.detached()._replace(step=step0)
     state = state._replace(params=state.params.requires_grad_(True))
@@ -279,7 +284,7 @@ def _unroll(
             g = g.detach()
         with torch.set_grad_enabled(differentiable):
             step_lr = lr[i] if isinstance(lr, (list, tuple)) else lr
-            state = inner_step(state, g, weights, config, step_lr, shapes, weight_decay)
+            state = inner_step(state, g, weights, config, step_lr, shapes, weight_decay, impl)
         if not differentiable:
             state = state._replace(params=state.params.detach().requires_grad_(True))
     return losses, state
@@ -381,11 +386,18 @@ class AntitheticPES:
             small next to the O(0.1-1) meta-parameters, so J(theta +- eps) stays in the locally
             linear regime (tests/test_meta_estimators.py checks the estimate against the exact
             gradient at this value).
+        inner_impl: ``inner.inner_step``'s ``impl`` for the unrolls, which need no autograd:
+            ``"reference"`` (default) or a batched backend (``"auto"``: the C loop on CPU).
     """
 
     truncation_length: int = 20
     sigma: float = 0.01
+    inner_impl: str = "reference"
     n_states: int = field(default=2, init=False)
+
+    def __post_init__(self) -> None:
+        if self.inner_impl not in INNER_IMPLS:
+            raise ValueError(f"inner_impl must be one of {INNER_IMPLS}, got {self.inner_impl!r}")
 
     def estimate(self, net: CoordinatewiseLSTM, trajs: Sequence[Trajectory], meta_gen: torch.Generator,
                  lr: float, log_cap_factor: float, floor_factor: float = 0.0,
@@ -415,7 +427,7 @@ class AntitheticPES:
                     w = weights_from_flat(theta + sign * eps, net)
                     losses, new = _unroll(traj.task, traj.shapes, traj.states[k], traj.step, batches, w, net.config,
                                           lrs, differentiable=False, log_cap=log_cap, objective_batches=held,
-                                          objective_start=start, weight_decay=wd)
+                                          objective_start=start, weight_decay=wd, impl=self.inner_impl)
                     j, d = meta_objective(losses, log_cap, log_floor, start)
                     if rise_penalty > 0:
                         rise = rise_term(traj, k, _full_loss(traj, new), log_cap)

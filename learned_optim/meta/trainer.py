@@ -125,7 +125,7 @@ class MetaTrainer:
                 self.net = self.net.with_context_features(target.context_features)
         self.net.provenance = {}
         c = self.config
-        self.estimator = (AntitheticPES(c.truncation_length, c.pes_sigma) if c.estimator == "pes"
+        self.estimator = (AntitheticPES(c.truncation_length, c.pes_sigma, c.inner_impl) if c.estimator == "pes"
                           else TruncatedBPTT(c.truncation_length, c.second_order))
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=c.meta_lr)
         self.meta_gen = torch.Generator().manual_seed(c.seed)
@@ -192,7 +192,7 @@ class MetaTrainer:
             self.baselines = adam_baselines(self.val_tasks, self.config.val_seeds)
         return evaluate(net or self.net, self.val_tasks, self.baselines, inner_lr=self.config.inner_lr,
                         loss_cap=self.config.loss_cap, seeds=self.config.val_seeds,
-                        reduce=self.config.val_reduce)
+                        reduce=self.config.val_reduce, inner_impl=self.config.inner_impl)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> dict:

@@ -48,7 +48,7 @@ def full_loss(task: Task, params_flat: Tensor, shapes: Sequence[torch.Size]) -> 
 
 
 def run_inner(task: Task, horizon: int, seed: int, *, weights: CoordinatewiseLSTM | None = None,
-              lr: float = 1e-3) -> dict[str, Any]:
+              lr: float = 1e-3, impl: str = "reference") -> dict[str, Any]:
     """Train ``task`` for ``horizon`` steps with the learned rule (``weights``) or, with
     ``weights=None``, ``torch.optim.Adam``; both see the same initial parameters and minibatches.
 
@@ -59,6 +59,8 @@ def run_inner(task: Task, horizon: int, seed: int, *, weights: CoordinatewiseLST
         seed: the generator's seed.
         weights: the learned rule's network, or None for Adam. Default None.
         lr: the learning rate. Default 1e-3.
+        impl: ``inner.inner_step``'s ``impl`` for the learned rule's steps (no autograd flows
+            through them). Default "reference".
     Returns:
         ``{"init_loss", "final_loss", "diverged"}`` with full-batch losses; diverged means a
         non-finite loss or a final loss above the initial one (``common.adam_baseline.diverged``).
@@ -85,7 +87,7 @@ def run_inner(task: Task, horizon: int, seed: int, *, weights: CoordinatewiseLST
                 p.grad = g
                 opt.step()
             else:
-                state = inner_step(state._replace(params=p), g, weights, weights.config, lr, shapes)
+                state = inner_step(state._replace(params=p), g, weights, weights.config, lr, shapes, impl=impl)
                 p = state.params.requires_grad_(True)
     final = full_loss(task, p.detach(), shapes)
     return {"init_loss": init, "final_loss": final, "diverged": diverged(init, final)}
@@ -132,7 +134,8 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def evaluate(net: CoordinatewiseLSTM, val_tasks: Sequence[tuple[Task, int]], baselines: Sequence[dict[str, Any]],
-             *, inner_lr: float, loss_cap: float, seeds: int = 1, reduce: str = "mean") -> dict[str, Any]:
+             *, inner_lr: float, loss_cap: float, seeds: int = 1, reduce: str = "mean",
+             inner_impl: str = "reference") -> dict[str, Any]:
     """Held-out evaluation of ``net`` at ``inner_lr`` against the rows of ``adam_baselines`` (made
     with the same ``seeds``, default 1).
 
@@ -142,7 +145,8 @@ def evaluate(net: CoordinatewiseLSTM, val_tasks: Sequence[tuple[Task, int]], bas
     divergence counts as ``loss_cap`` x the initial loss), ``wins_vs_adam`` the number of tasks
     with a lower mean final loss than Adam at lr 1e-3, ``diverged`` the number of diverged runs,
     ``rows`` the baseline rows with ``learned`` (mean final loss), ``diverged`` and
-    ``ratio_vs_tuned`` (exp of the task's mean log ratio) added.
+    ``ratio_vs_tuned`` (exp of the task's mean log ratio) added. ``inner_impl``: ``run_inner``'s
+    ``impl`` (default "reference").
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
@@ -151,7 +155,8 @@ def evaluate(net: CoordinatewiseLSTM, val_tasks: Sequence[tuple[Task, int]], bas
         refs = base.get("tuned_adam_seeds", [base["tuned_adam"]])
         if len(refs) != seeds:
             raise ValueError(f"baselines were made with {len(refs)} seed(s), evaluate got seeds={seeds}")
-        runs = [run_inner(task, horizon, _seed(i, s), weights=net, lr=inner_lr) for s in range(seeds)]
+        runs = [run_inner(task, horizon, _seed(i, s), weights=net, lr=inner_lr, impl=inner_impl)
+                for s in range(seeds)]
         task_logs = [ratio_log(r["final_loss"], r["init_loss"], ref, loss_cap) for r, ref in zip(runs, refs)]
         lr_ = _mean(task_logs)
         task_means.append(lr_)
