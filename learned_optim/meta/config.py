@@ -177,9 +177,8 @@ class MetaTrainConfig:
         inner_impl: how the graph-free inner steps (every PES unroll, every validation run) compute
             the rule (``inner.inner_step``'s ``impl``): ``"reference"`` (``lstm_rule`` in torch ops)
             or ``"auto"`` (the C loop on CPU where it applies, else the eager loop; ``"fused"``,
-            ``"eager"`` to require one): the same maths up to float rounding, ~2.7x less time in
-            the inner steps of the ``default`` preset's training tasks
-            (benchmarks/results/meta-speed/meta-speed.md). TBPTT's unrolls, which backpropagate
+            ``"eager"`` to require one): the same maths up to float rounding, in a fraction of the
+            time (benchmarks/results/meta-speed/meta-speed.md). TBPTT's unrolls, which backpropagate
             through the steps, always use the reference. Runs that differ only in this option
             are different runs: rounding differences grow along a trajectory. Default
             "reference": every earlier run, the shipped default's included, reproduces bit for bit.
