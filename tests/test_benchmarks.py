@@ -812,3 +812,22 @@ def test_average_weights_is_the_mean_and_refuses_mixed_configs(tmp_path):
     proc = _run_script("average_weights", str(tmp_path / "bad"), str(tmp_path / "w0"), str(tmp_path / "other"),
                        cwd=tmp_path)
     assert proc.returncode != 0 and "another rule config" in proc.stderr and not (tmp_path / "bad").exists()
+
+
+def test_meta_speed_reports_both_implementations_and_their_agreement(tmp_path):
+    """benchmarks/meta_speed.py on the tiny preset: both implementations timed, the estimates agree
+    to rounding, the report names the command; a bad option is one clear line."""
+    proc = _run_script("meta_speed", "--out", str(tmp_path / "ms"), "--config", "tiny", "--repeats", "1",
+                       "--steps", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = _strict_json(tmp_path / "ms" / "meta-speed.json")
+    assert set(res["estimate_seconds"]) == {"reference", "auto"} and res["trajectories"] == 2
+    assert all(t > 0 for ts in res["estimate_seconds"].values() for t in ts) and res["speedup_estimate"] > 0
+    assert len(res["inner_step_ms_per_task"]) == 2
+    assert res["meta_gradient_relative_difference"] < 1e-3
+    assert res["meta_loss"]["auto"] == pytest.approx(res["meta_loss"]["reference"], rel=1e-5)
+    md = (tmp_path / "ms" / "meta-speed.md").read_text()
+    assert "python benchmarks/meta_speed.py" in md and "| auto |" in md
+    _check_png(tmp_path / "ms" / "meta-speed.png")
+    proc = _run_script("meta_speed", "--out", str(tmp_path / "bad"), "--repeats", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and "--repeats must be >= 1" in proc.stderr
