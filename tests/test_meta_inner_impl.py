@@ -118,3 +118,28 @@ def test_pes_and_validation_with_the_batched_step_follow_the_reference(tmp_path)
 def test_inner_module_examples_run():
     result = doctest.testmod(learned_optim.meta.inner, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_run_with_the_batched_step_is_deterministic_and_resumes_exactly(tmp_path):
+    from learned_optim.meta.checkpoint import CHECKPOINT_NAME
+
+    cfg = load_config("tiny").replace(inner_impl="auto", network={**load_config("default").network}, meta_steps=6,
+                                      checkpoint_every=1, eval_every=3)
+    MetaTrainer(cfg, tmp_path / "ref", progress=False).train()
+    cut = MetaTrainer(cfg, tmp_path / "cut", progress=False)
+    real = cut._estimate
+
+    def stop_after_four():
+        if cut.step == 4:
+            raise KeyboardInterrupt  # an interruption after the step-4 checkpoint
+        return real()
+
+    cut._estimate = stop_after_four
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    resumed = MetaTrainer(cfg, tmp_path / "cut", progress=False)
+    resumed.train(resume=True)
+    assert resumed.config.inner_impl == "auto" and resumed.estimator.inner_impl == "auto"
+    a, b = (torch.load(tmp_path / d / CHECKPOINT_NAME, weights_only=True)["net"] for d in ("ref", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a["head_weight"].abs().sum() > 0  # the run moved off its zero head (exactly Adam)
