@@ -66,12 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed estimates per implementation (default 3)")
     ap.add_argument("--steps", type=int, default=20, help="inner steps per task in the per-size timing (default 20)")
     ap.add_argument("--note", default="", help="what else ran on the machine meanwhile, for the report")
+    ap.add_argument("--rerender", action="store_true",
+                    help="rewrite the .md and .png in --out from its meta-speed.json, measuring nothing")
     args = ap.parse_args(argv)
+    if args.rerender:
+        path = Path(args.out) / "meta-speed.json"
+        if not path.is_file():
+            ap.error(f"--rerender needs {path}, written by an earlier run with this --out")
+        result = json.loads(path.read_text())
+        _report(Path(args.out), result, len(result["estimate_seconds"]["reference"]))
+        return 0
     for name in ("repeats", "steps"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(1)
-    from learned_optim.common.machine import machine_info, machine_line
+    from learned_optim.common.machine import machine_info
     from learned_optim.meta.config import load_config
     from learned_optim.meta.trainer import MetaTrainer
 
@@ -113,15 +122,27 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta-speed.json").write_text(json.dumps(result, indent=1) + "\n")
+    _report(out, result, args.repeats)
+    return 0
+
+
+def _report(out: Path, result: dict, repeats: int) -> None:
+    """``meta-speed.md`` and ``.png`` from the result alone (``--rerender`` rewrites them from the JSON)."""
+    from learned_optim.common.machine import machine_line
+
+    med, times, inner_total = result["estimate_seconds_median"], result["estimate_seconds"], result["inner_step_ms_sum"]
+    loss_ref, loss_auto = result["meta_loss"]["reference"], result["meta_loss"]["auto"]
+    note = result.get("note", "")
     lines = [
         "# Meta-training speed: the batched inner step against the reference", "",
-        f"Command: `{command}`. Machine: {machine_line(machine)}."
-        + (f" {args.note}" if args.note else ""), "",
-        f"The `{args.config}` preset's first meta-step: {cfg.num_trajectories} trajectories of its training tasks, "
-        f"one truncation of {cfg.truncation_length} inner steps each (PES: two antithetic unrolls per trajectory).",
+        f"Command: `{result['command']}`. Machine: {machine_line(result['machine'])}." + (f" {note}" if note else ""),
+        "",
+        f"The `{result['config']}` preset's first meta-step: {result['trajectories']} trajectories of its training "
+        f"tasks, one truncation of {result['truncation_length']} inner steps each (PES: two antithetic unrolls per "
+        "trajectory).",
         "",
         "| inner_impl | one PES estimate, median of "
-        f"{args.repeats} (s) | all runs (s) | inner_step alone, summed over the tasks (ms per step) |",
+        f"{repeats} (s) | all runs (s) | inner_step alone, summed over the tasks (ms per step) |",
         "|---|---|---|---|",
     ]
     for impl in IMPLS:
@@ -133,17 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         "unchanged).",
         f"- Agreement (objective counted from the first step): meta-gradient relative difference "
         f"{result['meta_gradient_relative_difference']:.1e}; meta-loss {loss_ref:.6f} (reference) and {loss_auto:.6f}; "
-        f"the parameters after the truncation differ by at most {diff:.1e} where they moved by up to {move:.1e}.",
+        f"the parameters after the truncation differ by at most "
+        f"{result['params_max_abs_difference_after_truncation']:.1e} where they moved by up to "
+        f"{result['params_max_abs_move_in_truncation']:.1e}.",
         "", "Per task (the best of 2 timings of the inner step alone, fixed random gradients):", "",
         "| task | parameters | tensors | reference (ms per step) | auto (ms per step) | speed-up |",
         "|---|---|---|---|---|---|",
     ]
+    tasks = result["inner_step_ms_per_task"]
     for r in sorted(tasks, key=lambda r: r["params"]):
-        lines.append(f"| {r['task']} | {r['params']} | {r['tensors']} | {r['reference_ms']:.3f} | {r['auto_ms']:.3f} | "
+        name = r["task"].replace("|", "\\|")  # task names may hold "|", a table's column separator
+        lines.append(f"| {name} | {r['params']} | {r['tensors']} | {r['reference_ms']:.3f} | {r['auto_ms']:.3f} | "
                      f"{r['reference_ms'] / r['auto_ms']:.2f}x |")
     (out / "meta-speed.md").write_text("\n".join(lines) + "\n")
     _figure(out / "meta-speed.png", tasks)
-    return 0
 
 
 def _figure(path: Path, tasks: list[dict]) -> None:

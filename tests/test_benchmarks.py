@@ -829,5 +829,8 @@ def test_meta_speed_reports_both_implementations_and_their_agreement(tmp_path):
     md = (tmp_path / "ms" / "meta-speed.md").read_text()
     assert "python benchmarks/meta_speed.py" in md and "| auto |" in md
     _check_png(tmp_path / "ms" / "meta-speed.png")
+    (tmp_path / "ms" / "meta-speed.md").unlink()
+    proc = _run_script("meta_speed", "--out", str(tmp_path / "ms"), "--rerender", cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "ms" / "meta-speed.md").read_text() == md
     proc = _run_script("meta_speed", "--out", str(tmp_path / "bad"), "--repeats", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "--repeats must be >= 1" in proc.stderr
