@@ -49,3 +49,26 @@ def spawn_2(fn, args, fresh=()) -> None:
                     shutil.rmtree(path)
                 else:
                     path.unlink(missing_ok=True)
+
+
+def train_interrupted_then_resumed(cfg, out, stop_at: int):
+    """Meta-train ``cfg`` into ``out``, interrupted (a ``KeyboardInterrupt``) when the trainer is at
+    meta-step ``stop_at``, after its checkpoint, then resumed to the end by a fresh trainer from
+    what the first left on disk. Returns the resumed trainer and the network of its last checkpoint
+    (the saved weights are the selected ones, not the last)."""
+    from learned_optim.meta.trainer import CHECKPOINT_NAME, MetaTrainer
+
+    cut = MetaTrainer(cfg, out, progress=False)
+    real = cut._estimate
+
+    def interrupt():
+        if cut.step == stop_at:
+            raise KeyboardInterrupt
+        return real()
+
+    cut._estimate = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    resumed = MetaTrainer(cfg, out, progress=False)
+    resumed.train(resume=True)
+    return resumed, torch.load(out / CHECKPOINT_NAME, weights_only=True)["net"]

@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import train_interrupted_then_resumed
 
 from learned_optim.common.schedules import FINAL_LR_FRAC, WEIGHT_DECAY, warmup_cosine
 from learned_optim.meta import tasks as T
@@ -125,22 +126,7 @@ def test_mixed_run_draws_both_recipes_and_resumes_exactly(tmp_path):
     ta, tb = a._new_traj(0, True), b._new_traj(0, True)
     assert (ta.task_seed, ta.horizon, ta.recipe, tb.recipe) == (tb.task_seed, tb.horizon, "constant", "scheduled")
 
-    cut = MetaTrainer(cfg, tmp_path / "cut", progress=False)
-    real = cut._estimate
-
-    def stop_after_three():
-        if cut.step == 3:
-            raise KeyboardInterrupt
-        return real()
-
-    cut._estimate = stop_after_three
-    with pytest.raises(KeyboardInterrupt):
-        cut.train()
-    MetaTrainer(cfg, tmp_path / "cut", progress=False).train(resume=True)
-
-    def last(d):
-        return torch.load(tmp_path / d / CHECKPOINT_NAME, weights_only=True)["net"]
-
-    x, y = last("ref"), last("cut")
+    _, y = train_interrupted_then_resumed(cfg, tmp_path / "cut", 3)
+    x = torch.load(tmp_path / "ref" / CHECKPOINT_NAME, weights_only=True)["net"]
     assert all(torch.equal(x[k], y[k]) for k in x)
     assert dataclasses.asdict(cfg)["inner_recipe"] == "mixed"

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import train_interrupted_then_resumed
 
 import learned_optim.meta.inner
 from learned_optim.kernels import cpu
@@ -126,20 +127,8 @@ def test_run_with_the_batched_step_is_deterministic_and_resumes_exactly(tmp_path
     cfg = load_config("tiny").replace(inner_impl="auto", network={**load_config("default").network}, meta_steps=6,
                                       checkpoint_every=1, eval_every=3)
     MetaTrainer(cfg, tmp_path / "ref", progress=False).train()
-    cut = MetaTrainer(cfg, tmp_path / "cut", progress=False)
-    real = cut._estimate
-
-    def stop_after_four():
-        if cut.step == 4:
-            raise KeyboardInterrupt  # an interruption after the step-4 checkpoint
-        return real()
-
-    cut._estimate = stop_after_four
-    with pytest.raises(KeyboardInterrupt):
-        cut.train()
-    resumed = MetaTrainer(cfg, tmp_path / "cut", progress=False)
-    resumed.train(resume=True)
+    resumed, b = train_interrupted_then_resumed(cfg, tmp_path / "cut", 4)
     assert resumed.config.inner_impl == "auto" and resumed.estimator.inner_impl == "auto"
-    a, b = (torch.load(tmp_path / d / CHECKPOINT_NAME, weights_only=True)["net"] for d in ("ref", "cut"))
+    a = torch.load(tmp_path / "ref" / CHECKPOINT_NAME, weights_only=True)["net"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert a["head_weight"].abs().sum() > 0  # the run moved off its zero head (exactly Adam)

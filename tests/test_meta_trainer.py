@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_interrupted_then_resumed
 from safetensors.torch import load_file
 
 from learned_optim import LearnedOptimizer, from_pretrained
@@ -173,23 +174,12 @@ def test_rise_penalty_run_resumes_exactly(tmp_path):
     ref.train()
     assert any(t is not None and t.best_log is not None for t in ref.trajs)  # the penalty was computed
 
-    cut = MetaTrainer(cfg, tmp_path / "cut", progress=False)
-    real = cut._estimate
-
-    def stop_after_five():
-        if cut.step == 5:
-            raise KeyboardInterrupt  # an interruption after the step-5 checkpoint
-        return real()
-
-    cut._estimate = stop_after_five
-    with pytest.raises(KeyboardInterrupt):
-        cut.train()
-    MetaTrainer(cfg, tmp_path / "cut", progress=False).train(resume=True)
+    _, b = train_interrupted_then_resumed(cfg, tmp_path / "cut", 5)
 
     def last(d):  # the network after the last meta-step (the saved weights are the selected ones)
         return torch.load(tmp_path / d / CHECKPOINT_NAME, weights_only=True)["net"]
 
-    a, b = last("ref"), last("cut")
+    a = last("ref")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # and the penalty changed the run
     MetaTrainer(cfg.replace(rise_penalty=0.0), tmp_path / "plain", progress=False).train()
