@@ -57,8 +57,9 @@ def test_batched_inner_step_matches_the_reference_in_float64(impl, version, deca
         torch.testing.assert_close(got.tensors()[name], t, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_batched_inner_step_in_float32_agrees_to_rounding_and_is_pure():
-    net = _net(2, torch.float32)
+@pytest.mark.parametrize("version", [1, 2])  # 1: no context, the flat vector is one block
+def test_batched_inner_step_in_float32_agrees_to_rounding_and_is_pure(version):
+    net = _net(version, torch.float32)
     state = _run(net, "reference", steps=3, dtype=torch.float32)
     before = {k: t.clone() for k, t in state.tensors().items()}
     g = torch.randn(state.params.shape, generator=torch.Generator().manual_seed(9))

@@ -221,8 +221,9 @@ def _batched_step(state: InnerState, grads: Tensor, weights, config: LSTMOptimiz
     else:
         wd, p = float(weight_decay), p.clone()
     m, v = state.exp_avg.clone(), state.exp_avg_sq.clone()
-    # the kernels take each tensor's LSTM state as one contiguous [H, n] block
-    hs, cs = [x.contiguous() for x in state.h.split(numels, 1)], [x.contiguous() for x in state.c.split(numels, 1)]
+    # the kernels take each tensor's LSTM state as one contiguous [H, n] block: always a copy (a
+    # single block is the input itself, which must stay untouched)
+    hs, cs = ([x.clone(memory_format=torch.contiguous_format) for x in t.split(numels, 1)] for t in (state.h, state.c))
     rule = prepare_rule(weights, config, device=p.device, dtype=compute_dtype(p.dtype), lr=float(lr),
                         weight_decay=wd, maximize=False)
     batch = prepare_batch(p.split(numels), grads.detach().split(numels), m.split(numels), v.split(numels), hs, cs,
