@@ -834,3 +834,87 @@ def test_meta_speed_reports_both_implementations_and_their_agreement(tmp_path):
     assert proc.returncode == 0 and (tmp_path / "ms" / "meta-speed.md").read_text() == md
     proc = _run_script("meta_speed", "--out", str(tmp_path / "bad"), "--repeats", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "--repeats must be >= 1" in proc.stderr
+
+
+def _step_scale_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("step_scale", ROOT / "benchmarks" / "step_scale_by_tensor.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("scale, additive", [(1.0, 0.0), (2.0, 0.2)])
+def test_step_scale_probe_reads_a_known_rule(tmp_path, scale, additive):
+    """benchmarks/step_scale_by_tensor.py: on rules whose step is known in closed form (a zero LSTM
+    head is Adam; a head bias alone gives Adam times exp(b tanh(y0)) plus r tanh(y1) sign(m)) the probe
+    reports that multiplier, that additive term against Adam's step and a cosine of 1 for Adam, and
+    probing changes no step of the run."""
+    import math
+
+    import torch
+
+    from learned_optim import LearnedOptimizer
+    from learned_optim.benchmarking import tasks
+    from learned_optim.network import CoordinatewiseLSTM
+
+    mod = _step_scale_module()
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "log_fan_in", "is_vector"))
+    net = CoordinatewiseLSTM(cfg, seed=3)
+    with torch.no_grad():
+        net.head_bias[0] = math.atanh(math.log(scale) / cfg.log_scale_bound)
+        net.head_bias[1] = math.atanh(additive / cfg.direction_bound)
+    spec = tasks.get_task("wine_mlp")
+    problem = spec.problem()
+    records: list = []
+    models = [problem.model(0) for _ in range(2)]
+    probed = mod.ProbedOptimizer(models[0].parameters(), every=7, names={}, records=records, weights=net)
+    plain = LearnedOptimizer(models[1].parameters(), weights=net)
+    index = problem.batches(0, 30, spec.batch_size)
+    for s in range(30):
+        for model, opt in zip(models, (probed, plain)):
+            opt.zero_grad()
+            problem.loss(model, index[s]).backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))
+    assert sorted({r["step"] for r in records}) == [1, 7, 14, 21, 28]
+    for r in records:
+        assert r["mult_scale"] == pytest.approx(scale, rel=1e-6)  # the head bias is float32
+        assert r["additive"] == pytest.approx(additive / r["adam_rms"], rel=1e-6)
+        if additive == 0:
+            assert r["mult"] == pytest.approx(1.0, rel=1e-9) and r["cos"] == pytest.approx(1.0, abs=1e-12)
+        assert set(r) >= {"p_log_rms", "log_fan_in", "is_vector", "grad_vs_ema"}
+
+
+def test_step_scale_script_writes_its_report(tmp_path):
+    """The script end to end on one small task: JSON, markdown with its command, and the figure."""
+    proc = _run_script("step_scale_by_tensor", "--workloads", "wine_mlp", "--every", "0.25", "--out",
+                       str(tmp_path / "ss"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = _strict_json(tmp_path / "ss" / "step-scale.json")
+    wine = res["workloads"]["wine_mlp"]
+    assert wine["steps"] == 500 and wine["summary"]["all"]["probes"] == 5
+    md = (tmp_path / "ss" / "step-scale.md").read_text()
+    assert "python benchmarks/step_scale_by_tensor.py" in md and "| wine_mlp | 10x |" in md
+    _check_png(tmp_path / "ss" / "step-scale.png")
+    bad = _run_script("step_scale_by_tensor", "--workloads", "nope", "--out", str(tmp_path / "x"), cwd=tmp_path)
+    assert bad.returncode != 0 and "--workloads" in bad.stderr
+
+
+def test_step_scale_study_reads_committed_probes(tmp_path):
+    """benchmarks/step_scale_vs_benchmark.py on the committed probes: one row per probe, the default's
+    row joined with its own benchmark folder, and correlations only over points that have both figures."""
+    proc = _run_script("step_scale_vs_benchmark", "--out", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = _strict_json(tmp_path / "step-scale-vs-benchmark.json")
+    probes = sorted(p.name for p in (ROOT / "benchmarks" / "results" / "step-scale" / "points").iterdir())
+    assert [r["point"] for r in res["rows"]] == probes
+    default = next(r for r in res["rows"] if r["point"] == "t32-step400")
+    assert default["gpt"] == pytest.approx(1.7135, abs=1e-4)
+    assert default["suite_median"] == pytest.approx(1.23, abs=5e-3)
+    assert 1 < default["c_gpt"] < 10 and default["c_long_late"] > default["c_wine"]
+    for key, row in res["spearman"].items():
+        mult, fig = key.split(" vs ")
+        assert row["n"] == sum(mult in r and fig in r for r in res["rows"]) >= 5 and -1 <= row["rho"] <= 1
+    _check_png(tmp_path / "step-scale-vs-benchmark.png")
