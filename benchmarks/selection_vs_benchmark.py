@@ -101,6 +101,13 @@ POINTS: dict[str, tuple[str, int, str | None, str | None, str | None]] = {
     "default held-out objective, step 300": ("ho-default-step300/meta_train_log.jsonl", 300,
                                              "ho-default-step300/gpt-byte", "ho-default-step300/vit-digits",
                                              "ho-default-step300/quality"),
+    "no additive direction (batched step), step 400": ("nodir-auto-step400/meta_train_log.jsonl", 400,
+                                                       "nodir-auto-step400/gpt-byte", "nodir-auto-step400/vit-digits",
+                                                       "nodir-auto-step400/quality"),
+    "64 trajectories (batched step), step 300": ("t64-step400/meta_train_log.jsonl", 300, None,
+                                                 "screening/t64-300/vit-digits", "screening/t64-300/quality"),
+    "64 trajectories (batched step), step 400": ("t64-step400/meta_train_log.jsonl", 400, "t64-step400/gpt-byte",
+                                                 "t64-step400/vit-digits", "t64-step400/quality"),
 }
 
 # benchmark figure: (label, lower is better)

@@ -1,11 +1,11 @@
 """Do the benchmarked points differ in how large their steps are, and does that rank their benchmark results?
 
 For every point probed by ``step_scale_by_tensor.py`` into ``benchmarks/results/step-scale/points/NAME`` (NAME: the
-point's folder in ``benchmarks/results/meta-v2``; ``t32-step400`` is the shipped default; a probe without such a
-folder, e.g. ``lstm-h4-v1``, is listed without figures), this joins the rule's step multiple of Adam's on each
-probed workload (``mult`` of the probe) with the point's committed benchmark figures (read as
-``selection_vs_benchmark.figures`` reads them) and prints Spearman's rank correlation of each multiple with each
-figure over the points that have both.
+point's folder in ``benchmarks/results/meta-v2``, ``screening-X`` for ``meta-v2/screening/X``; ``t32-step400`` is the
+shipped default; a probe without such a folder, e.g. ``lstm-h4-v1``, is listed without figures), this joins the
+rule's step multiple of Adam's on each probed workload (``mult`` of the probe) with the point's committed benchmark
+figures (read as ``selection_vs_benchmark.figures`` reads them) and prints Spearman's rank correlation of each
+multiple with each figure over the points that have both.
 
     python benchmarks/step_scale_vs_benchmark.py --out benchmarks/results/step-scale
 
@@ -50,8 +50,9 @@ def collect() -> list[dict]:
             if workload in wl:
                 s = wl[workload]["summary"]
                 row[key] = (s["all"] if part == "all" else s["thirds"][part])["mult"]
-        if (META / name).is_dir():
-            parts = [f"{name}/{w}" for w in ("gpt-byte", "vit-digits", "quality")]
+        folder = f"screening/{name[len('screening-'):]}" if name.startswith("screening-") else name
+        if (META / folder).is_dir():
+            parts = [f"{folder}/{w}" for w in ("gpt-byte", "vit-digits", "quality")]
             row.update(svb.figures(*[p if (META / p).is_dir() else None for p in parts]))
         rows.append(row)
     return rows
