@@ -132,7 +132,7 @@ def _summary(records: list[dict], steps: int) -> dict:
                             "numel": next(r["numel"] for r in records if r["class"] == c)} for c in classes}}
 
 
-def run(workloads, weights, every_frac, seed, steps_override=None) -> dict:
+def run(workloads, weights, every_frac, seed, steps_override=None, lr=1e-3) -> dict:
     results = {}
     for wl in workloads:
         records: list[dict] = []
@@ -144,7 +144,7 @@ def run(workloads, weights, every_frac, seed, steps_override=None) -> dict:
 
             def make(groups, every=every, records=records):
                 names = {id(p): n for g in groups for p, n in zip(g["params"], g["param_names"])}
-                return ProbedOptimizer(groups, every=every, names=names, records=records, lr=1e-3, weights=weights)
+                return ProbedOptimizer(groups, every=every, names=names, records=records, lr=lr, weights=weights)
             r = transformer.train_once(work, make, seed, steps, transformer.evaluation_steps(steps))
             final = {"final_val_loss": r["final"], "test_acc": r["test_acc"]}
         else:
@@ -153,7 +153,7 @@ def run(workloads, weights, every_frac, seed, steps_override=None) -> dict:
             every = max(1, round(steps * every_frac))
 
             def make(params, every=every, records=records):
-                return ProbedOptimizer(params, every=every, names={}, records=records, lr=1e-3, weights=weights)
+                return ProbedOptimizer(params, every=every, names={}, records=records, lr=lr, weights=weights)
             r = quality.train_once(spec.problem(), make, seed, steps, spec.batch_size,
                                    quality.evaluation_steps(steps))
             final = {"final_train_loss": r["final"]}
@@ -180,7 +180,8 @@ def _md(res: dict, meta: dict) -> str:
              f"Machine: {meta['machine']}; commit `{meta['commit']}`; date (UTC) {meta['date']}; seed {meta['seed']}.",
              "", "mult = rms(rule step) / rms(Adam's normalized step) at the same lr, the numel-weighted geometric",
              "mean over tensors and probes (1 = Adam's step; the script's docstring defines every column).",
-             "'wanted' = Adam's best lr on the workload / 1e-3 (the rule runs at lr 1e-3).", "",
+             f"'wanted' = Adam's best lr on the workload / 1e-3, the rule's default lr; this run's lr: {meta['lr']:g}.",
+             "",
              "## By workload", "",
              "| workload | wanted | mult, whole run | first / second / last third | learned multiplier alone | "
              "additive term | cos(rule, Adam) | Adam step rms | grad vs its average | result |",
@@ -233,6 +234,7 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS))
     ap.add_argument("--every", type=float, default=0.02, help="probe every this fraction of a run (default 0.02)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3, help="the learned optimizer's lr (default 1e-3, its default)")
     ap.add_argument("--steps", default=None, help="shorter runs, e.g. gpt-byte=600 (the schedule spans the run; "
                     "default: each workload's benchmark length)")
     ap.add_argument("--out", required=True)
@@ -252,11 +254,14 @@ def main() -> None:
         if name not in workloads or not n.isdigit() or int(n) < 1:
             raise SystemExit(f"--steps: expected WORKLOAD=N with a listed workload and N >= 1, got {item!r}")
         steps[name] = int(n)
-    res = run(workloads, args.weights, args.every, args.seed, steps)
+    if not 0 < args.lr < 1:
+        raise SystemExit(f"--lr must be in (0, 1), got {args.lr}")
+    res = run(workloads, args.weights, args.every, args.seed, steps, args.lr)
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"weights": args.weights or "package default", "seed": args.seed, "commit": commit,
+    meta = {"weights": args.weights or "package default", "seed": args.seed, "lr": args.lr, "commit": commit,
             "command": "python benchmarks/step_scale_by_tensor.py " + " ".join(
-                f"--{k} {v}" for k, v in vars(args).items() if v is not None),
+                f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
+                for k, v in vars(args).items() if v is not None and v is not False),
             "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}, "
                        f"torch {torch.__version__}, 1 thread",
             "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}

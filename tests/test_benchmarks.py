@@ -897,7 +897,14 @@ def test_step_scale_script_writes_its_report(tmp_path):
     assert wine["steps"] == 500 and wine["summary"]["all"]["probes"] == 5
     md = (tmp_path / "ss" / "step-scale.md").read_text()
     assert "python benchmarks/step_scale_by_tensor.py" in md and "| wine_mlp | 10x |" in md
+    assert len(wine["records"]) == 5 * 4 and all(set(r) >= {"mult", "additive", "cos"} for r in wine["records"])
     _check_png(tmp_path / "ss" / "step-scale.png")
+    slim = _run_script("step_scale_by_tensor", "--workloads", "wine_mlp", "--every", "0.5", "--lr", "5e-4",
+                       "--no-records", "--out", str(tmp_path / "slim"), cwd=tmp_path)
+    assert slim.returncode == 0, slim.stderr[-2000:]
+    res = _strict_json(tmp_path / "slim" / "step-scale.json")
+    assert "records" not in res["workloads"]["wine_mlp"] and res["meta"]["lr"] == 5e-4
+    assert res["meta"]["command"].endswith("--no-records") and "--lr 0.0005" in res["meta"]["command"]
     bad = _run_script("step_scale_by_tensor", "--workloads", "nope", "--out", str(tmp_path / "x"), cwd=tmp_path)
     assert bad.returncode != 0 and "--workloads" in bad.stderr
 
