@@ -925,3 +925,16 @@ def test_step_scale_study_reads_committed_probes(tmp_path):
         mult, fig = key.split(" vs ")
         assert row["n"] == sum(mult in r and fig in r for r in res["rows"]) >= 5 and -1 <= row["rho"] <= 1
     _check_png(tmp_path / "step-scale-vs-benchmark.png")
+
+
+def test_quality_labels_the_learned_column_with_the_lr_it_ran_at(tmp_path):
+    """--learned-kwargs '{"lr": ...}' runs the learned column at that lr, and its header says so (not the
+    default lr with the override in brackets); other keyword arguments stay in brackets."""
+    out = tmp_path / "q"
+    assert main([*_QUICK_WINE, "--seeds", "1", "--out", str(out),
+                 "--learned-kwargs", '{"lr": 0.0005, "impl": "eager"}']) == 0
+    res = _strict_json(out / "quality.json")
+    assert res["settings"]["optimizers"]["learned"] == {"label": "learned (lr 0.0005) [impl=eager]", "lr": 0.0005}
+    assert all(lr == 0.0005 for lr in [res["tasks"]["wine_mlp"]["runs"]["learned"]["lr"]])
+    md = (out / "quality.md").read_text(encoding="utf-8")
+    assert "learned (lr 0.0005) [impl=eager]" in md and "lr=0.0005" not in md and "learned (lr 1e-3)" not in md

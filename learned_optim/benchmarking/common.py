@@ -120,8 +120,7 @@ class LearnedSetup:
     def make(self, params, lr: float) -> torch.optim.Optimizer:
         return LearnedOptimizer(params, weights=self.network, **{"lr": lr, **_convert_kwargs(self.kwargs)})
 
-    def label(self, base: str) -> str:
-        if not self.kwargs:
-            return base
-        extra = ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
-        return f"{base} [{extra}]"
+    def label(self, base: str, shown: Iterable[str] = ()) -> str:
+        """``base`` with the extra keyword arguments in brackets, but for those ``base`` already shows."""
+        extra = ", ".join(f"{k}={v}" for k, v in self.kwargs.items() if k not in set(shown))
+        return f"{base} [{extra}]" if extra else base

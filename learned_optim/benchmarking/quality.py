@@ -128,6 +128,12 @@ BASELINES = tuple(o.key for o in OPTIMIZERS if o.key != "learned")
 SUITE_KEY = "adam_suite"
 
 
+def _learned_column(spec: OptimizerSpec, setup: LearnedSetup) -> dict[str, Any]:
+    """The learned column's label and lr: ``--learned-kwargs`` may set the lr, which the label then shows."""
+    lr = float(setup.kwargs.get("lr", spec.lr))
+    return {"label": setup.label(spec.label if lr == spec.lr else f"learned (lr {lr:g})", shown=("lr",)), "lr": lr}
+
+
 def _run_key(spec: OptimizerSpec, lr: float) -> str:
     # Adam at every grid lr is stored once as "adam_lr=<lr>"; "adam" and "adam_tuned" point into it.
     return f"adam_lr={lr:g}" if spec.make is _adam else spec.key
@@ -278,7 +284,7 @@ def run_quality(*, weights: str | None = None, quick: bool = False, out: str | P
             "quick": quick, "seeds": list(range(seeds)), "adam_lr_grid": list(ADAM_LR_GRID),
             "eval_points": EVAL_POINTS, "tie_rtol": TIE_RTOL, "threads": threads,
             "learned_kwargs": setup.kwargs,
-            "optimizers": {o.key: {"label": setup.label(o.label) if o.key == "learned" else o.label, "lr": o.lr}
+            "optimizers": {o.key: _learned_column(o, setup) if o.key == "learned" else {"label": o.label, "lr": o.lr}
                            for o in OPTIMIZERS},
             "tuning": "Adam tuned = grid lr with the lowest mean final training loss over the reported seeds",
             "heldout": "held-out loss of the same runs at the same steps (tasks.Problem.heldout_loss); never used "
