@@ -112,6 +112,12 @@ class ProbedOptimizer(LearnedOptimizer):
         return super().step(closure)
 
 
+def _weighted_gm(records: list[dict], key: str) -> float:
+    """The geometric mean of ``key`` over ``records``, each weighted by its tensor's size."""
+    return math.exp(sum(r["numel"] * math.log(max(r[key], 1e-300)) for r in records)
+                    / sum(r["numel"] for r in records))
+
+
 def _summary(records: list[dict], steps: int) -> dict:
     """Per workload: the numel-weighted mean of log(mult) over all tensors and probes (its exp is reported),
     per third of the run, and per tensor class over the whole run."""
@@ -119,9 +125,7 @@ def _summary(records: list[dict], steps: int) -> dict:
         if not rs:
             return None
         w = sum(r["numel"] for r in rs)
-        gm = lambda k: math.exp(sum(r["numel"] * math.log(max(r[k], 1e-300)) for r in rs) / w)  # noqa: E731
-        return {"mult": gm("mult"), "mult_scale": gm("mult_scale"), "adam_rms": gm("adam_rms"),
-                "grad_vs_ema": gm("grad_vs_ema"),
+        return {**{k: _weighted_gm(rs, k) for k in ("mult", "mult_scale", "adam_rms", "grad_vs_ema")},
                 "additive": sum(r["numel"] * r["additive"] for r in rs) / w,
                 "cos": sum(r["numel"] * r["cos"] for r in rs) / w, "probes": len({r["step"] for r in rs})}
     thirds = {f"{k}/3": agg([r for r in records if (k - 1) * steps / 3 < r["step"] <= k * steps / 3])
@@ -214,11 +218,9 @@ def _figure(res: dict, path: Path) -> None:
         for rec in r["records"]:
             by_step.setdefault(rec["step"], []).append(rec)
         xs = sorted(by_step)
-        def gm(k, rs):
-            return math.exp(sum(x["numel"] * math.log(max(x[k], 1e-300)) for x in rs) / sum(x["numel"] for x in rs))
         style = "-" if wl in TRANSFORMERS else ":"
-        ax[0].plot([x / r["steps"] for x in xs], [gm("mult", by_step[x]) for x in xs], style, label=wl)
-        ax[1].plot([x / r["steps"] for x in xs], [gm("adam_rms", by_step[x]) for x in xs], style, label=wl)
+        ax[0].plot([x / r["steps"] for x in xs], [_weighted_gm(by_step[x], "mult") for x in xs], style, label=wl)
+        ax[1].plot([x / r["steps"] for x in xs], [_weighted_gm(by_step[x], "adam_rms") for x in xs], style, label=wl)
     ax[0].set(yscale="log", xlabel="fraction of the run", ylabel="rms(rule step) / rms(Adam step)",
               title="the rule's multiple of Adam's step")
     ax[1].set(yscale="log", xlabel="fraction of the run", ylabel="rms of Adam's normalized step",

@@ -15,6 +15,7 @@ Reads only committed files; writes ``step-scale-vs-benchmark.json``, ``.md`` and
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -32,6 +33,7 @@ PAIRS = [("c_gpt", "gpt"), ("c_vit", "vit"), ("c_vit_late", "vit"), ("c_wine", "
          ("c_vit", "suite_median")]
 
 
+@functools.cache  # the study's readers and its Spearman, loaded once
 def _selection_module():
     spec = importlib.util.spec_from_file_location("selection_vs_benchmark", HERE / "selection_vs_benchmark.py")
     mod = importlib.util.module_from_spec(spec)
