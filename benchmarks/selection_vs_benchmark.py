@@ -108,6 +108,12 @@ POINTS: dict[str, tuple[str, int, str | None, str | None, str | None]] = {
                                                  "screening/t64-300/vit-digits", "screening/t64-300/quality"),
     "64 trajectories (batched step), step 400": ("t64-step400/meta_train_log.jsonl", 400, "t64-step400/gpt-byte",
                                                  "t64-step400/vit-digits", "t64-step400/quality"),
+    "64 trajectories seed 1 (batched step), step 400": ("t64-s1-step400/meta_train_log.jsonl", 400,
+                                                        "t64-s1-step400/gpt-byte", "t64-s1-step400/vit-digits",
+                                                        "t64-s1-step400/quality"),
+    "64 trajectories, size input, rise 0.25, step 400": ("rise-t64-step400/meta_train_log.jsonl", 400,
+                                                         "rise-t64-step400/gpt-byte", "rise-t64-step400/vit-digits",
+                                                         "rise-t64-step400/quality"),
 }
 
 # benchmark figure: (label, lower is better)
