@@ -34,3 +34,18 @@ def test_cli_resume_and_errors(tmp_path, capsys):
     assert "estimator must be one of" in capsys.readouterr().err
     assert main(["meta-train", "--config", "tiny", "--out", str(tmp_path / "y"), "--set", "oops"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cli_save_evals_and_val_baselines(tmp_path, capsys):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert main(["meta-train", "--config", "tiny", "--out", a, "--no-progress", "--save-evals"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a" / "evals").iterdir()) == ["step0", "step3", "step6"]
+    assert main(["meta-train", "--config", "tiny", "--out", b, "--no-progress",
+                 "--val-baselines", str(tmp_path / "a" / "val_baselines.json")]) == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["meta-train", "--config", "tiny", "--out", str(tmp_path / "c"), "--no-progress",
+                 "--val-baselines", str(tmp_path / "none.json")]) == 2
+    assert "val_baselines=" in capsys.readouterr().err
+    assert main(["meta-train", "--config", "few-shot", "--out", str(tmp_path / "d"), "--save-evals"]) == 2
+    assert "--save-evals" in capsys.readouterr().err

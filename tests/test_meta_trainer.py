@@ -185,3 +185,62 @@ def test_rise_penalty_run_resumes_exactly(tmp_path):
     MetaTrainer(cfg.replace(rise_penalty=0.0), tmp_path / "plain", progress=False).train()
     c = last("plain")
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_saved_evaluations_and_reused_baselines_change_nothing(tmp_path):
+    from learned_optim.meta.task_families import tiny_validation_tasks
+    from learned_optim.meta.trainer import BASELINES_NAME, EVALS_DIR
+    from learned_optim.meta.validation import adam_baselines
+
+    meta_train("tiny", out=tmp_path / "ref", progress=False)
+    rows = json.loads((tmp_path / "ref" / BASELINES_NAME).read_text())
+    assert rows == adam_baselines(tiny_validation_tasks(), load_config("tiny").val_seeds)
+    # a run that reuses the first run's baselines and saves every evaluation: same weights, same log
+    meta_train("tiny", out=tmp_path / "b", progress=False, val_baselines=tmp_path / "ref" / BASELINES_NAME,
+               save_evals=True)
+    ref, b = _weights(tmp_path / "ref"), _weights(tmp_path / "b")
+    assert all(torch.equal(ref[k], b[k]) for k in ref)
+    strip = [{k: v for k, v in json.loads(line).items() if k != "elapsed"}
+             for line in (tmp_path / "ref" / LOG_NAME).read_text().splitlines()]
+    assert strip == [{k: v for k, v in json.loads(line).items() if k != "elapsed"}
+                     for line in (tmp_path / "b" / LOG_NAME).read_text().splitlines()]
+    assert json.loads((tmp_path / "b" / BASELINES_NAME).read_text()) == rows
+    saved = sorted(p.name for p in (tmp_path / "b" / EVALS_DIR).iterdir())
+    assert saved == ["step0", "step3", "step6"] and not (tmp_path / "ref" / EVALS_DIR).exists()
+    # step 0 is the fresh network (the zero head); the selected step's weights are the run's output
+    assert from_pretrained(tmp_path / "b" / EVALS_DIR / "step0").head_weight.abs().sum() == 0
+    best = from_pretrained(tmp_path / "b").provenance["selected_step"]
+    sel = _weights(tmp_path / "b" / EVALS_DIR / f"step{best}")
+    assert all(torch.equal(sel[k], b[k]) for k in b)
+
+
+def test_reused_baselines_are_taken_only_where_they_match(tmp_path):
+    from learned_optim.meta.task_families import tiny_validation_tasks
+    from learned_optim.meta.validation import adam_baselines
+
+    (task, _), = tiny_validation_tasks()
+    tasks = [(task, 3), (task, 4), (task, 5)]  # short horizons: the grid of Adam runs stays cheap
+    fresh = adam_baselines(tasks, 2)
+    marked = [dict(r, tuned_adam=-1.0) for r in fresh]  # a value no computation gives: shows what was reused
+    assert [r["tuned_adam"] for r in adam_baselines(tasks, 2, reuse=marked)] == [-1.0] * len(tasks)
+    # another horizon, another task name, or another seed count: recomputed, equal to a fresh computation
+    other = [dict(marked[0], horizon=marked[0]["horizon"] + 1), dict(marked[1], task="other")] + marked[2:]
+    got = adam_baselines(tasks, 2, reuse=other)
+    assert got[:2] == fresh[:2] and all(r["tuned_adam"] == -1.0 for r in got[2:])
+    assert adam_baselines(tasks, 1, reuse=marked) == adam_baselines(tasks, 1)
+    assert adam_baselines(tasks, 2, reuse=marked[:1])[1:] == fresh[1:]  # a shorter list covers the first tasks
+    with pytest.raises(TypeError, match="reuse must be a list"):
+        adam_baselines(tasks, 1, reuse="rows.json")
+
+
+def test_bad_val_baselines_and_save_evals_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="val_baselines=.*is not a file"):
+        meta_train("tiny", out=tmp_path / "a", progress=False, val_baselines=tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="val_baselines=.*not valid JSON"):
+        meta_train("tiny", out=tmp_path / "a", progress=False, val_baselines=tmp_path / "bad.json")
+    (tmp_path / "obj.json").write_text('{"task": "x"}')
+    with pytest.raises(ValueError, match="val_baselines must be a list of baseline rows"):
+        meta_train("tiny", out=tmp_path / "a", progress=False, val_baselines=tmp_path / "obj.json")
+    with pytest.raises(TypeError, match="save_evals must be True or False"):
+        meta_train("tiny", out=tmp_path / "a", progress=False, save_evals="yes")

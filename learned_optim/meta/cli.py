@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one config field, e.g. --set meta_steps=100 or --set network.direction_bound=0 "
                              "(repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--val-baselines", default=None, metavar="FILE",
+                        help="reuse the validation tasks' Adam baselines from this JSON file (an earlier run's "
+                             "val_baselines.json) where they match, instead of recomputing them; no result changes")
+    parser.add_argument("--save-evals", action="store_true",
+                        help="also save the weights at every evaluation to OUT/evals/stepN")
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -74,9 +79,9 @@ def _run_few_shot(args: argparse.Namespace) -> int:
     which has its own config (``FewShotConfig``; ``--set`` overrides its fields)."""
     from .few_shot import FewShotConfig, train_few_shot
 
-    if args.resume or args.init:
-        print("learned-optim meta-train: error: --config few-shot takes neither --resume nor --init "
-              "(set start_from with --set start_from=NAME)", file=sys.stderr)
+    if args.resume or args.init or args.val_baselines or args.save_evals:
+        print("learned-optim meta-train: error: --config few-shot takes none of --resume, --init, --val-baselines, "
+              "--save-evals (set start_from with --set start_from=NAME)", file=sys.stderr)
         return 2
     try:
         cfg = FewShotConfig.from_dict(_parse_overrides(args.overrides))
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         rank = _dist.world()[0]
         try:
             net = meta_train(config, args.out, init=args.init, resume=args.resume, progress=not args.no_progress,
-                             command=command)
+                             command=command, val_baselines=args.val_baselines, save_evals=args.save_evals)
         finally:
             if started_group:
                 import torch.distributed as dist

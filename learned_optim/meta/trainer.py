@@ -10,7 +10,9 @@ Output directory ``out``:
         (``validation``; ``save_pretrained`` format; the meta-training config and results are in
         the provenance);
     ``checkpoint.pt``: everything needed to resume (``checkpoint``), written atomically;
-    ``log.jsonl``: one JSON object per logged meta-step and per evaluation.
+    ``log.jsonl``: one JSON object per logged meta-step and per evaluation;
+    ``val_baselines.json``: the validation tasks' Adam baselines (reusable by a later run);
+    ``evals/step{N}/``: the weights at every evaluation, with ``save_evals=True``.
 
 Determinism: the run is a function of the config (and ``init``/``tasks``). All randomness comes
 from ``torch.Generator`` objects whose states are checkpointed, so a run killed at any moment
@@ -55,6 +57,30 @@ from .inner import init_inner
 from .task_core import as_family, as_task, flatten_params
 from .validation import adam_baselines, evaluate, full_loss, run_inner
 
+BASELINES_NAME = "val_baselines.json"
+EVALS_DIR = "evals"
+
+
+def _load_baselines(value) -> list[dict[str, Any]] | None:
+    """``val_baselines`` as a list of rows: None, a list, or a JSON file holding a list."""
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(f"val_baselines={os.fspath(value)!r} is not a file; pass a JSON file of "
+                                    f"baseline rows, e.g. an earlier run's {BASELINES_NAME}")
+        try:
+            value = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"val_baselines={os.fspath(path)!r} is not valid JSON ({e}); pass a JSON list "
+                             f"of baseline rows, e.g. an earlier run's {BASELINES_NAME}") from None
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise ValueError(f"val_baselines must be a list of baseline rows (JSON objects), got "
+                         f"{type(value).__name__}; pass e.g. an earlier run's {BASELINES_NAME}")
+    return value
+
+
 __all__ = [
     "MetaTrainConfig",
     "MetaTrainer",
@@ -66,6 +92,8 @@ __all__ = [
     "ADAM_LR_GRID",
     "CHECKPOINT_NAME",
     "LOG_NAME",
+    "BASELINES_NAME",
+    "EVALS_DIR",
 ]
 
 
@@ -85,10 +113,20 @@ class MetaTrainer:
             ``config.val_tasks``. Default None.
         progress: show a tqdm progress bar on stderr. Default True.
         command: the command line that started the run, recorded in the provenance. Default None.
+        val_baselines: Adam baseline rows of the validation tasks computed before (a list of them
+            or a JSON file holding one, e.g. another run's ``val_baselines.json``): rows that match
+            are reused instead of recomputed (``validation.adam_baselines``, ``reuse``), which
+            changes no result. Default None (all computed).
+        save_evals: also save the weights at every evaluation to ``out/evals/step{N}``
+            (``save_pretrained`` layout), so that any evaluated point can be benchmarked later.
+            Default False.
+
+    Every run writes the validation tasks' Adam baselines to ``out/val_baselines.json``.
     """
 
     def __init__(self, config=None, out: str | os.PathLike | None = None, *, init=None, tasks=None,
-                 val_tasks=None, progress: bool = True, command: str | None = None) -> None:
+                 val_tasks=None, progress: bool = True, command: str | None = None,
+                 val_baselines=None, save_evals: bool = False) -> None:
         if out is None:
             raise ValueError("out must be given: the directory for weights, checkpoints and logs")
         if Path(out).exists() and not Path(out).is_dir():
@@ -144,6 +182,10 @@ class MetaTrainer:
         self.trajs: list[Trajectory | None] = [None] * c.num_trajectories
         self.best = {"metric": float("inf"), "step": -1, "weights": None, "table": None}
         self.baselines: list[dict] | None = None
+        self.reuse_baselines = _load_baselines(val_baselines)
+        if not isinstance(save_evals, bool):
+            raise TypeError(f"save_evals must be True or False, got {save_evals!r}")
+        self.save_evals = save_evals
         self.elapsed = 0.0
         self.last_eval: dict | None = None
 
@@ -189,7 +231,10 @@ class MetaTrainer:
         """Held-out evaluation of ``net`` (default: the current weights) against Adam on the
         validation tasks (``validation.evaluate``; the Adam baselines are computed once per run)."""
         if self.baselines is None:
-            self.baselines = adam_baselines(self.val_tasks, self.config.val_seeds)
+            self.baselines = adam_baselines(self.val_tasks, self.config.val_seeds, reuse=self.reuse_baselines)
+            if self.rank == 0:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / BASELINES_NAME).write_text(json.dumps(self.baselines, indent=1) + "\n")
         return evaluate(net or self.net, self.val_tasks, self.baselines, inner_lr=self.config.inner_lr,
                         loss_cap=self.config.loss_cap, seeds=self.config.val_seeds,
                         reduce=self.config.val_reduce, inner_impl=self.config.inner_impl)
@@ -348,6 +393,8 @@ class MetaTrainer:
         self._log({"event": "eval", "step": self.step, **self.last_eval, "best": improved,
                    "rows": [{k: r[k] for k in ("task", "learned", "adam_1e-3", "tuned_adam", "ratio_vs_tuned")}
                             for r in ev["rows"]]})
+        if self.save_evals and self.rank == 0:
+            save_pretrained(self.net, self.out / EVALS_DIR / f"step{self.step}")
         return ev
 
     def train(self, resume: bool = False) -> CoordinatewiseLSTM:
@@ -444,7 +491,7 @@ def _adds_context(have: LSTMOptimizerConfig, want: LSTMOptimizerConfig) -> bool:
 
 def meta_train(config=None, out: str | os.PathLike | None = None, *, init=None, tasks=None, val_tasks=None,
                resume: bool = False, progress: bool = True, command: str | None = None,
-               **overrides) -> CoordinatewiseLSTM:
+               val_baselines=None, save_evals: bool = False, **overrides) -> CoordinatewiseLSTM:
     """Meta-train (or fine-tune) a learned optimizer and save it to ``out``.
 
     Args:
@@ -458,6 +505,8 @@ def meta_train(config=None, out: str | os.PathLike | None = None, *, init=None, 
         resume: continue from ``out/checkpoint.pt`` if present. Default False.
         progress: tqdm progress bar. Default True.
         command: recorded in the provenance. Default None.
+        val_baselines: validation Adam baselines computed before, to reuse (``MetaTrainer``). Default None.
+        save_evals: also save the weights at every evaluation to ``out/evals/step{N}``. Default False.
         **overrides: ``MetaTrainConfig`` fields to change, e.g. ``meta_steps=100``.
     Returns:
         The selected ``CoordinatewiseLSTM`` (use it as ``LearnedOptimizer(params, weights=net)``).
@@ -469,5 +518,6 @@ def meta_train(config=None, out: str | os.PathLike | None = None, *, init=None, 
     cfg = load_config(config)
     if overrides:
         cfg = cfg.replace(**overrides)
-    trainer = MetaTrainer(cfg, out, init=init, tasks=tasks, val_tasks=val_tasks, progress=progress, command=command)
+    trainer = MetaTrainer(cfg, out, init=init, tasks=tasks, val_tasks=val_tasks, progress=progress, command=command,
+                          val_baselines=val_baselines, save_evals=save_evals)
     return trainer.train(resume=resume)

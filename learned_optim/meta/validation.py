@@ -106,14 +106,36 @@ def _seed(i: int, s: int) -> int:
     return VAL_SEED + i + 7919 * s
 
 
-def adam_baselines(val_tasks: Sequence[tuple[Task, int]], seeds: int = 1) -> list[dict[str, Any]]:
+def _reusable(row: Any, task: Task, horizon: int, seeds: int) -> bool:
+    """Whether an earlier baseline ``row`` is the one ``adam_baselines`` would compute at its index:
+    same task name and horizon, made with the same number of seeds."""
+    if not isinstance(row, dict) or row.get("task") != task.name or row.get("horizon") != horizon:
+        return False
+    per_seed = row.get("tuned_adam_seeds")
+    return per_seed is None if seeds == 1 else isinstance(per_seed, list) and len(per_seed) == seeds
+
+
+def adam_baselines(val_tasks: Sequence[tuple[Task, int]], seeds: int = 1,
+                   reuse: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Adam at every lr of ``ADAM_LR_GRID`` on each ``(task, horizon)``, ``seeds`` runs each: one
     row per task with ``task``, ``horizon``, ``init_loss``, ``adam_1e-3`` (final loss at lr 1e-3),
     ``tuned_adam`` (the best final loss; diverged runs never win) and ``tuned_lr``; losses are
     means over the seeds, the best lr the one with the lowest mean log final loss. With
-    ``seeds`` > 1 the rows also hold ``tuned_adam_seeds``, the tuned lr's final loss per seed."""
+    ``seeds`` > 1 the rows also hold ``tuned_adam_seeds``, the tuned lr's final loss per seed.
+
+    ``reuse``: rows of an earlier call, taken as they are instead of recomputed. Row ``i`` is reused
+    for task ``i`` when it names the same task and horizon and was made with the same number of
+    seeds; a row is a deterministic function of those and of its index (the seeds depend on it),
+    so a reused row is the one this call would compute. The other tasks are computed. Default None.
+    """
+    if reuse is not None and (isinstance(reuse, (str, bytes, dict)) or not isinstance(reuse, Sequence)):
+        raise TypeError(f"reuse must be a list of baseline rows (dicts), got {type(reuse).__name__}; "
+                        f"pass e.g. the list an earlier adam_baselines call returned, or None")
     rows = []
     for i, (task, horizon) in enumerate(val_tasks):
+        if reuse is not None and i < len(reuse) and _reusable(reuse[i], task, horizon, seeds):
+            rows.append(dict(reuse[i]))
+            continue
         runs = {lr: [run_inner(task, horizon, _seed(i, s), lr=lr) for s in range(seeds)] for lr in ADAM_LR_GRID}
         score = {lr: (sum(math.log(max(r["final_loss"], 1e-12)) for r in rs) / seeds
                       if not any(r["diverged"] for r in rs) else float("inf")) for lr, rs in runs.items()}
