@@ -259,6 +259,47 @@ class CoordinatewiseLSTM(nn.Module):
             new.head_bias.copy_(self.head_bias)
         return new.to(self.weight.dtype)
 
+    def with_size_prior(self, slope: float) -> "CoordinatewiseLSTM":
+        """The same rule with its step-scale output shifted by model size: the head's weight from
+        the ``"log_num_params"`` context input to ``y_0`` (the log step scale's pre-activation,
+        ``direction = adam_step * exp(log_scale_bound * tanh(y_0)) + ...``) is increased by
+        ``slope``, adding the input first (with ``with_context_features``) if the rule lacks it.
+
+        With ``slope < 0`` models below 1e5 parameters (the input's zero) take larger steps and
+        larger models smaller ones: for a coordinate whose ``y_0`` is near 0 the step scales by
+        about ``P ** (slope * log_scale_bound / ln 10)`` with the model's size ``P``, the power law
+        of Adam's best learning rate over the meta-training families (Adam's best lr falls about
+        2x per decade of parameters there; ``benchmarks/adam_lr_by_family.py``). A rule can learn
+        this weight, but meta-training learns little of it (the default's recipe takes about one
+        multiple of Adam's step at every model size; with the input from the start it learned
+        -0.13, see benchmarks/results/meta-v2/README.md), hence a way to set it. Every other weight
+        is unchanged; the slope added is recorded in the provenance (``"size_prior"``).
+
+        Args:
+            slope: added to the head weight of ``"log_num_params"`` on ``y_0`` (a finite number;
+                0 gives this rule's steps exactly, with the input added if it was missing).
+
+        Example::
+
+            >>> net = CoordinatewiseLSTM(LSTMOptimizerConfig(context_features=("p_log_rms",)))
+            >>> sized = net.with_size_prior(-0.35)
+            >>> sized.config.context_features
+            ('p_log_rms', 'log_num_params')
+            >>> round(float(sized.head_weight[0, -1]), 2)
+            -0.35
+        """
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope):
+            raise ValueError(f"slope must be a finite number (the head weight added on log_num_params, e.g. -0.35), "
+                             f"got {slope!r}")
+        names = self.config.context_features
+        new = self.with_context_features(names if "log_num_params" in names else names + ("log_num_params",))
+        col = self.config.hidden_size + new.config.context_features.index("log_num_params")
+        with torch.no_grad():
+            new.head_weight[0, col] += slope
+        # the provenance keeps the total slope added, so a card can say how the weights were made
+        new.provenance["size_prior"] = float(self.provenance.get("size_prior", 0.0)) + slope
+        return new
+
     def extra_repr(self) -> str:
         extra = ""
         if self.config.format_version > 1:

@@ -214,6 +214,30 @@ def test_saved_evaluations_and_reused_baselines_change_nothing(tmp_path):
     assert all(torch.equal(sel[k], b[k]) for k in b)
 
 
+def test_size_prior_is_added_to_the_written_weights_only(tmp_path):
+    """``size_prior`` changes nothing in meta-training (same log); the output and the saved
+    evaluations are the plain run's weights with ``with_size_prior`` applied."""
+    from learned_optim.meta.trainer import EVALS_DIR
+
+    meta_train("tiny", out=tmp_path / "ref", progress=False, save_evals=True)
+    meta_train("tiny", out=tmp_path / "p", progress=False, save_evals=True, size_prior=-0.3)
+    logs = [[{k: v for k, v in json.loads(line).items() if k != "elapsed"}
+             for line in (tmp_path / d / LOG_NAME).read_text().splitlines()] for d in ("ref", "p")]
+    assert logs[1][0]["config"].pop("size_prior") == -0.3  # the first record is the config
+    assert logs[0][0]["config"].pop("size_prior") == 0.0
+    assert logs[0] == logs[1]
+    for sub in (".", f"{EVALS_DIR}/step3"):
+        want = from_pretrained(tmp_path / "ref" / sub).with_size_prior(-0.3)
+        got = from_pretrained(tmp_path / "p" / sub)
+        assert got.config == want.config and "log_num_params" in got.config.context_features
+        assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight",
+                                                                            "head_bias"))
+    assert from_pretrained(tmp_path / "p").provenance["size_prior"] == -0.3
+    assert from_pretrained(tmp_path / "p").provenance["meta_train_config"]["size_prior"] == -0.3
+    with pytest.raises(ValueError, match="size_prior"):
+        meta_train("tiny", out=tmp_path / "bad", progress=False, size_prior=float("nan"))
+
+
 def test_reused_baselines_are_taken_only_where_they_match(tmp_path):
     from learned_optim.meta.task_families import tiny_validation_tasks
     from learned_optim.meta.validation import adam_baselines

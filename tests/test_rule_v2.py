@@ -319,6 +319,49 @@ def test_with_context_features_keeps_the_rule_exactly():
         net.with_context_features(("p_log_rms", "is_vector", "nope"))
 
 
+@pytest.mark.parametrize("numel", [40, 1000, 250_000])
+def test_with_size_prior_scales_the_step_by_model_size(numel):
+    """On a zero head (Adam's step exactly) the prior alone gives Adam's step times
+    exp(log_scale_bound * tanh(slope * (log10 P - 5))), P the model's size; slope 0 is the rule."""
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms",))
+    net = CoordinatewiseLSTM(cfg)  # zero head
+    slope = -0.35
+    sized = net.with_size_prior(slope)
+    assert sized.config.context_features == ("p_log_rms", "log_num_params")
+    assert torch.equal(net.head_weight, torch.zeros(2, cfg.hidden_size + 1))  # the original is untouched
+    gen = torch.Generator().manual_seed(3)
+    init = [torch.randn(numel - 10, generator=gen, dtype=torch.float64), torch.randn(2, 5, generator=gen,
+                                                                                     dtype=torch.float64)]
+    grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in init]
+    steps = []
+    for weights in (net, sized, net.with_size_prior(0.0)):
+        ps = [p.clone().requires_grad_() for p in init]
+        opt = LearnedOptimizer(ps, weights=weights.double(), lr=1e-3)
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        opt.step()
+        steps.append([(p.detach() - p0) for p, p0 in zip(ps, init)])
+    w = float(sized.head_weight[0, -1].detach())  # the slope as stored (fp32 weights)
+    assert w == pytest.approx(slope)
+    factor = math.exp(cfg.log_scale_bound * math.tanh(w * (math.log10(numel) - 5)))
+    for plain, prior, zero in zip(*steps):
+        torch.testing.assert_close(prior, plain * factor, rtol=1e-10, atol=0)  # p1 - p0 rounds
+        assert torch.equal(zero, plain)
+    # an existing log_num_params weight is shifted, not replaced; the other weights are kept
+    twice = sized.with_size_prior(slope)
+    assert twice.config.context_features == sized.config.context_features
+    assert float(twice.head_weight[0, -1].detach()) == pytest.approx(2 * slope)
+    rest = [n for n in ("weight", "bias", "head_bias") if not torch.equal(getattr(twice, n), getattr(sized, n))]
+    assert rest == [] and torch.equal(twice.head_weight[:, :-1], sized.head_weight[:, :-1])
+    assert torch.equal(twice.head_weight[1], sized.head_weight[1])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "0.3", None])
+def test_with_size_prior_rejects_bad_slopes(bad):
+    with pytest.raises(ValueError, match="slope must be a finite number"):
+        CoordinatewiseLSTM(LSTMOptimizerConfig(context_features=("p_log_rms",))).with_size_prior(bad)
+
+
 def test_meta_training_adds_the_configs_context_features_to_init_weights(tmp_path):
     from learned_optim.meta.config import get_preset
     from learned_optim.meta.trainer import MetaTrainer

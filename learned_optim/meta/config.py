@@ -159,6 +159,12 @@ class MetaTrainConfig:
             (``estimators.rise_term``), so a rule that bounces away from a low loss late in a run
             pays for it even below ``loss_floor``. Costs one full-batch loss per truncation.
             Default 0: no such term.
+        size_prior: a slope added to the saved weights' head weight from the model-size input to
+            the log step scale (``CoordinatewiseLSTM.with_size_prior``, which adds the
+            ``"log_num_params"`` input if the rule lacks it) when the selected weights, and those
+            of ``save_evals``, are written: meta-training and its validation run without it. Negative
+            values give models below 1e5 parameters larger steps and larger models smaller ones.
+            Default 0: the weights as meta-trained.
         objective_split: where the meta-objective's losses are taken: ``"train"`` (the next
             training minibatch) or ``"heldout"`` (a held-out minibatch, on tasks that have held-out
             data, e.g. ``train_tasks="v2-wide-split"``; the others keep "train"). Default "train".
@@ -225,6 +231,7 @@ class MetaTrainConfig:
     loss_floor: float = 0.0
     objective_from: float = 0.0
     rise_penalty: float = 0.0
+    size_prior: float = 0.0
     objective_split: str = "train"
     train_tasks: str = "default"
     inner_recipe: str = "constant"
@@ -253,6 +260,7 @@ class MetaTrainConfig:
         check_number(self, "loss_floor", ge=0, lt=1)
         check_number(self, "objective_from", ge=0, lt=1)
         check_number(self, "rise_penalty", ge=0)
+        check_number(self, "size_prior")
         for name in ("second_order", "slot_rng"):
             check_bool(self, name)
         check_choice(self, "estimator", ESTIMATORS)

@@ -334,7 +334,13 @@ class MetaTrainer:
             "command": self.command,
             "torch": torch.__version__,
         }
-        return net
+        return self._with_prior(net)
+
+    def _with_prior(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
+        """``net`` as written out: with ``config.size_prior`` added (no change at 0)."""
+        if self.config.size_prior == 0:
+            return net
+        return net.with_size_prior(self.config.size_prior)
 
     def save_weights(self) -> Path:
         if self.rank == 0:  # only rank 0 evaluates, so only it knows the best weights
@@ -394,7 +400,7 @@ class MetaTrainer:
                    "rows": [{k: r[k] for k in ("task", "learned", "adam_1e-3", "tuned_adam", "ratio_vs_tuned")}
                             for r in ev["rows"]]})
         if self.save_evals and self.rank == 0:
-            save_pretrained(self.net, self.out / EVALS_DIR / f"step{self.step}")
+            save_pretrained(self._with_prior(self.net), self.out / EVALS_DIR / f"step{self.step}")
         return ev
 
     def train(self, resume: bool = False) -> CoordinatewiseLSTM:

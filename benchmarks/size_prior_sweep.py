@@ -1,0 +1,90 @@
+"""Choose the size prior's slope on the meta-validation set, not on the benchmarks.
+
+``CoordinatewiseLSTM.with_size_prior(slope)`` adds ``slope`` to the head's weight from the
+model-size input (log10 of the parameter count over 1e5) to the rule's log step scale. This script
+evaluates a rule (default: the shipped ``lstm-h4-v2-t32``) with each slope of a grid on the
+validation tasks its meta-training selected with (``val_tasks="v2"``, 3 seeds each, the default
+recipe's ``validation.evaluate`` settings, against the committed Adam baselines) and reports the
+selection metric (the worst task's mean log ratio to tuned Adam, ``val_reduce="max"``) and the mean,
+with every task's ratio. Slope 0 is the rule itself: its row must equal the last evaluation in the
+rule's meta-training log.
+
+    python benchmarks/size_prior_sweep.py --out benchmarks/results/size-prior
+        [--weights lstm-h4-v2-t32] [--slopes 0,-0.1,-0.2,-0.3,-0.4,-0.5]
+
+Writes ``size-prior-sweep.json`` and ``size-prior-sweep.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from learned_optim.hub import from_pretrained
+from learned_optim.meta.config import VAL_TASKS, load_config
+from learned_optim.meta.validation import evaluate
+
+BASELINES = "benchmarks/results/meta-v2/v2-validation-adam-baselines.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--weights", default="lstm-h4-v2-t32")
+    ap.add_argument("--slopes", default="0,-0.1,-0.2,-0.3,-0.4,-0.5")
+    args = ap.parse_args(argv)
+    try:
+        slopes = [float(s) for s in args.slopes.split(",")]
+    except ValueError:
+        ap.error(f"--slopes must be comma-separated numbers, e.g. 0,-0.2,-0.4, got {args.slopes!r}")
+    torch.set_num_threads(1)
+    cfg = load_config("default")
+    val_tasks = VAL_TASKS[cfg.val_tasks]()
+    baselines = json.loads(Path(BASELINES).read_text())
+    base = from_pretrained(args.weights)
+    t0 = time.time()
+    rows = []
+    for slope in slopes:
+        t1 = time.time()
+        ev = evaluate(base.with_size_prior(slope), val_tasks, baselines, inner_lr=cfg.inner_lr, loss_cap=cfg.loss_cap,
+                      seeds=cfg.val_seeds, reduce="max", inner_impl=cfg.inner_impl)
+        ratios = {r["task"]: r["ratio_vs_tuned"] for r in ev["rows"]}
+        mean = math.exp(sum(math.log(v) for v in ratios.values()) / len(ratios))
+        rows.append({"slope": slope, "metric": ev["metric"], "worst_ratio": math.exp(ev["metric"]),
+                     "geomean_ratio": mean, "diverged": ev["diverged"], "ratios": ratios,
+                     "wall_s": round(time.time() - t1)})
+        print(json.dumps(rows[-1]), flush=True)
+    best = min(rows, key=lambda r: r["metric"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+           "weights": args.weights, "baselines": BASELINES, "val_tasks": cfg.val_tasks, "seeds": cfg.val_seeds,
+           "inner_impl": cfg.inner_impl, "rows": rows, "selected_slope": best["slope"],
+           "wall_s": round(time.time() - t0),
+           "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
+    (out / "size-prior-sweep.json").write_text(json.dumps(res, indent=1) + "\n")
+    tasks = list(rows[0]["ratios"])
+    lines = ["# The size prior's slope on the meta-validation set", "",
+             f"Command: `{res['command']}`; weights `{args.weights}`; validation tasks `{cfg.val_tasks}` (the "
+             f"default recipe's), {cfg.val_seeds} seeds each, final loss / tuned Adam's on the same seeds (Adam "
+             f"baselines from `{BASELINES}`); wall time {res['wall_s']} s ({res['machine']}).", "",
+             "| slope | " + " | ".join(tasks) + " | worst (selection metric) | geometric mean | diverged |",
+             "|---" * (len(tasks) + 4) + "|"]
+    for r in rows:
+        lines.append(f"| {r['slope']:g} | " + " | ".join(f"{r['ratios'][t]:.2f}" for t in tasks)
+                     + f" | {r['worst_ratio']:.2f} | {r['geomean_ratio']:.2f} | {r['diverged']} |")
+    lines += ["", f"Selected (lowest worst-task ratio, the meta-training runs' selection rule): slope "
+              f"{best['slope']:g}."]
+    (out / "size-prior-sweep.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
