@@ -285,10 +285,13 @@ class CoordinatewiseLSTM(nn.Module):
             >>> sized = net.with_size_prior(-0.35)
             >>> sized.config.context_features
             ('p_log_rms', 'log_num_params')
-            >>> round(float(sized.head_weight[0, -1]), 2)
+            >>> round(sized.head_weight[0, -1].item(), 2)
             -0.35
         """
-        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope):
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)):
+            raise TypeError(f"slope must be a number (the head weight added on log_num_params, e.g. -0.35), "
+                            f"got {type(slope).__name__} {slope!r}")
+        if not math.isfinite(slope):
             raise ValueError(f"slope must be a finite number (the head weight added on log_num_params, e.g. -0.35), "
                              f"got {slope!r}")
         names = self.config.context_features

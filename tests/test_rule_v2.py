@@ -356,9 +356,10 @@ def test_with_size_prior_scales_the_step_by_model_size(numel):
     assert torch.equal(twice.head_weight[1], sized.head_weight[1])
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "0.3", None])
-def test_with_size_prior_rejects_bad_slopes(bad):
-    with pytest.raises(ValueError, match="slope must be a finite number"):
+@pytest.mark.parametrize("bad,exc", [(float("nan"), ValueError), (float("inf"), ValueError), (True, TypeError),
+                                     ("0.3", TypeError), (None, TypeError)])
+def test_with_size_prior_rejects_bad_slopes(bad, exc):
+    with pytest.raises(exc, match="slope must be a"):
         CoordinatewiseLSTM(LSTMOptimizerConfig(context_features=("p_log_rms",))).with_size_prior(bad)
 
 
