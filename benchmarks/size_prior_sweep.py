@@ -7,10 +7,11 @@ validation tasks its meta-training selected with (``val_tasks="v2"``, 3 seeds ea
 recipe's ``validation.evaluate`` settings, against the committed Adam baselines) and reports the
 selection metric (the worst task's mean log ratio to tuned Adam, ``val_reduce="max"``) and the mean,
 with every task's ratio. Slope 0 is the rule itself: its row must equal the last evaluation in the
-rule's meta-training log.
+rule's meta-training log. ``--feature log_num_params_capped`` sweeps the prior on the size input
+capped at 1e5 parameters (models at or above it keep the rule's steps).
 
     python benchmarks/size_prior_sweep.py --out benchmarks/results/size-prior
-        [--weights lstm-h4-v2-t32] [--slopes 0,-0.1,-0.2,-0.3,-0.4,-0.5]
+        [--weights lstm-h4-v2-t32] [--slopes 0,-0.1,-0.2,-0.3,-0.4,-0.5] [--feature log_num_params]
 
 Writes ``size-prior-sweep.json`` and ``size-prior-sweep.md`` into ``--out``.
 """
@@ -30,6 +31,7 @@ import torch
 from learned_optim.hub import from_pretrained
 from learned_optim.meta.config import VAL_TASKS, load_config
 from learned_optim.meta.validation import evaluate
+from learned_optim.network import SIZE_FEATURES
 
 BASELINES = "benchmarks/results/meta-v2/v2-validation-adam-baselines.json"
 
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--weights", default="lstm-h4-v2-t32")
     ap.add_argument("--slopes", default="0,-0.1,-0.2,-0.3,-0.4,-0.5")
+    ap.add_argument("--feature", default="log_num_params", choices=SIZE_FEATURES)
     args = ap.parse_args(argv)
     try:
         slopes = [float(s) for s in args.slopes.split(",")]
@@ -53,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for slope in slopes:
         t1 = time.time()
-        ev = evaluate(base.with_size_prior(slope), val_tasks, baselines, inner_lr=cfg.inner_lr, loss_cap=cfg.loss_cap,
-                      seeds=cfg.val_seeds, reduce="max", inner_impl=cfg.inner_impl)
+        ev = evaluate(base.with_size_prior(slope, feature=args.feature), val_tasks, baselines, inner_lr=cfg.inner_lr,
+                      loss_cap=cfg.loss_cap, seeds=cfg.val_seeds, reduce="max", inner_impl=cfg.inner_impl)
         ratios = {r["task"]: r["ratio_vs_tuned"] for r in ev["rows"]}
         mean = math.exp(sum(math.log(v) for v in ratios.values()) / len(ratios))
         rows.append({"slope": slope, "metric": ev["metric"], "worst_ratio": math.exp(ev["metric"]),
@@ -65,14 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-           "weights": args.weights, "baselines": BASELINES, "val_tasks": cfg.val_tasks, "seeds": cfg.val_seeds,
+           "weights": args.weights, "feature": args.feature, "baselines": BASELINES, "val_tasks": cfg.val_tasks,
+           "seeds": cfg.val_seeds,
            "inner_impl": cfg.inner_impl, "rows": rows, "selected_slope": best["slope"],
            "wall_s": round(time.time() - t0),
            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
     (out / "size-prior-sweep.json").write_text(json.dumps(res, indent=1) + "\n")
     tasks = list(rows[0]["ratios"])
     lines = ["# The size prior's slope on the meta-validation set", "",
-             f"Command: `{res['command']}`; weights `{args.weights}`; validation tasks `{cfg.val_tasks}` (the "
+             f"Command: `{res['command']}`; weights `{args.weights}`; prior on `{args.feature}`; validation tasks "
+             f"`{cfg.val_tasks}` (the "
              f"default recipe's), {cfg.val_seeds} seeds each, final loss / tuned Adam's on the same seeds (Adam "
              f"baselines from `{BASELINES}`); wall time {res['wall_s']} s ({res['machine']}).", "",
              "| slope | " + " | ".join(tasks) + " | worst (selection metric) | geometric mean | diverged |",

@@ -27,7 +27,7 @@ from torch import nn
 
 from .common.config import check_bool, check_int, check_number, config_error
 
-__all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig",
+__all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "SIZE_FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig",
            "CoordinatewiseLSTM", "lstm_cell"]
 
 # Version of the on-disk format (config.json + model.safetensors). Bump when the meaning
@@ -57,7 +57,16 @@ FEATURES = ("g_norm", "m_norm")
 #                 every tensor, it tells a 5k-parameter MLP from a 1M-parameter transformer, whose
 #                 best Adam learning rates differ ~10x. Centred so that 1 to 1e10 values stay
 #                 inside the feature clip.
-CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params")
+#   "log_num_params_capped": min(log10(P / 1e5), 0), the same size capped at 1e5 values: 0 for
+#                 every model of 1e5 values or more. The meta-training families' tasks have 33 to
+#                 76k values (benchmarks/results/meta-v2/adam-lr-by-family.md), so a rule's reading of
+#                 model size is measured below 1e5 only; this input lets a size-dependent step
+#                 (``with_size_prior``) hold there and leave larger models at the rule's step.
+CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "log_num_params_capped")
+# The context inputs that read the model's size P (the optimizer counts it only for rules that do).
+SIZE_FEATURES = ("log_num_params", "log_num_params_capped")
+# The provenance key recording the slope ``CoordinatewiseLSTM.with_size_prior`` added, by input.
+PRIOR_KEYS = {"log_num_params": "size_prior", "log_num_params_capped": "size_prior_capped"}
 
 # The meta-parameters of a CoordinatewiseLSTM, by attribute name, in the one order used everywhere:
 # flat meta-parameter vectors, safetensors files, checkpoints, and the mapping lstm_rule accepts.
@@ -131,6 +140,11 @@ class LSTMOptimizerConfig:
     @property
     def num_context(self) -> int:
         return len(self.context_features)
+
+    @property
+    def reads_model_size(self) -> bool:
+        """Whether a context input reads the model's size (``SIZE_FEATURES``)."""
+        return any(name in SIZE_FEATURES for name in self.context_features)
 
     @property
     def format_version(self) -> int:
@@ -259,25 +273,29 @@ class CoordinatewiseLSTM(nn.Module):
             new.head_bias.copy_(self.head_bias)
         return new.to(self.weight.dtype)
 
-    def with_size_prior(self, slope: float) -> "CoordinatewiseLSTM":
+    def with_size_prior(self, slope: float, feature: str = "log_num_params") -> "CoordinatewiseLSTM":
         """The same rule with its step-scale output shifted by model size: the head's weight from
-        the ``"log_num_params"`` context input to ``y_0`` (the log step scale's pre-activation,
+        the size context input ``feature`` to ``y_0`` (the log step scale's pre-activation,
         ``direction = adam_step * exp(log_scale_bound * tanh(y_0)) + ...``) is increased by
         ``slope``, adding the input first (with ``with_context_features``) if the rule lacks it.
 
-        With ``slope < 0`` models below 1e5 parameters (the input's zero) take larger steps and
-        larger models smaller ones: for a coordinate whose ``y_0`` is near 0 the step scales by
-        about ``P ** (slope * log_scale_bound / ln 10)`` with the model's size ``P``, the power law
-        of Adam's best learning rate over the meta-training families (Adam's best lr falls about
-        2x per decade of parameters there; ``benchmarks/adam_lr_by_family.py``). A rule can learn
-        this weight, but meta-training learns little of it (the default's recipe takes about one
-        multiple of Adam's step at every model size; with the input from the start it learned
-        -0.13, see benchmarks/results/meta-v2/README.md), hence a way to set it. Every other weight
-        is unchanged; the slope added is recorded in the provenance (``"size_prior"``).
+        With ``slope < 0`` models below 1e5 parameters (the input's zero) take larger steps; with
+        ``feature="log_num_params"`` larger models take smaller ones, with
+        ``"log_num_params_capped"`` they keep this rule's steps. For a coordinate whose ``y_0`` is
+        near 0 the step scales by about ``P ** (slope * log_scale_bound / ln 10)`` with the
+        model's size ``P``, the power law of Adam's best learning rate over the meta-training
+        families (Adam's best lr falls about 2x per decade of parameters there;
+        ``benchmarks/adam_lr_by_family.py``). A rule can learn this weight, but meta-training
+        learns little of it (the default's recipe takes about one multiple of Adam's step at
+        every model size; with the input from the start it learned -0.13, see
+        benchmarks/results/meta-v2/README.md), hence a way to set it. Every other weight is
+        unchanged; the slope added is recorded in the provenance (``"size_prior"`` for
+        ``"log_num_params"``, ``"size_prior_capped"`` for ``"log_num_params_capped"``).
 
         Args:
-            slope: added to the head weight of ``"log_num_params"`` on ``y_0`` (a finite number;
-                0 gives this rule's steps exactly, with the input added if it was missing).
+            slope: added to the head weight of ``feature`` on ``y_0`` (a finite number; 0 gives
+                this rule's steps exactly, with the input added if it was missing).
+            feature: the size input, one of ``SIZE_FEATURES``. Default ``"log_num_params"``.
 
         Example::
 
@@ -287,20 +305,26 @@ class CoordinatewiseLSTM(nn.Module):
             ('p_log_rms', 'log_num_params')
             >>> round(sized.head_weight[0, -1].item(), 2)
             -0.35
+            >>> net.with_size_prior(-0.3, feature="log_num_params_capped").provenance
+            {'size_prior_capped': -0.3}
         """
         if isinstance(slope, bool) or not isinstance(slope, (int, float)):
-            raise TypeError(f"slope must be a number (the head weight added on log_num_params, e.g. -0.35), "
+            raise TypeError(f"slope must be a number (the head weight added on {feature}, e.g. -0.35), "
                             f"got {type(slope).__name__} {slope!r}")
         if not math.isfinite(slope):
-            raise ValueError(f"slope must be a finite number (the head weight added on log_num_params, e.g. -0.35), "
+            raise ValueError(f"slope must be a finite number (the head weight added on {feature}, e.g. -0.35), "
                              f"got {slope!r}")
+        if not isinstance(feature, str) or feature not in SIZE_FEATURES:
+            raise ValueError(f"feature must be one of {SIZE_FEATURES} (the size input the prior acts on), "
+                             f"got {feature!r}")
         names = self.config.context_features
-        new = self.with_context_features(names if "log_num_params" in names else names + ("log_num_params",))
-        col = self.config.hidden_size + new.config.context_features.index("log_num_params")
+        new = self.with_context_features(names if feature in names else names + (feature,))
+        col = self.config.hidden_size + new.config.context_features.index(feature)
         with torch.no_grad():
             new.head_weight[0, col] += slope
         # the provenance keeps the total slope added, so a card can say how the weights were made
-        new.provenance["size_prior"] = float(self.provenance.get("size_prior", 0.0)) + slope
+        key = PRIOR_KEYS[feature]
+        new.provenance[key] = float(self.provenance.get(key, 0.0)) + slope
         return new
 
     def extra_repr(self) -> str:

@@ -352,11 +352,11 @@ class LearnedOptimizer(Optimizer):
                 loss = closure()
         self._skips.settle(block=False)
         skipped, deferred = 0, []
-        # the model size the "log_num_params" context feature sees: every parameter of every
+        # the model size the size context features see: every parameter of every
         # group, whether or not it has a gradient this step (DTensor.numel() is the global size);
         # counted only for rules that read it (a Python loop over the tensors, at every step)
         num_params = (sum(p.numel() for group in self.param_groups for p in group["params"])
-                      if "log_num_params" in self.network.config.context_features else None)
+                      if self.network.config.reads_model_size else None)
         for gi, group in enumerate(self.param_groups):
             # (device, compute dtype, id of the DTensor mesh) -> (mesh, the 7 tensor lists)
             buckets: dict[tuple, tuple[Any, list[list]]] = {}

@@ -179,11 +179,11 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
     for each tensor of ``params``: ``[len(params), K]``, computed without autograd in ``dtype``
     (default ``None``: fp64) on the tensors' device, with one foreach norm for all of them (in
     each tensor's own dtype: an fp64 accumulation costs ~7x more on CPU, and a log10 of an RMS
-    needs no more precision). ``num_params`` is the model size of ``"log_num_params"`` (default
-    ``None``: the number of values in ``params``)."""
+    needs no more precision). ``num_params`` is the model size the ``SIZE_FEATURES`` read
+    (default ``None``: the number of values in ``params``)."""
     params = list(params)
     dtype = torch.float64 if dtype is None else dtype
-    num_params = _check_num_params(num_params, params, "log_num_params" in config.context_features)
+    num_params = _check_num_params(num_params, params, config.reads_model_size)
     if not params:
         return torch.zeros(0, config.num_context, dtype=dtype)
     with torch.no_grad():
@@ -250,8 +250,9 @@ def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: L
     for name in config.context_features:
         if name == "p_log_rms":
             cols.append(torch.log10(rms + 1e-8).clamp(-clip, clip))
-        elif name == "log_num_params":
+        elif name in ("log_num_params", "log_num_params_capped"):
             value = min(max(math.log10(max(num_params, 1)) - 5.0, -clip), clip)
+            value = min(value, 0.0) if name == "log_num_params_capped" else value
             cols.append(torch.full((len(shapes),), value, dtype=rms.dtype, device=rms.device))
         else:  # shape features: clipped like every input
             cols.append(static[name].clamp(-clip, clip))
@@ -296,8 +297,9 @@ def learned_update(
     tensors keep their step count.
 
     ``num_params`` (default ``None``: the number of values in ``params``) is the size of the whole
-    model for the ``"log_num_params"`` context feature: ``LearnedOptimizer`` passes the count over
-    all its param groups, so the rule does not change with how the tensors are split between calls.
+    model for the context features that read it (``network.SIZE_FEATURES``): ``LearnedOptimizer``
+    passes the count over all its param groups, so the rule does not change with how the tensors
+    are split between calls.
     """
     if not params:
         return

@@ -236,6 +236,14 @@ def test_size_prior_is_added_to_the_written_weights_only(tmp_path):
     assert from_pretrained(tmp_path / "p").provenance["meta_train_config"]["size_prior"] == -0.3
     with pytest.raises(ValueError, match="size_prior"):
         meta_train("tiny", out=tmp_path / "bad", progress=False, size_prior=float("nan"))
+    # on the capped input: the same plain weights with that prior
+    meta_train("tiny", out=tmp_path / "c", progress=False, size_prior=-0.3, size_prior_feature="log_num_params_capped")
+    want = from_pretrained(tmp_path / "ref").with_size_prior(-0.3, feature="log_num_params_capped")
+    got = from_pretrained(tmp_path / "c")
+    assert got.config == want.config and got.provenance["size_prior_capped"] == -0.3
+    assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
+    with pytest.raises(ValueError, match="size_prior_feature"):
+        meta_train("tiny", out=tmp_path / "bad", progress=False, size_prior=-0.3, size_prior_feature="p_log_rms")
 
 
 def test_reused_baselines_are_taken_only_where_they_match(tmp_path):

@@ -95,7 +95,7 @@ def test_lstm_rule_is_exactly_sign_equivariant(name, dtype):
     m = torch.zeros(n, dtype=dtype)
     v, h, c = torch.zeros(n, dtype=dtype), torch.zeros(hs, n, dtype=dtype), torch.zeros(hs, n, dtype=dtype)
     state_pos, state_neg = (m, v, h, c), (m.clone(), v.clone(), h.clone(), c.clone())
-    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0][: cfg.num_context], dtype=dtype)
+    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5][: cfg.num_context], dtype=dtype)
     for t in range(1, 6):
         g = torch.randn(n, generator=gen, dtype=dtype)
         g[:5] = 0.0
@@ -139,12 +139,12 @@ def test_context_values_and_flat_context():
     params = [torch.full((4, 25), 0.1), torch.zeros(3), torch.full((2, 3, 2, 2), 2.0)]
     ctx = tensor_context(params, cfg)
     size = math.log10(127) - 5  # 100 + 3 + 24 values, centred at 1e5
-    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size], [-5.0, 0.0, 1.0, size],
-                             [0.30103, 1.0791812460476249, 0.0, size]], dtype=torch.float64)
+    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size], [-5.0, 0.0, 1.0, size, size],
+                             [0.30103, 1.0791812460476249, 0.0, size, size]], dtype=torch.float64)
     torch.testing.assert_close(ctx, expected, atol=1e-5, rtol=0)
     flat = torch.cat([p.reshape(-1) for p in params])
     per_coord = flat_context(flat, [p.shape for p in params], cfg)
-    assert per_coord.shape == (4, flat.numel())
+    assert per_coord.shape == (5, flat.numel())
     torch.testing.assert_close(per_coord.T.double(), ctx.repeat_interleave(torch.tensor([100, 3, 24]), dim=0),
                                atol=1e-5, rtol=0)
 
@@ -159,6 +159,15 @@ def test_model_size_feature_counts_the_given_size_clipped():
     for bad in (-1, 2.5, True, "1e5"):
         with pytest.raises(ValueError, match="num_params"):
             tensor_context(params, cfg, num_params=bad)
+
+
+def test_capped_model_size_feature_is_zero_from_1e5_values():
+    cfg = LSTMOptimizerConfig(context_features=("log_num_params", "log_num_params_capped"))
+    params = [torch.ones(10, 10), torch.ones(5)]
+    for num_params, size, capped in ((105, math.log10(105) - 5, math.log10(105) - 5), (10**5, 0.0, 0.0),
+                                     (834_000, math.log10(834_000) - 5, 0.0), (10**12, 5.0, 0.0), (0, -5.0, -5.0)):
+        ctx = tensor_context(params, cfg, num_params=num_params)
+        assert ctx[:, 0].tolist() == [size] * 2 and ctx[:, 1].tolist() == [capped] * 2, num_params
 
 
 def test_model_size_feature_sees_every_group_and_gradless_parameter():
@@ -319,22 +328,24 @@ def test_with_context_features_keeps_the_rule_exactly():
         net.with_context_features(("p_log_rms", "is_vector", "nope"))
 
 
+@pytest.mark.parametrize("feature", ["log_num_params", "log_num_params_capped"])
 @pytest.mark.parametrize("numel", [40, 1000, 250_000])
-def test_with_size_prior_scales_the_step_by_model_size(numel):
+def test_with_size_prior_scales_the_step_by_model_size(numel, feature):
     """On a zero head (Adam's step exactly) the prior alone gives Adam's step times
-    exp(log_scale_bound * tanh(slope * (log10 P - 5))), P the model's size; slope 0 is the rule."""
+    exp(log_scale_bound * tanh(slope * x)), x = log10 P - 5 for the model's size P (capped at 0
+    for ``"log_num_params_capped"``); slope 0 is the rule."""
     cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms",))
     net = CoordinatewiseLSTM(cfg)  # zero head
     slope = -0.35
-    sized = net.with_size_prior(slope)
-    assert sized.config.context_features == ("p_log_rms", "log_num_params")
+    sized = net.with_size_prior(slope, feature=feature)
+    assert sized.config.context_features == ("p_log_rms", feature)
     assert torch.equal(net.head_weight, torch.zeros(2, cfg.hidden_size + 1))  # the original is untouched
     gen = torch.Generator().manual_seed(3)
     init = [torch.randn(numel - 10, generator=gen, dtype=torch.float64), torch.randn(2, 5, generator=gen,
                                                                                      dtype=torch.float64)]
     grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in init]
     steps = []
-    for weights in (net, sized, net.with_size_prior(0.0)):
+    for weights in (net, sized, net.with_size_prior(0.0, feature=feature)):
         ps = [p.clone().requires_grad_() for p in init]
         opt = LearnedOptimizer(ps, weights=weights.double(), lr=1e-3)
         for p, g in zip(ps, grads):
@@ -343,17 +354,22 @@ def test_with_size_prior_scales_the_step_by_model_size(numel):
         steps.append([(p.detach() - p0) for p, p0 in zip(ps, init)])
     w = float(sized.head_weight[0, -1].detach())  # the slope as stored (fp32 weights)
     assert w == pytest.approx(slope)
-    factor = math.exp(cfg.log_scale_bound * math.tanh(w * (math.log10(numel) - 5)))
+    x = math.log10(numel) - 5
+    factor = math.exp(cfg.log_scale_bound * math.tanh(w * (min(x, 0.0) if feature.endswith("capped") else x)))
     for plain, prior, zero in zip(*steps):
         torch.testing.assert_close(prior, plain * factor, rtol=1e-10, atol=0)  # p1 - p0 rounds
         assert torch.equal(zero, plain)
-    # an existing log_num_params weight is shifted, not replaced; the other weights are kept
-    twice = sized.with_size_prior(slope)
+        if numel > 10**5 and feature.endswith("capped"):  # larger models keep the rule's step
+            assert torch.equal(prior, plain)
+    # an existing size weight is shifted, not replaced; the other weights are kept
+    twice = sized.with_size_prior(slope, feature=feature)
     assert twice.config.context_features == sized.config.context_features
     assert float(twice.head_weight[0, -1].detach()) == pytest.approx(2 * slope)
     rest = [n for n in ("weight", "bias", "head_bias") if not torch.equal(getattr(twice, n), getattr(sized, n))]
     assert rest == [] and torch.equal(twice.head_weight[:, :-1], sized.head_weight[:, :-1])
     assert torch.equal(twice.head_weight[1], sized.head_weight[1])
+    key = "size_prior_capped" if feature.endswith("capped") else "size_prior"
+    assert twice.provenance == {key: pytest.approx(2 * slope)}
 
 
 @pytest.mark.parametrize("bad,exc", [(float("nan"), ValueError), (float("inf"), ValueError), (True, TypeError),
@@ -361,6 +377,12 @@ def test_with_size_prior_scales_the_step_by_model_size(numel):
 def test_with_size_prior_rejects_bad_slopes(bad, exc):
     with pytest.raises(exc, match="slope must be a"):
         CoordinatewiseLSTM(LSTMOptimizerConfig(context_features=("p_log_rms",))).with_size_prior(bad)
+
+
+@pytest.mark.parametrize("bad", ["p_log_rms", "log_num_param", None])
+def test_with_size_prior_rejects_a_feature_that_is_not_a_size_input(bad):
+    with pytest.raises(ValueError, match="feature must be one of"):
+        CoordinatewiseLSTM(LSTMOptimizerConfig(context_features=("p_log_rms",))).with_size_prior(-0.3, feature=bad)
 
 
 def test_meta_training_adds_the_configs_context_features_to_init_weights(tmp_path):

@@ -31,7 +31,7 @@ from ..common.config import (
     config_error,
     from_dict,
 )
-from ..network import LSTMOptimizerConfig
+from ..network import SIZE_FEATURES, LSTMOptimizerConfig
 from .estimators import INNER_RECIPES, OBJECTIVE_SPLITS
 from .inner import INNER_IMPLS
 from .task_core import Mixture, Task, TaskFamily
@@ -165,6 +165,10 @@ class MetaTrainConfig:
             of ``save_evals``, are written: meta-training and its validation run without it. Negative
             values give models below 1e5 parameters larger steps and larger models smaller ones.
             Default 0: the weights as meta-trained.
+        size_prior_feature: the size input ``size_prior`` acts on, one of ``network.SIZE_FEATURES``:
+            ``"log_num_params"`` (larger models take smaller steps) or ``"log_num_params_capped"``
+            (models of 1e5 parameters or more keep the meta-trained steps). Default
+            "log_num_params".
         objective_split: where the meta-objective's losses are taken: ``"train"`` (the next
             training minibatch) or ``"heldout"`` (a held-out minibatch, on tasks that have held-out
             data, e.g. ``train_tasks="v2-wide-split"``; the others keep "train"). Default "train".
@@ -232,6 +236,7 @@ class MetaTrainConfig:
     objective_from: float = 0.0
     rise_penalty: float = 0.0
     size_prior: float = 0.0
+    size_prior_feature: str = "log_num_params"
     objective_split: str = "train"
     train_tasks: str = "default"
     inner_recipe: str = "constant"
@@ -261,6 +266,7 @@ class MetaTrainConfig:
         check_number(self, "objective_from", ge=0, lt=1)
         check_number(self, "rise_penalty", ge=0)
         check_number(self, "size_prior")
+        check_choice(self, "size_prior_feature", SIZE_FEATURES)
         for name in ("second_order", "slot_rng"):
             check_bool(self, name)
         check_choice(self, "estimator", ESTIMATORS)
@@ -345,14 +351,26 @@ _LSTM_H4_V2 = dict(
 _LSTM_H4_V2_WIDE = {**_LSTM_H4_V2, "train_tasks": "v2-wide", "val_reduce": "max", "meta_steps": 800,
                     "eval_every": 200, "horizon_min": 500, "curriculum_fraction": 0.0, "objective_from": 0.5}
 
-# The shipped default (pretrained/lstm-h4-v2-t32), measured in its model card: lstm-h4-v2-wide with
+# The previous default (pretrained/lstm-h4-v2-t32), measured in its model card: lstm-h4-v2-wide with
 # 32 PES trajectories per meta-step instead of 8 (with 8, the validation transformer LM and ViT had
 # drifted to 1.32x and 1.72x tuned Adam by meta-step 400: benchmarks/results/meta-v2/README.md) and a
 # 400-step meta-lr schedule, evaluated every 100 meta-steps.
 _LSTM_H4_V2_T32 = {**_LSTM_H4_V2_WIDE, "num_trajectories": 32, "meta_steps": 400, "eval_every": 100}
 
+# The shipped default (pretrained/lstm-h4-v2-size), measured in its model card: lstm-h4-v2-t32 with
+# 64 PES trajectories per meta-step, the late-rise penalty at 0.25, the model-size input, and a size
+# prior of -0.3 on the size input capped at 1e5 parameters, added to the written weights: models
+# below 1e5 parameters (the meta-training tasks have 33 to 76k) take larger steps, larger ones keep
+# the meta-trained steps. The slope was chosen on the validation tasks
+# (benchmarks/results/size-prior/README.md).
+_LSTM_H4_V2_SIZE = {**_LSTM_H4_V2_T32, "num_trajectories": 64, "inner_impl": "auto", "rise_penalty": 0.25,
+                    "size_prior": -0.3, "size_prior_feature": "log_num_params_capped",
+                    "network": {**_LSTM_H4_V2_T32["network"],
+                                "context_features": ["p_log_rms", "log_fan_in", "is_vector", "log_num_params"]}}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": _LSTM_H4_V2_T32,
+    "default": _LSTM_H4_V2_SIZE,
+    "lstm-h4-v2-size": _LSTM_H4_V2_SIZE,
     "lstm-h4-v1": _LSTM_H4_V1,
     "lstm-h4-v2": _LSTM_H4_V2,
     "lstm-h4-v2-wide": _LSTM_H4_V2_WIDE,

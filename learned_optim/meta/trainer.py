@@ -337,10 +337,11 @@ class MetaTrainer:
         return self._with_prior(net)
 
     def _with_prior(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
-        """``net`` as written out: with ``config.size_prior`` added (no change at 0)."""
+        """``net`` as written out: with ``config.size_prior`` added on ``config.size_prior_feature``
+        (no change at 0)."""
         if self.config.size_prior == 0:
             return net
-        return net.with_size_prior(self.config.size_prior)
+        return net.with_size_prior(self.config.size_prior, feature=self.config.size_prior_feature)
 
     def save_weights(self) -> Path:
         if self.rank == 0:  # only rank 0 evaluates, so only it knows the best weights
