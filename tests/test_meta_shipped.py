@@ -8,13 +8,15 @@ import torch
 from learned_optim import LearnedOptimizer, from_pretrained, list_shipped
 from learned_optim.hub import DEFAULT_WEIGHTS, resolve
 from learned_optim.meta import MetaTrainConfig, get_preset
+from learned_optim.network import PRIOR_KEYS
 
 # Each meta-trained shipped name and the preset its model card documents.
-SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "default"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32")]
+SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32"), ("lstm-h4-v2-size", "default"),
+           ("lstm-h4-v2-size", "lstm-h4-v2-size")]
 
 
 def test_the_default_preset_makes_the_default_weights():
-    assert DEFAULT_WEIGHTS == "lstm-h4-v2-t32"
+    assert DEFAULT_WEIGHTS == "lstm-h4-v2-size"
     assert get_preset("default") == get_preset(DEFAULT_WEIGHTS)
 
 
@@ -28,7 +30,13 @@ def test_shipped_weights_come_from_their_preset(name, preset):
     # (Fields added to MetaTrainConfig later take their defaults, which keep the old behaviour.)
     config = get_preset(preset)
     assert MetaTrainConfig.from_dict(prov["meta_train_config"]) == config
-    assert net.config.to_dict() == config.network
+    network = dict(config.network)
+    if config.size_prior:  # the prior's size input is added to the written weights (MetaTrainConfig.size_prior)
+        feature = config.size_prior_feature
+        if feature not in network["context_features"]:
+            network["context_features"] = [*network["context_features"], feature]
+        assert prov[PRIOR_KEYS[feature]] == config.size_prior
+    assert net.config.to_dict() == network
     card = (resolve(name) / "README.md").read_text(encoding="utf-8")
     assert f"learned-optim meta-train --config {preset}" in card
 
