@@ -165,6 +165,37 @@ def test_validation_metric_mean_or_worst_task():
         evaluate(net, tasks, base, reduce="median", **kw)
 
 
+def test_validation_subset_with_indices_keeps_the_full_sets_seeds():
+    from learned_optim.meta.task_families import tiny_validation_tasks
+    from learned_optim.meta.validation import adam_baselines, evaluate
+    from learned_optim.network import CoordinatewiseLSTM
+
+    task, horizon = tiny_validation_tasks()[0]
+    tasks = [(task, horizon), (task, 2 * horizon), (task, 3 * horizon)]
+    net = CoordinatewiseLSTM(seed=3)
+    with torch.no_grad():
+        net.head_bias.fill_(0.5)
+    kw = dict(inner_lr=1e-3, loss_cap=1.5, seeds=2)
+    full_base = adam_baselines(tasks, 2)
+    ev = evaluate(net, tasks, full_base, **kw)
+    full = ev["rows"]
+    # the per-seed log ratios behind each task's ratio
+    assert [len(x) for x in ev["log_ratios"]] == [2, 2, 2]
+    assert [math.exp(sum(x) / 2) for x in ev["log_ratios"]] == pytest.approx([r["ratio_vs_tuned"] for r in full])
+    # the third task alone, at its index in the full set: the full set's rows, bit for bit
+    sub_base = adam_baselines(tasks[2:], 2, indices=[2])
+    assert sub_base == full_base[2:]
+    assert evaluate(net, tasks[2:], sub_base, indices=[2], **kw)["rows"] == full[2:]
+    # without indices the task runs with the first task's seeds: other numbers
+    assert adam_baselines(tasks[2:], 2)[0]["tuned_adam_seeds"] != full_base[2]["tuned_adam_seeds"]
+    with pytest.raises(ValueError, match="indices must hold one int >= 0 per task"):
+        adam_baselines(tasks[2:], 2, indices=[1, 2])
+    with pytest.raises(ValueError, match="indices must hold one int >= 0 per task"):
+        evaluate(net, tasks[2:], sub_base, indices=[-1], **kw)
+    with pytest.raises(TypeError, match="indices must be a list of ints"):
+        evaluate(net, tasks[2:], sub_base, indices="2", **kw)
+
+
 def test_rise_penalty_run_resumes_exactly(tmp_path):
     from learned_optim.meta.trainer import MetaTrainer
 

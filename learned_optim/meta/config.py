@@ -359,12 +359,12 @@ _LSTM_H4_V2_T32 = {**_LSTM_H4_V2_WIDE, "num_trajectories": 32, "meta_steps": 400
 
 # The shipped default (pretrained/lstm-h4-v2-size), measured in its model card: lstm-h4-v2-t32 with
 # 64 PES trajectories per meta-step, the late-rise penalty at 0.25, the model-size input, and a size
-# prior of -0.6 on the size input capped at 1e5 parameters, added to the written weights: models
+# prior of -0.5 on the size input capped at 1e5 parameters, added to the written weights: models
 # below 1e5 parameters (the meta-training tasks have 33 to 76k) take larger steps, larger ones keep
-# the meta-trained steps. The slope was chosen on the validation tasks
+# the meta-trained steps. The slope was chosen on 9 seeds of the validation tasks
 # (benchmarks/results/size-prior/README.md).
 _LSTM_H4_V2_SIZE = {**_LSTM_H4_V2_T32, "num_trajectories": 64, "inner_impl": "auto", "rise_penalty": 0.25,
-                    "size_prior": -0.6, "size_prior_feature": "log_num_params_capped",
+                    "size_prior": -0.5, "size_prior_feature": "log_num_params_capped",
                     "network": {**_LSTM_H4_V2_T32["network"],
                                 "context_features": ["p_log_rms", "log_fan_in", "is_vector", "log_num_params"]}}
 

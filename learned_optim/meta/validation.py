@@ -115,8 +115,23 @@ def _reusable(row: Any, task: Task, horizon: int, seeds: int) -> bool:
     return per_seed is None if seeds == 1 else isinstance(per_seed, list) and len(per_seed) == seeds
 
 
+def _indices(indices: Sequence[int] | None, n: int) -> list[int]:
+    """Each task's index in its validation set (``range(n)`` by default), checked."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+        raise TypeError(f"indices must be a list of ints, one per task, got {type(indices).__name__}; "
+                        f"pass e.g. [1, 3] for the second and fourth tasks of a set, or None")
+    out = list(indices)
+    if len(out) != n or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in out):
+        raise ValueError(f"indices must hold one int >= 0 per task ({n} tasks), got {out!r}; pass each task's "
+                         f"position in the full validation set, or None for 0..{n - 1}")
+    return out
+
+
 def adam_baselines(val_tasks: Sequence[tuple[Task, int]], seeds: int = 1,
-                   reuse: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                   reuse: Sequence[dict[str, Any]] | None = None, *,
+                   indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Adam at every lr of ``ADAM_LR_GRID`` on each ``(task, horizon)``, ``seeds`` runs each: one
     row per task with ``task``, ``horizon``, ``init_loss``, ``adam_1e-3`` (final loss at lr 1e-3),
     ``tuned_adam`` (the best final loss; diverged runs never win) and ``tuned_lr``; losses are
@@ -127,14 +142,19 @@ def adam_baselines(val_tasks: Sequence[tuple[Task, int]], seeds: int = 1,
     for task ``i`` when it names the same task and horizon and was made with the same number of
     seeds; a row is a deterministic function of those and of its index (the seeds depend on it),
     so a reused row is the one this call would compute. The other tasks are computed. Default None.
+
+    ``indices``: each task's index in its validation set, which sets its seeds (default ``None``:
+    ``0, 1, ...``). Passing a subset of a set with the subset's positions in the full set gives
+    the rows the full set's call gives for those tasks (e.g. to rerun only some tasks with more
+    seeds).
     """
     if reuse is not None and (isinstance(reuse, (str, bytes, dict)) or not isinstance(reuse, Sequence)):
         raise TypeError(f"reuse must be a list of baseline rows (dicts), got {type(reuse).__name__}; "
                         f"pass e.g. the list an earlier adam_baselines call returned, or None")
     rows = []
-    for i, (task, horizon) in enumerate(val_tasks):
-        if reuse is not None and i < len(reuse) and _reusable(reuse[i], task, horizon, seeds):
-            rows.append(dict(reuse[i]))
+    for k, (i, (task, horizon)) in enumerate(zip(_indices(indices, len(val_tasks)), val_tasks)):
+        if reuse is not None and k < len(reuse) and _reusable(reuse[k], task, horizon, seeds):
+            rows.append(dict(reuse[k]))
             continue
         runs = {lr: [run_inner(task, horizon, _seed(i, s), lr=lr) for s in range(seeds)] for lr in ADAM_LR_GRID}
         score = {lr: (sum(math.log(max(r["final_loss"], 1e-12)) for r in rs) / seeds
@@ -157,23 +177,26 @@ def _mean(xs: Sequence[float]) -> float:
 
 def evaluate(net: CoordinatewiseLSTM, val_tasks: Sequence[tuple[Task, int]], baselines: Sequence[dict[str, Any]],
              *, inner_lr: float, loss_cap: float, seeds: int = 1, reduce: str = "mean",
-             inner_impl: str = "reference") -> dict[str, Any]:
+             inner_impl: str = "reference", indices: Sequence[int] | None = None) -> dict[str, Any]:
     """Held-out evaluation of ``net`` at ``inner_lr`` against the rows of ``adam_baselines`` (made
     with the same ``seeds``, default 1).
 
-    Returns ``{"metric", "wins_vs_adam", "diverged", "n", "rows"}``: ``metric`` is, with
+    Returns ``{"metric", "wins_vs_adam", "diverged", "n", "rows", "log_ratios"}``: ``metric`` is, with
     ``reduce="mean"`` (default), the mean over tasks and seeds of log(final loss / tuned-Adam final
     loss on that seed), with ``reduce="max"`` the largest of the tasks' means (lower is better; a
     divergence counts as ``loss_cap`` x the initial loss), ``wins_vs_adam`` the number of tasks
     with a lower mean final loss than Adam at lr 1e-3, ``diverged`` the number of diverged runs,
     ``rows`` the baseline rows with ``learned`` (mean final loss), ``diverged`` and
-    ``ratio_vs_tuned`` (exp of the task's mean log ratio) added. ``inner_impl``: ``run_inner``'s
-    ``impl`` (default "reference").
+    ``ratio_vs_tuned`` (exp of the task's mean log ratio) added, ``log_ratios`` each task's
+    per-seed log ratios (a list per task; their spread is the metric's seed noise).
+    ``inner_impl``: ``run_inner``'s ``impl`` (default "reference"). ``indices``: each task's index
+    in its validation set, which sets its seeds, as in ``adam_baselines`` (default ``None``:
+    ``0, 1, ...``).
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
-    rows, logs, task_means, wins, div = [], [], [], 0, 0
-    for i, ((task, horizon), base) in enumerate(zip(val_tasks, baselines)):
+    rows, logs, task_means, per_seed, wins, div = [], [], [], [], 0, 0
+    for i, (task, horizon), base in zip(_indices(indices, len(val_tasks)), val_tasks, baselines):
         refs = base.get("tuned_adam_seeds", [base["tuned_adam"]])
         if len(refs) != seeds:
             raise ValueError(f"baselines were made with {len(refs)} seed(s), evaluate got seeds={seeds}")
@@ -188,8 +211,10 @@ def evaluate(net: CoordinatewiseLSTM, val_tasks: Sequence[tuple[Task, int]], bas
         wins += int(not n_div and learned < base["adam_1e-3"])
         div += n_div
         rows.append({**base, "learned": learned, "diverged": bool(n_div), "ratio_vs_tuned": math.exp(lr_)})
+        per_seed.append(task_logs)
     if not logs:
         metric = float("nan")
     else:
         metric = sum(logs) / len(logs) if reduce == "mean" else max(task_means)
-    return {"metric": metric, "wins_vs_adam": wins, "diverged": div, "n": len(rows), "rows": rows}
+    return {"metric": metric, "wins_vs_adam": wins, "diverged": div, "n": len(rows), "rows": rows,
+            "log_ratios": per_seed}
