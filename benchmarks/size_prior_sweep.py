@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,10 +45,7 @@ BASELINES = "benchmarks/results/meta-v2/v2-validation-adam-baselines.json"
 
 def _sem(xs: list[float]) -> float:
     """Standard error of the mean of ``xs`` (0 for one value)."""
-    if len(xs) < 2:
-        return 0.0
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+    return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
 
 
 def _cell(row: dict, task: str, seeds: int) -> str:
