@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # a checkout that is not pip-installed
 from learned_optim.benchmarking import cpu_paths, quality, quality_report, quality_stats, speed, tasks  # noqa: E402
 from learned_optim.benchmarking.common import DEFAULT_OUT, check_out_dir  # noqa: E402
 from learned_optim.cli import main  # noqa: E402
-from learned_optim.common import adam_baseline  # noqa: E402
+from learned_optim.common import adam_baseline, machine  # noqa: E402
 from learned_optim.network import LSTMOptimizerConfig  # noqa: E402
 
 _ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -324,6 +324,21 @@ def test_best_single_lr_minimises_the_geometric_mean_ratio_to_tuned():
     md = quality_report.quality_markdown(res | {"weights": {"name": "w", "is_default": False}, "command": "c",
                                                 "machine": machine, "wall_s": 1.0})
     assert "Adam, best single lr" in md and "geometric mean ratio to Adam tuned" in md
+
+
+@pytest.mark.parametrize("flags, isa", [("fpu avx2 fma avx512f avx512bw", "AVX-512"), ("fpu avx avx2 fma", "AVX2"),
+                                        ("fpu sse2 avx", "no AVX2")])
+def test_machine_records_cpu_family_model_and_vector_isa(flags, isa):
+    """One model name covers CPUs whose results differ (an AVX-512 and an AVX2 build of the C loop):
+    the results header names the family, model and widest vector ISA beside it."""
+    info = {"model name": "AMD EPYC", "cpu family": "23", "model": "49", "flags": flags}
+    assert machine._cpu_id(info) == f"family 23 model 49, {isa}"
+    assert machine._cpu_id({}) is None  # no /proc/cpuinfo (another OS): nothing is made up
+    m = machine.machine_info(1)
+    assert m["cpu"] and "cpu_id" in m
+    line = machine.machine_line({**m, "cpu": "X", "cpu_id": "family 1 model 2, AVX2"})
+    assert line.startswith("X [family 1 model 2, AVX2] (")
+    assert machine.machine_line({**m, "cpu": "X", "cpu_id": None}).startswith("X (")
 
 
 def test_divergence_rule():

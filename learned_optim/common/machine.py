@@ -1,8 +1,9 @@
 """What a measurement ran on: recorded in every results file, summarised in one line.
 
-``machine_info`` gathers the CPU model, core count, torch threads, platform, Python/torch/CUDA
-versions, the 1-minute load average (other users of a shared machine skew timings) and the git
-commit of the package (with the package files that differ from it, if any).
+``machine_info`` gathers the CPU model (and its family, model number and widest vector ISA), core
+count, torch threads, platform, Python/torch/CUDA versions, the 1-minute load average (other users
+of a shared machine skew timings) and the git commit of the package (with the package files that
+differ from it, if any).
 """
 
 from __future__ import annotations
@@ -20,15 +21,34 @@ import torch
 __all__ = ["machine_info", "machine_line"]
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return fields
+
+
+def _cpu_model(info: dict[str, str]) -> str:
+    return info.get("model name") or platform.processor() or "unknown"
+
+
+def _cpu_id(info: dict[str, str]) -> str | None:
+    """Family, model and widest vector ISA, e.g. "family 23 model 49, AVX2": one model name
+    ("AMD EPYC") covers CPUs whose float rounding differs (the C loop has an AVX-512 and an AVX2
+    build, and trajectories under a learned rule are chaotic), so results files record this too."""
+    if "cpu family" not in info:
+        return None
+    flags = set(info.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+    return f"family {info['cpu family']} model {info.get('model', '?')}, {isa}"
 
 
 def _git_state() -> tuple[str | None, list[str]]:
@@ -50,10 +70,12 @@ def _git_state() -> tuple[str | None, list[str]]:
 
 def machine_info(threads: int) -> dict[str, Any]:
     """What the numbers were measured on (recorded in every result file)."""
+    cpuinfo = _cpuinfo()
     info = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": _cpu_model(cpuinfo),
+        "cpu_id": _cpu_id(cpuinfo),
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
         "python": sys.version.split()[0],
@@ -70,7 +92,8 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def machine_line(m: dict[str, Any]) -> str:
     """One line for a results file's header: CPU, threads, platform, versions, load, commit."""
-    return (f"{m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}), {m['platform']}, "
+    cpu = m["cpu"] + (f" [{m['cpu_id']}]" if m.get("cpu_id") else "")
+    return (f"{cpu} ({m['cpu_count']} cores, torch threads {m['torch_threads']}), {m['platform']}, "
             f"Python {m['python']}, torch {m['torch']}" + (f", CUDA {m['cuda']}" if m.get("cuda") else "")
             + (f"; 1-min load average at start {m['load_average_1min']:.2f}" if "load_average_1min" in m else "")
             + (f", at end {m['load_average_1min_end']:.2f}" if m.get("load_average_1min_end") is not None else "")
