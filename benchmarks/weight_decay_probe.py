@@ -83,6 +83,11 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.4g} ± {statistics.stdev(xs):.2g}" if len(xs) > 1 else f"{xs[0]:.4g}"
 
 
+def _accuracy(values: list) -> str:
+    """Mean test accuracy in percent, or "" for a workload without one (its values are None)."""
+    return "" if not values or values[0] is None else f"{100 * statistics.fmean(values):.2f}%"
+
+
 def report(res: dict) -> str:
     commits = sorted(set(b["commit"] for b in res["baselines"].values()))
     lines = ["# Weight decay for the learned default: the benchmark's value, and scaled", "",
@@ -96,21 +101,19 @@ def report(res: dict) -> str:
              "| workload | method | final loss | test accuracy | seeds better than m = 1 |", "|---|---|---|---|---|"]
     for name, wl in res["workloads"].items():
         base = res["baselines"][name]
-        seeds = wl["seeds"]
-        acc = lambda r, n: ("" if r.get("test_acc") is None or r["test_acc"][0] is None  # noqa: E731
-                            else f"{100 * statistics.fmean(r['test_acc'][:n]):.2f}%")
-        n = len(seeds)
+        n = len(wl["seeds"])
+        tuned = base["adamw_tuned"]
         lines.append(f"| {name} | AdamW tuned (lr {base['adamw_tuned_lr']:g}, m = 1) | "
-                     f"{_mean_std(base['adamw_tuned']['final'][:n])} | {acc(base['adamw_tuned'], n)} | |")
+                     f"{_mean_std(tuned['final'][:n])} | {_accuracy(tuned['test_acc'][:n])} | |")
         lines.append(f"| {name} | learned default, m = 1 | {_mean_std(base['learned']['final'][:n])} | "
-                     f"{acc(base['learned'], n)} | |")
+                     f"{_accuracy(base['learned']['test_acc'][:n])} | |")
         for m, runs in wl["runs"].items():
             if not runs["final"]:
                 continue
             k = len(runs["final"])
             better = sum(a < b for a, b in zip(runs["final"], base["learned"]["final"]))
-            tacc = "" if runs["test_acc"][0] is None else f"{100 * statistics.fmean(runs['test_acc']):.2f}%"
-            lines.append(f"| {name} | learned default, m = {m} | {_mean_std(runs['final'])} | {tacc} | {better}/{k} |")
+            lines.append(f"| {name} | learned default, m = {m} | {_mean_std(runs['final'])} | "
+                         f"{_accuracy(runs['test_acc'])} | {better}/{k} |")
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_info(1)
     baselines = {w: load_baseline(Path(args.baseline_dir) / w / "transformer.json", w, machine)
                  for w in workloads}
+    for w, b in baselines.items():
+        if b["learned"]["seeds"][:args.seeds] != list(range(args.seeds)):
+            raise SystemExit(f"--seeds {args.seeds}: the baseline of {w} has seeds {b['learned']['seeds']}; "
+                             f"pass --seeds {len(b['learned']['seeds'])} or fewer, or rerun the benchmark with more")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/weight_decay_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
