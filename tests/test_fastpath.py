@@ -661,13 +661,13 @@ y = torch.empty_like(x)
 lib.lo_simd_exp2(x.numel(), x.data_ptr(), y.data_ptr())
 assert ((y.double() - torch.exp2(x.double())) / torch.exp2(x.double())).abs().max() < 2.5e-7
 # the loop against the fp64 reference, 40 steps, fp32 and bf16 state, sizes around the
-# 24-coordinate block, two network shapes
+# 16-coordinate block (two vectors of 8) and its multiples, two network shapes
 for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",))):
     for sdt in (None, torch.bfloat16):
         seed = fresh_seed()
         gen = torch.Generator().manual_seed(seed)
         net = random_net(gen, LSTMOptimizerConfig(hidden_size=hs, features=feats))
-        case64 = make_case([(1,), (23,), (24,), (25,), (97, 131)], gen, hs=hs)
+        case64 = make_case([(1,), (15,), (16,), (17,), (23,), (24,), (25,), (97, 131)], gen, hs=hs)
         case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case64]
         if sdt is not None:
             for e in case32:

@@ -3,7 +3,11 @@
    the bf16 state's tails go through a small buffer. */
 #include <immintrin.h>
 #define LO_SIMD 256
-#define U 3
+/* Two vectors side by side, not three as on AVX-512: with 16 vector registers a third vector's gate
+   inputs and accumulators spill. On a Zen 2 EPYC, where this is the native build, U = 2 takes 19.0
+   ms for a 1e6-parameter step against 20.9 with U = 3 (and 180 against 201 ms at 1e7);
+   benchmarks/results/speed-v2/zen2/README.md. */
+#define U 2
 #define VL 8
 typedef __m256 V;
 typedef __m256i M;

@@ -14,7 +14,8 @@
        overlaps with the next one's.
    Measured on 20k coordinates in cache (AMD EPYC, Zen 4): portable loop 10.8 ns/coordinate;
    this one on AVX-512 with U = 1 and base-e exps 9.0, U = 3 with them 8.3, U = 3 as below 7.5.
-   Built for AVX2 on the same CPU: portable 21.3, this one 11.7 (U = 3; U = 2: 12.7).
+   Built for AVX2 on the same CPU: portable 21.3, this one 11.7 (U = 3; U = 2: 12.7); on a CPU
+   whose native build is AVX2 (Zen 2) U = 2 is the faster, so the AVX2 build uses it (lo_avx2.h).
    Accuracy: ~1 ulp per nonlinearity (the portable loop's ~0.5); tests check both against the
    fp64 reference and these approximations directly.
    The moments keep an exact sqrt and division (the zero-head Adam test holds to 1e-6).
