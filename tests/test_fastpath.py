@@ -646,6 +646,34 @@ def test_nonfinite_state_propagates_like_the_reference(loop):
             torch.testing.assert_close(a[key][~bad], b[key][~bad], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("loop", LOOPS_FP32)
+def test_saturated_cell_state_matches_reference(loop):
+    """Cell states far past tanh's saturation (|c| 40 to 100, where exp(-2c) overflows fp32) with
+    output gates of every size: h = o tanh(c) stays o * (+-1). The SIMD loop forms o tanh(c) as one
+    quotient of exps; a product of two uncapped exps there would overflow and give h = 0."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    with torch.no_grad():  # output gates from ~0.02 to ~0.98 (gate order i, f, g, o)
+        h = net.config.hidden_size
+        net.bias[3 * h:] = torch.linspace(-4.0, 4.0, h)
+    case = make_case([(97,), (50,)], gen)
+    for e in case:
+        mag = 40 + 60 * torch.rand(e["c"].shape, generator=gen, dtype=torch.float64)
+        sign = torch.where(torch.rand(e["c"].shape, generator=gen) < 0.5, -1.0, 1.0).double()
+        e["c"].copy_(mag * sign)
+    grads_seq = [grads_for(case, gen) for _ in range(3)]
+    want = run(case, grads_seq, net, impl="reference")
+    case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case]
+    with cpu_loop(loop) as impl:
+        got = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl)
+    for a, b in zip(got, want):
+        assert ((b["h"].abs() > 0.05) & (b["h"].abs() < 0.2)).any()  # gates where an overflow would show
+        for key in ("p", "h", "c"):
+            err = ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item()
+            assert err < 1e-5, f"seed={seed} {loop} {key} {err:.2e}"
+
+
 _AVX2_SCRIPT = r"""
 import os, sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -692,6 +720,21 @@ for e in case:
 with cpu_loop("c") as impl:
     got = run(case, [[torch.zeros(23), torch.zeros(50)]] * 4, net, impl=impl)
 assert all(torch.equal(a["p"], b["p"]) for a, b in zip(got, case))
+# saturated cell states (|c| 40 to 100) and output gates from ~0.02 to ~0.98: h = o tanh(c)
+with torch.no_grad():
+    net.bias[12:] = torch.linspace(-4.0, 4.0, 4)
+case64 = make_case([(97,), (50,)], gen)
+for e in case64:
+    e["c"].copy_((40 + 60 * torch.rand(e["c"].shape, generator=gen, dtype=torch.float64))
+                 * torch.where(torch.rand(e["c"].shape, generator=gen) < 0.5, -1.0, 1.0).double())
+grads = [grads_for(case64, gen) for _ in range(3)]
+want = run(case64, grads, net, impl="reference")
+case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case64]
+with cpu_loop("c") as impl:
+    got = run(case32, [[g.float() for g in gs] for gs in grads], net, impl=impl)
+for a, b in zip(got, want):
+    for key in ("p", "h", "c"):
+        assert ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item() < 1e-5, ("saturated", key)
 print("ok")
 """
 
