@@ -236,3 +236,29 @@ def test_wide_family_reaches_realistic_widths_within_its_budget():
             dims.add(int(m.group(1)))
     assert max(dims) >= 96 and min(dims) <= 48, dims
     assert max(sizes) <= 250_000 and max(sizes) > 46_000, max(sizes)
+
+
+def test_vit_init_option_leaves_the_default_family_unchanged_and_adds_the_benchmark_init():
+    """``ViT.init_style="nanogpt"`` draws the patch embedding and the head with std 0.02 (the transformer
+    benchmark's initialisation) and changes nothing else; the family's default (one choice, no extra
+    draw) samples exactly the tasks it sampled before the option existed; a bad init is refused."""
+    fan = M.ViT(n_patches=16, patch_dim=4, d=64, heads=4, layers=4, ratio=4)
+    nano = M.ViT(n_patches=16, patch_dim=4, d=64, heads=4, layers=4, ratio=4, init_style="nanogpt")
+    fs, ns = fan.spec(), nano.spec()
+    assert fs[0][1] == 0.5 and fs[-2][1] == 1 / 8 and ns[0][1] == 0.02 and ns[-2][1] == 0.02
+    assert [x for i, x in enumerate(fs) if i not in (0, len(fs) - 2)] == \
+        [x for i, x in enumerate(ns) if i not in (0, len(ns) - 2)]
+    with pytest.raises(ValueError, match="init_style"):
+        M.ViT(init_style="xavier")
+    one = A.ViTDigitsFamily(inits=("fan_in",))
+    for s in range(5):
+        a = A.ViTDigitsFamily().sample(torch.Generator().manual_seed(s))
+        b = one.sample(torch.Generator().manual_seed(s))
+        assert a.name == b.name and "nanogpt" not in a.name
+    both = A.ViTDigitsFamily(inits=("fan_in", "nanogpt"), split=True, rescale_prob=0.0)
+    tasks = [both.sample(torch.Generator().manual_seed(s)) for s in range(12)]
+    nanos = [t for t in tasks if "nanogpt" in t.name]
+    assert 0 < len(nanos) < len(tasks)
+    for t in nanos:
+        params = t.init_params(torch.Generator().manual_seed(0))
+        assert t.model.init_style == "nanogpt" and float(params[0].std()) < 0.1 and hasattr(t, "heldout_batch")

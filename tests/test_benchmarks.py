@@ -777,13 +777,9 @@ def test_selection_study_ranks_and_reads_committed_results(tmp_path):
 def test_heldout_vit_probe_scores_the_held_out_fifth():
     """benchmarks/heldout_vit_probe.py: the probe's task trains on the training split and what
     validation scores (its full batch) is the held-out split, disjoint from it."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location("probe", ROOT / "benchmarks" / "heldout_vit_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = _probe_module()
     task = probe._task()
     hx, hy = task.full_batch()
     assert hx is task.heldout_x and hy is task.heldout_y
@@ -793,6 +789,46 @@ def test_heldout_vit_probe_scores_the_held_out_fifth():
     gen = torch.Generator().manual_seed(0)
     xb, _ = task.sample_batch(gen)
     assert all(tuple(r.flatten().tolist()) in train_rows for r in xb)
+
+
+def _probe_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe", ROOT / "benchmarks" / "heldout_vit_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    return probe
+
+
+def test_heldout_vit_probe_regimes_match_what_they_name(tmp_path):
+    """The probe's regime options: --model benchmark-size has the transformer benchmark ViT's parameter count and
+    batch, --model benchmark also its std-0.02 patch embedding and head; --train-fraction keeps a prefix of the
+    training split; under --recipe scheduled a zero-head rule (exactly Adam's step) follows AdamW with the same
+    schedule, decay and clipping; bad arguments are refused naming the option."""
+    import torch
+
+    from learned_optim.benchmarking.transformer_models import ViTDigits, count_params
+    from learned_optim.network import CoordinatewiseLSTM
+
+    probe = _probe_module()
+    bench = count_params(ViTDigits().model())
+    for model in ("benchmark-size", "benchmark"):
+        task = probe._task(1.0, model)
+        params = task.init_params(torch.Generator().manual_seed(0))
+        assert sum(p.numel() for p in params) == bench and task.batch_size == 64
+        stds = (float(params[0].std()), float(params[-2].std()))
+        assert (max(stds) < 0.03) == (model == "benchmark"), (model, stds)
+    full, quarter = probe._task(1.0), probe._task(0.25)
+    assert len(quarter.y) == round(0.25 * len(full.y)) and torch.equal(quarter.x, full.x[: len(quarter.y)])
+    assert torch.equal(quarter.heldout_x, full.heldout_x)
+
+    net = CoordinatewiseLSTM()  # a zero head: the step is Adam's
+    learned = probe._run_scheduled(quarter, 30, 5, net, 1e-3)
+    adam = probe._run_scheduled(quarter, 30, 5, None, 1e-3)
+    assert abs(learned - adam) < 1e-4 * abs(adam), (learned, adam)
+    for bad in (["--train-fraction", "0"], ["--adam-lrs", "1e-3,x"], ["--seeds", "0"]):
+        proc = _run_script("heldout_vit_probe", "--out", str(tmp_path / "x"), "--adam-only", *bad, cwd=tmp_path)
+        assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr
 
 
 def test_average_weights_is_the_mean_and_refuses_mixed_configs(tmp_path):

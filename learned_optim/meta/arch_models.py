@@ -34,6 +34,9 @@ __all__ = ["TransformerLM", "ViT", "RNNLM", "ResMLP", "BNCNN", "EmbeddingBag", "
 Spec = list[tuple[tuple[int, ...], Any]]
 
 
+VIT_INITS = ("fan_in", "nanogpt")  # ViT.init_style
+
+
 class _Model:
     def spec(self) -> Spec:
         raise NotImplementedError
@@ -126,13 +129,24 @@ class ViT(_Model):
     ratio: int = 2
     cls: bool = True
     classes: int = 10
+    # "fan_in": patch embedding and head with std 1/sqrt(fan-in); "nanogpt": std 0.02 for them too, like
+    # every other matrix (the transformer benchmark's ViT, ``benchmarking.transformer_models``). The two
+    # want different steps: Adam's best held-out lr on the digits is 3e-3 and 3e-4 for a 4-layer d-64 ViT
+    # (benchmarks/results/meta-v2/heldout-vit-regime/README.md).
+    init_style: str = "fan_in"
+
+    def __post_init__(self) -> None:
+        if self.init_style not in VIT_INITS:
+            raise ValueError(f"ViT init_style must be one of {VIT_INITS}, got {self.init_style!r}")
 
     def spec(self) -> Spec:
         n_tok = self.n_patches + int(self.cls)
-        s = [((self.d, self.patch_dim), 1 / math.sqrt(self.patch_dim)), ((self.d,), "zero"), ((n_tok, self.d), 0.02)]
+        nano = self.init_style == "nanogpt"
+        patch_std, head_std = (0.02, 0.02) if nano else (1 / math.sqrt(self.patch_dim), 1 / math.sqrt(self.d))
+        s = [((self.d, self.patch_dim), patch_std), ((self.d,), "zero"), ((n_tok, self.d), 0.02)]
         s += [((1, self.d), 0.02)] if self.cls else []
         s += _block_spec(self.d, self.ratio, self.layers)
-        return s + [((self.d,), "one"), ((self.d,), "zero"), ((self.classes, self.d), 1 / math.sqrt(self.d)),
+        return s + [((self.d,), "one"), ((self.d,), "zero"), ((self.classes, self.d), head_std),
                     ((self.classes,), "zero")]
 
     def __call__(self, params: Sequence[Tensor], patches: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ fixed 80% of the digits) and their tasks draw held-out minibatches of the rest
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
@@ -384,6 +384,9 @@ class ViTDigitsFamily(_FamilyBase):
     batch_sizes: tuple = (16, 32)
     max_params: int = 45_000
     split: bool = False
+    # ``arch_models.ViT.init_style`` choices; drawn (one extra draw per task) only when there are several, so
+    # the one-choice default leaves every earlier family's draws unchanged
+    inits: tuple[str, ...] = ("fan_in",)
 
     def sample(self, gen: torch.Generator) -> Task:
         def make():
@@ -394,8 +397,12 @@ class ViTDigitsFamily(_FamilyBase):
 
         m = _draw(make, self.max_params)
         bs, s = _choice(gen, self.batch_sizes), _log_uniform(gen, *self.init_scale)
+        init = _choice(gen, self.inits) if len(self.inits) > 1 else self.inits[0]
+        if init != m.init_style:
+            m = replace(m, init_style=init)
         p = int(round(m.patch_dim ** 0.5))
         name = f"vit{m.layers}x{m.d}-p{p}-h{m.heads}-r{m.ratio}-{'cls' if m.cls else 'mean'}-bs{bs}-s{s:.2f}"
+        name += "-nanogpt" if init == "nanogpt" else ""
         return self._finish(_digits_task(m, _digit_patches(p), digits()[1], bs, s, name, self.split), gen)
 
 
@@ -497,7 +504,7 @@ def arch_train_family() -> Mixture:
     )
 
 
-def wide_arch_family(split: bool = False) -> Mixture:
+def wide_arch_family(split: bool = False, vit_inits: tuple[str, ...] = ("fan_in",), vit_weight: float = 1.5) -> Mixture:
     """The architecture families at the widths people train small models at (d up to 128,
     up to ~250k parameters). With ``split``, the language-model and digit tasks train on part of
     their data and have held-out minibatches of the rest (``heldout_batch``) for a held-out
@@ -505,15 +512,16 @@ def wide_arch_family(split: bool = False) -> Mixture:
     (mostly 3e-3 on the default family's transformer LMs, 1e-3 to 3e-3 on these, measured in
     benchmarks/results/meta-v2/adam-lr-by-width.md): a width range lets the per-tensor context
     (log fan-in) size steps by width. Each inner step costs up to ~5x more than on the default
-    families."""
+    families. ``vit_inits``: the ViTs' ``arch_models.ViT.init_style`` choices (default: fan-in only, as
+    before the option existed); ``vit_weight``: the ViT family's mixture weight (default 1.5)."""
     return Mixture(
         [TransformerLMFamily(dims=(32, 48, 64, 96, 128), layers=(1, 2), heads=(2, 4), contexts=(32,),
                              batch_sizes=(8, 16), max_params=250_000, split=split),
-         ViTDigitsFamily(dims=(32, 48, 64), max_params=120_000, split=split),
+         ViTDigitsFamily(dims=(32, 48, 64), max_params=120_000, split=split, inits=vit_inits),
          RNNLMFamily(hidden=(32, 64, 96), embeddings=(32,), max_params=120_000, split=split),
          ResMLPFamily(widths=(32, 64, 128), max_params=120_000, split=split),
          BatchNormCNNFamily(split=split), DeepMLPFamily(widths=(32, 64, 96)), EmbeddingBagFamily()],
-        [3.0, 1.5, 1.5, 1.5, 1.0, 1.0, 1.0],
+        [3.0, vit_weight, 1.5, 1.5, 1.0, 1.0, 1.0],
     )
 
 

@@ -91,6 +91,13 @@ def _v2w_split_train_family() -> TaskFamily:
     return Mixture([default_train_family(), wide_arch_family(split=True)], [1.0, 2.0])
 
 
+def _v2w_split_nanovit_train_family() -> TaskFamily:
+    from .arch_tasks import wide_arch_family
+
+    vits = wide_arch_family(split=True, vit_inits=("fan_in", "nanogpt"), vit_weight=3.0)
+    return Mixture([default_train_family(), vits], [1.0, 2.0])
+
+
 def _wide_train_family() -> TaskFamily:
     from .arch_tasks import wide_arch_family
 
@@ -106,7 +113,8 @@ def _arch_validation_tasks() -> list[tuple[Task, int]]:
 TRAIN_FAMILIES: dict[str, Callable[[], TaskFamily]] = {"default": default_train_family, "tiny": tiny_train_family,
                                                       "v2": _v2_train_family, "arch": _arch_train_family,
                                                       "v2-wide": _v2w_train_family, "wide": _wide_train_family,
-                                                      "v2-wide-split": _v2w_split_train_family}
+                                                      "v2-wide-split": _v2w_split_train_family,
+                                                      "v2-wide-split-nanovit": _v2w_split_nanovit_train_family}
 VAL_TASKS: dict[str, Callable[[], list[tuple[Task, int]]]] = {
     "default": default_validation_tasks,
     "tiny": tiny_validation_tasks,
@@ -176,7 +184,9 @@ class MetaTrainConfig:
             "tiny"; "arch": the architecture families of ``arch_tasks``; "v2": those and "default";
             "v2-wide": ``wide_arch_family`` and "default"; "wide": ``wide_arch_family`` alone;
             "v2-wide-split": "v2-wide" with the architecture tasks' data split into training and
-            held-out parts, for ``objective_split="heldout"``). Default "default".
+            held-out parts, for ``objective_split="heldout"``; "v2-wide-split-nanovit": that with twice
+            the ViTs, half of them initialised like the transformer benchmark's, ``arch_models.ViT.init_style``).
+            Default "default".
         inner_recipe: how the training trajectories train (``estimators.Trajectory``):
             ``"constant"`` (``inner_lr`` throughout, no weight decay), ``"scheduled"`` (``inner_lr``
             with linear warm-up over 5% of each horizon and cosine decay to 10% at its end, and
