@@ -86,47 +86,6 @@ def _task(train_fraction: float = 1.0, model: str = "validation"):
     return HeldoutScored(**kw)
 
 
-def _run_scheduled(task, horizon: int, seed: int, net, lr: float) -> float:
-    """``validation.run_inner`` under the transformer benchmark's recipe: the lr warmed up and
-    cosine-decayed (``common.schedules.warmup_cosine``), decoupled weight decay 0.1 on tensors with
-    two or more dimensions (AdamW's, applied before the step as torch's AdamW does), gradients
-    clipped to norm 1. The learned rule steps through the C loop where it builds (``impl="auto"``).
-    Returns the final held-out loss (NaN if the run diverged)."""
-    from learned_optim.common.schedules import WEIGHT_DECAY, warmup_cosine
-    from learned_optim.meta.inner import decay_mask, init_inner, inner_step
-    from learned_optim.meta.task_core import flatten_params, unflatten_params
-    from learned_optim.meta.validation import full_loss
-
-    gen = torch.Generator().manual_seed(seed)
-    params = task.init_params(gen)
-    shapes = [q.shape for q in params]
-    p = flatten_params(params).detach().clone()
-    wd = decay_mask(shapes, WEIGHT_DECAY, p.dtype)
-    if net is None:
-        p.requires_grad_(True)
-        opt = torch.optim.Adam([p], lr=lr)
-    else:
-        state = init_inner(p.clone(), net.config)
-        p = state.params.requires_grad_(True)
-    for t in range(horizon):
-        step_lr = lr * warmup_cosine(t, horizon)
-        loss = task.loss(unflatten_params(p, shapes), task.sample_batch(gen))
-        if not torch.isfinite(loss.detach()):
-            return float("nan")
-        (g,) = torch.autograd.grad(loss, p)
-        with torch.no_grad():
-            g = g * min(1.0, 1.0 / max(float(g.norm()), 1e-12))
-            if net is None:
-                opt.param_groups[0]["lr"] = step_lr
-                p.mul_(1 - step_lr * wd)
-                p.grad = g
-                opt.step()
-            else:
-                state = inner_step(state._replace(params=p), g, net, net.config, step_lr, shapes, wd, impl="auto")
-                p = state.params.requires_grad_(True)
-    return full_loss(task, p.detach(), shapes)
-
-
 def _job(args: tuple[str, str | None, float, float, int, int, str, str]) -> tuple[str, list[float]]:
     """(key, weights dir or None for Adam, lr, train fraction, horizon, seeds, recipe, model) ->
     held-out final losses, one per seed."""
@@ -137,8 +96,9 @@ def _job(args: tuple[str, str | None, float, float, int, int, str, str]) -> tupl
 
     net = from_pretrained(weights) if weights else None
     task = _task(fraction, model)
-    if recipe == "scheduled":
-        return key, [_run_scheduled(task, horizon, _seed(1, s), net, lr) for s in range(seeds)]
+    if recipe == "scheduled":  # the transformer benchmark's recipe, its clipping included; the C loop where it builds
+        return key, [run_inner(task, horizon, _seed(1, s), weights=net, lr=lr, impl="auto", recipe="scheduled",
+                               clip_norm=1.0)["final_loss"] for s in range(seeds)]
     return key, [run_inner(task, horizon, _seed(1, s), weights=net, lr=lr)["final_loss"] for s in range(seeds)]
 
 

@@ -803,11 +803,12 @@ def _probe_module():
 def test_heldout_vit_probe_regimes_match_what_they_name(tmp_path):
     """The probe's regime options: --model benchmark-size has the transformer benchmark ViT's parameter count and
     batch, --model benchmark also its std-0.02 patch embedding and head; --train-fraction keeps a prefix of the
-    training split; under --recipe scheduled a zero-head rule (exactly Adam's step) follows AdamW with the same
-    schedule, decay and clipping; bad arguments are refused naming the option."""
+    training split; under ``run_inner(recipe="scheduled")`` a zero-head rule (exactly Adam's step) follows AdamW
+    with the same schedule, decay and clipping; bad arguments are refused naming the option."""
     import torch
 
     from learned_optim.benchmarking.transformer_models import ViTDigits, count_params
+    from learned_optim.meta.validation import run_inner
     from learned_optim.network import CoordinatewiseLSTM
 
     probe = _probe_module()
@@ -823,9 +824,11 @@ def test_heldout_vit_probe_regimes_match_what_they_name(tmp_path):
     assert torch.equal(quarter.heldout_x, full.heldout_x)
 
     net = CoordinatewiseLSTM()  # a zero head: the step is Adam's
-    learned = probe._run_scheduled(quarter, 30, 5, net, 1e-3)
-    adam = probe._run_scheduled(quarter, 30, 5, None, 1e-3)
-    assert abs(learned - adam) < 1e-4 * abs(adam), (learned, adam)
+    kw = dict(lr=1e-3, impl="auto", recipe="scheduled", clip_norm=1.0)
+    learned = run_inner(quarter, 30, 5, weights=net, **kw)["final_loss"]
+    adam = run_inner(quarter, 30, 5, **kw)["final_loss"]
+    plain = run_inner(quarter, 30, 5, lr=1e-3)["final_loss"]
+    assert abs(learned - adam) < 1e-4 * abs(adam) and abs(plain - adam) > 1e-3 * abs(adam), (learned, adam, plain)
     for bad in (["--train-fraction", "0"], ["--adam-lrs", "1e-3,x"], ["--seeds", "0"]):
         proc = _run_script("heldout_vit_probe", "--out", str(tmp_path / "x"), "--adam-only", *bad, cwd=tmp_path)
         assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr

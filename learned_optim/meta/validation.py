@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from ..common.adam_baseline import ADAM_LR_GRID, diverged
+from ..common.schedules import WEIGHT_DECAY, warmup_cosine
 from ..network import CoordinatewiseLSTM
-from .inner import init_inner, inner_step
+from .inner import decay_mask, init_inner, inner_step
 from .task_core import Task, flatten_params, unflatten_params
 
 __all__ = ["full_loss", "run_inner", "ratio_log", "adam_baselines", "evaluate", "REDUCTIONS"]
@@ -48,7 +49,8 @@ def full_loss(task: Task, params_flat: Tensor, shapes: Sequence[torch.Size]) -> 
 
 
 def run_inner(task: Task, horizon: int, seed: int, *, weights: CoordinatewiseLSTM | None = None,
-              lr: float = 1e-3, impl: str = "reference") -> dict[str, Any]:
+              lr: float = 1e-3, impl: str = "reference", recipe: str = "constant",
+              clip_norm: float | None = None) -> dict[str, Any]:
     """Train ``task`` for ``horizon`` steps with the learned rule (``weights``) or, with
     ``weights=None``, ``torch.optim.Adam``; both see the same initial parameters and minibatches.
 
@@ -61,33 +63,51 @@ def run_inner(task: Task, horizon: int, seed: int, *, weights: CoordinatewiseLST
         lr: the learning rate. Default 1e-3.
         impl: ``inner.inner_step``'s ``impl`` for the learned rule's steps (no autograd flows
             through them). Default "reference".
+        recipe: ``"constant"`` (``lr`` throughout, no weight decay) or ``"scheduled"`` (the
+            transformer benchmark's: ``lr`` times ``common.schedules.warmup_cosine`` over the
+            horizon, decoupled weight decay ``WEIGHT_DECAY`` on tensors with two or more
+            dimensions, applied before each step as torch's AdamW does). Default "constant".
+        clip_norm: clip each gradient to this norm first (the transformer benchmark clips to
+            1), or None. Default None.
     Returns:
         ``{"init_loss", "final_loss", "diverged"}`` with full-batch losses; diverged means a
         non-finite loss or a final loss above the initial one (``common.adam_baseline.diverged``).
     """
+    if recipe not in ("constant", "scheduled"):
+        raise ValueError(f"recipe must be 'constant' or 'scheduled', got {recipe!r}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
     gen = torch.Generator().manual_seed(seed)
     params = task.init_params(gen)
     shapes = [p.shape for p in params]
     p = flatten_params(params).detach().clone()
     init = full_loss(task, p, shapes)
+    wd = decay_mask(shapes, WEIGHT_DECAY, p.dtype) if recipe == "scheduled" else 0.0
     if weights is None:
         p.requires_grad_(True)
         opt = torch.optim.Adam([p], lr=lr)
     else:
         state = init_inner(p.clone(), weights.config)
         p = state.params.requires_grad_(True)
-    for _ in range(horizon):
+    for t in range(horizon):
+        step_lr = lr * warmup_cosine(t, horizon) if recipe == "scheduled" else lr
         batch = task.sample_batch(gen)
         loss = task.loss(unflatten_params(p, shapes), batch)
         if not torch.isfinite(loss.detach()):
             return {"init_loss": init, "final_loss": float("nan"), "diverged": True}
         (g,) = torch.autograd.grad(loss, p)
         with torch.no_grad():
+            if clip_norm is not None:
+                g = g * min(1.0, clip_norm / max(float(g.norm()), 1e-12))
             if weights is None:
+                if recipe == "scheduled":
+                    opt.param_groups[0]["lr"] = step_lr
+                    p.mul_(1 - step_lr * wd)
                 p.grad = g
                 opt.step()
             else:
-                state = inner_step(state._replace(params=p), g, weights, weights.config, lr, shapes, impl=impl)
+                state = inner_step(state._replace(params=p), g, weights, weights.config, step_lr, shapes, wd,
+                                   impl=impl)
                 p = state.params.requires_grad_(True)
     final = full_loss(task, p.detach(), shapes)
     return {"init_loss": init, "final_loss": final, "diverged": diverged(init, final)}
