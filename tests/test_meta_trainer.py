@@ -165,6 +165,30 @@ def test_validation_metric_mean_or_worst_task():
         evaluate(net, tasks, base, reduce="median", **kw)
 
 
+def test_run_inner_recipes_and_argument_errors():
+    """``validation.run_inner``: the default recipe is the constant lr (what every validation record used);
+    "scheduled" changes the run; Adam (weights=None) and a zero-head rule agree under both; bad recipe and
+    clip_norm values are refused naming the argument."""
+    from learned_optim.meta.task_families import tiny_validation_tasks
+    from learned_optim.meta.validation import run_inner
+    from learned_optim.network import CoordinatewiseLSTM
+
+    task, _ = tiny_validation_tasks()[0]
+    zero = CoordinatewiseLSTM()  # zero head: Adam's step
+    finals = {}
+    for recipe in ("constant", "scheduled"):
+        a = run_inner(task, 40, 3, recipe=recipe, clip_norm=1.0)["final_loss"]
+        b = run_inner(task, 40, 3, weights=zero, recipe=recipe, clip_norm=1.0)["final_loss"]
+        assert a == pytest.approx(b, rel=1e-4), recipe
+        finals[recipe] = a
+    assert finals["constant"] != pytest.approx(finals["scheduled"], rel=1e-4)
+    assert run_inner(task, 40, 3) == run_inner(task, 40, 3, recipe="constant", clip_norm=None)
+    with pytest.raises(ValueError, match="recipe must be"):
+        run_inner(task, 5, 0, recipe="cosine")
+    with pytest.raises(ValueError, match="clip_norm must be positive"):
+        run_inner(task, 5, 0, clip_norm=0.0)
+
+
 def test_validation_subset_with_indices_keeps_the_full_sets_seeds():
     from learned_optim.meta.task_families import tiny_validation_tasks
     from learned_optim.meta.validation import adam_baselines, evaluate
