@@ -262,3 +262,18 @@ def test_vit_init_option_leaves_the_default_family_unchanged_and_adds_the_benchm
     for t in nanos:
         params = t.init_params(torch.Generator().manual_seed(0))
         assert t.model.init_style == "nanogpt" and float(params[0].std()) < 0.1 and hasattr(t, "heldout_batch")
+
+
+def test_nanogpt_vit_training_families():
+    """The training families with the benchmark-initialised ViTs: "vit-nanogpt-split" is those alone (with
+    held-out data), "v2-wide-split-nanovit" mixes them with the fan-in ViTs and the other families."""
+    from learned_optim.meta.config import TRAIN_FAMILIES
+
+    only = TRAIN_FAMILIES["vit-nanogpt-split"]()
+    names = [only.sample(torch.Generator().manual_seed(s)).name for s in range(8)]
+    assert all("nanogpt" in n and "-split" in n for n in names), names
+    mixed = TRAIN_FAMILIES["v2-wide-split-nanovit"]()
+    gen = torch.Generator().manual_seed(0)
+    names = [mixed.sample(gen).name for _ in range(300)]
+    vits = [n for n in names if n.startswith("vit")]
+    assert 0 < sum("nanogpt" in n for n in vits) < len(vits) < len(names)

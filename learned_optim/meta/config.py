@@ -98,6 +98,12 @@ def _v2w_split_nanovit_train_family() -> TaskFamily:
     return Mixture([default_train_family(), vits], [1.0, 2.0])
 
 
+def _vit_nanogpt_split_train_family() -> TaskFamily:
+    from .arch_tasks import ViTDigitsFamily
+
+    return ViTDigitsFamily(dims=(32, 48, 64), max_params=120_000, split=True, inits=("nanogpt",))
+
+
 def _wide_train_family() -> TaskFamily:
     from .arch_tasks import wide_arch_family
 
@@ -114,7 +120,8 @@ TRAIN_FAMILIES: dict[str, Callable[[], TaskFamily]] = {"default": default_train_
                                                       "v2": _v2_train_family, "arch": _arch_train_family,
                                                       "v2-wide": _v2w_train_family, "wide": _wide_train_family,
                                                       "v2-wide-split": _v2w_split_train_family,
-                                                      "v2-wide-split-nanovit": _v2w_split_nanovit_train_family}
+                                                      "v2-wide-split-nanovit": _v2w_split_nanovit_train_family,
+                                                      "vit-nanogpt-split": _vit_nanogpt_split_train_family}
 VAL_TASKS: dict[str, Callable[[], list[tuple[Task, int]]]] = {
     "default": default_validation_tasks,
     "tiny": tiny_validation_tasks,
@@ -185,8 +192,9 @@ class MetaTrainConfig:
             "v2-wide": ``wide_arch_family`` and "default"; "wide": ``wide_arch_family`` alone;
             "v2-wide-split": "v2-wide" with the architecture tasks' data split into training and
             held-out parts, for ``objective_split="heldout"``; "v2-wide-split-nanovit": that with twice
-            the ViTs, half of them initialised like the transformer benchmark's, ``arch_models.ViT.init_style``).
-            Default "default".
+            the ViTs, half of them initialised like the transformer benchmark's, ``arch_models.ViT.init_style``;
+            "vit-nanogpt-split": those ViTs alone, all initialised that way, a diagnostic). Default
+            "default".
         inner_recipe: how the training trajectories train (``estimators.Trajectory``):
             ``"constant"`` (``inner_lr`` throughout, no weight decay), ``"scheduled"`` (``inner_lr``
             with linear warm-up over 5% of each horizon and cosine decay to 10% at its end, and
