@@ -649,8 +649,9 @@ def test_nonfinite_state_propagates_like_the_reference(loop):
 @pytest.mark.parametrize("loop", LOOPS_FP32)
 def test_saturated_cell_state_matches_reference(loop):
     """Cell states far past tanh's saturation (|c| 40 to 100, where exp(-2c) overflows fp32) with
-    output gates of every size: h = o tanh(c) stays o * (+-1). The SIMD loop forms o tanh(c) as one
-    quotient of exps; a product of two uncapped exps there would overflow and give h = 0."""
+    output gates of every size: h = o tanh(c) stays o * (+-1). A loop that formed o tanh(c) as one
+    quotient with a product of two exps in the denominator would overflow there and give h = 0
+    unless the exps are capped (benchmarks/results/speed-v2/quotient/README.md)."""
     seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     net = random_net(gen)

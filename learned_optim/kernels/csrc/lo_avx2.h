@@ -22,7 +22,6 @@ static inline V v_ldexp(V e, V n) {
     return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
 }
 static inline V v_recip(V d) { return _mm256_div_ps(SET1(1.0f), d); }
-static inline V v_quot(V a, V b) { return _mm256_div_ps(a, b); }
 /* y where x != 0 (NaN included), else +0: a bitwise and with the compare mask, never a product */
 static inline V v_nonzero_where(V x, V y) { return _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NEQ_UQ), y); }
 /* sign(x): +-1, and +0 where x = +-0 (a NaN gives +-1) */

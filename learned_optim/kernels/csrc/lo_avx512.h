@@ -17,8 +17,6 @@ static inline V v_recip(V d) {
     V r = _mm512_rcp14_ps(d);
     return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, SET1(1.0f)), r);
 }
-/* a / b as a times 1 / b */
-static inline V v_quot(V a, V b) { return _mm512_mul_ps(a, v_recip(b)); }
 /* y where x != 0 (NaN included), else +0: a masked move, never a product */
 static inline V v_nonzero_where(V x, V y) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ), y); }
 /* sign(x): +-1, and +0 where x = +-0 (a NaN gives +-1); integer and/or, AVX-512F only */

@@ -9,12 +9,6 @@
        then a round, a subtraction, a degree-5 polynomial and 2^n (one vscalefps on AVX-512);
      - 1/x is vrcp14ps and one Newton step on AVX-512 (relative error ~2^-28 before rounding),
        a division on AVX2;
-     - the two products of a gate and a tanh, i g and o tanh(c), are one quotient each:
-       sigmoid(a) tanh(b) = (1 - e_b) / ((1 + e_a)(1 + e_b)), so a hidden unit takes 3
-       reciprocals instead of 5 (the exps in those quotients are capped at 2^63, where sigmoid
-       and tanh are saturated in fp32 anyway, so the denominator stays finite). On the 2-core
-       Intel Xeon (family 6 model 167), 1e6 parameters with benchmarks/profile_step.py: 8.5 ->
-       7.7 ms with AVX-512; the AVX2 build there 13.4 -> 13.2-13.9 ms (no clear change);
      - every statement is done for U independent vectors side by side (the unrolled u loops),
        so the long dependent chain of one vector (moments -> gates -> exps -> cell -> head)
        overlaps with the next one's.
@@ -51,11 +45,11 @@
 
 #if defined(LO_SIMD)
 int lo_simd(void) { return LO_SIMD; }
-static inline V v_exp2_upto(V x, float hi) {
-    /* 2^x = 2^n 2^f, n = round(x), f = x - n in [-1/2, 1/2] (exact). Clamped to [-125, hi] so
+static inline V v_exp2(V x) {
+    /* 2^x = 2^n 2^f, n = round(x), f = x - n in [-1/2, 1/2] (exact). Clamped to [-125, 126] so
        the result stays a normal float and 1 + 2^x finite (as lo_expf's [-87, 88] in base e). */
     /* operand order: maxps/minps return the second operand when one is NaN, so NaN stays NaN */
-    x = v_min(SET1(hi), v_max(SET1(-125.0f), x));
+    x = v_min(SET1(126.0f), v_max(SET1(-125.0f), x));
     const V n = v_round(x);
     const V f = v_sub(x, n);
     /* degree-5 polynomial fitted to 2^f on [-1/2, 1/2] for relative error, constant term fixed
@@ -68,9 +62,6 @@ static inline V v_exp2_upto(V x, float hi) {
     e = v_fmadd(e, f, SET1(1.0f));
     return v_ldexp(e, n);
 }
-static inline V v_exp2(V x) { return v_exp2_upto(x, 126.0f); }
-/* capped at 2^63: a product of two (1 + 2^x) stays finite */
-static inline V v_exp2_to63(V x) { return v_exp2_upto(x, 63.0f); }
 /* 1 / (1 + x) for x >= 0 (x = an exp, at most exp(88): the sum stays finite) */
 static inline V v_rcp1p(V x) { return v_recip(v_add(x, SET1(1.0f))); }
 /* the two approximations over arrays, for the tests (their accuracy is checked directly) */

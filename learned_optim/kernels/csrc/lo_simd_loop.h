@@ -111,16 +111,13 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
                 #pragma GCC unroll 32
                 for (int u = 0; u < U; u++) {
                     const int64_t j = j0 + u * VL;
-                    /* sigmoid(a) tanh(b) = (1 - e_b) / ((1 + e_a)(1 + e_b)), e_a = exp(-a),
-                       e_b = exp(-2b): one division for the two products i g and o tanh(c)
-                       (exps capped at 2^63, so the denominator stays finite) */
-                    const V ei = v_exp2_to63(z[0][u]), eg = v_exp2_to63(z[2][u]);
+                    const V ig = v_rcp1p(v_exp2(z[0][u]));
                     const V fg = v_rcp1p(v_exp2(z[1][u]));
-                    const V igcg = v_quot(v_sub(one, eg), v_mul(v_add(one, ei), v_add(one, eg)));
-                    const V eo = v_exp2_to63(z[3][u]);
-                    const V cn = v_fmadd(fg, LO_LDS(c + q * n + j, km[u]), igcg);
-                    const V ec = v_exp2_to63(v_mul(ctanh, cn));
-                    const V hv = v_quot(v_sub(one, ec), v_mul(v_add(one, eo), v_add(one, ec)));
+                    const V cg = v_fmsub(two, v_rcp1p(v_exp2(z[2][u])), one);
+                    const V og = v_rcp1p(v_exp2(z[3][u]));
+                    const V cn = v_fmadd(fg, LO_LDS(c + q * n + j, km[u]), v_mul(ig, cg));
+                    const V th = v_fmsub(two, v_rcp1p(v_exp2(v_mul(ctanh, cn))), one);
+                    const V hv = v_mul(og, th);
                     LO_STS(c + q * n + j, km[u], cn);
                     LO_STS(h + q * n + j, km[u], hv);
                     y0[u] = v_fmadd(HW0[q], hv, y0[u]);
