@@ -14,13 +14,16 @@ the benchmark's accuracy.
 
 Writes ``heldout-vit-probe.json``, ``.md`` and ``.png`` into ``--out``. ~5 minutes on 2 cores.
 
-In 1000 steps on four fifths of the digits this ViT is not yet in the benchmark's overfitting
-regime (Adam's best held-out lr is 1e-3 there, the benchmark's 3e-4). ``--train-fraction F``
-trains on the first fraction F of the (shuffled, fixed) training split instead, so that it
-memorises sooner; ``--adam-only`` runs just Adam over ``--adam-lrs`` to find such a regime.
+This ViT is not in the benchmark's regime (Adam's best held-out lr is 1e-3 here, the
+benchmark's 3e-4). Options to find one: ``--train-fraction F`` trains on the first fraction F of
+the training split, ``--horizon`` and ``--seeds`` set the run, ``--recipe scheduled`` uses the
+transformer benchmark's warm-up + cosine, weight decay and clipping (``validation.run_inner``),
+``--model benchmark-size`` the benchmark's ViT size and ``--model benchmark`` also its
+initialisation; ``--adam-only`` runs just Adam over ``--adam-lrs``
+(benchmarks/results/meta-v2/heldout-vit-regime/README.md: the initialisation is what matters).
 
-    python benchmarks/heldout_vit_probe.py --out DIR --train-fraction 0.25 --adam-only \
-        --adam-lrs 1e-4,3e-4,1e-3,3e-3
+    python benchmarks/heldout_vit_probe.py --out DIR --model benchmark --recipe scheduled \
+        --adam-only --adam-lrs 1e-4,3e-4,1e-3,3e-3
 """
 
 from __future__ import annotations
