@@ -24,22 +24,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _exit_after(rank, fn, *args) -> None:
+    """Run ``fn(rank, *args)`` in a spawned worker, then leave the process at once (exit code 0)
+    without the interpreter's teardown; an exception from ``fn`` propagates as usual."""
+    import os
+    import sys
+
+    fn(rank, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def spawn_2(fn, args, fresh=()) -> None:
     """``mp.spawn(fn, (port, *args), nprocs=2)`` with a fresh free port, retried once (with a new
     port) if a worker was killed by a signal.
 
     gloo worker processes have been seen (1 run in 9 here) to abort at interpreter teardown
-    ("terminate called without an active exception") after their work was done. A worker that
-    raises (a failed assertion) is never retried: ``ProcessRaisedException`` propagates. The paths
-    in ``fresh`` (what the workers write, e.g. a run directory that refuses to be overwritten) are
-    removed before the retry, so it starts from the first attempt's clean slate.
+    ("terminate called without an active exception": gloo's threads destroyed while joinable)
+    after their work was done, and once both attempts did. So each worker leaves with
+    ``os._exit(0)`` once ``fn`` has returned (``_exit_after``), skipping that teardown; the retry
+    stays for an abort before then. A worker that raises (a failed assertion) is never retried:
+    ``ProcessRaisedException`` propagates. The paths in ``fresh`` (what the workers write, e.g. a
+    run directory that refuses to be overwritten) are removed before the retry, so it starts
+    from the first attempt's clean slate.
     """
     import shutil
     from pathlib import Path
 
     for attempt in range(2):
         try:
-            mp.spawn(fn, args=(free_port(), *args), nprocs=2, join=True)
+            mp.spawn(_exit_after, args=(fn, free_port(), *args), nprocs=2, join=True)
             return
         except mp.ProcessExitedException as e:
             if attempt == 1 or e.exit_code is None or e.exit_code >= 0:
