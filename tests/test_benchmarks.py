@@ -992,3 +992,33 @@ def test_quality_labels_the_learned_column_with_the_lr_it_ran_at(tmp_path):
     assert all(lr == 0.0005 for lr in [res["tasks"]["wine_mlp"]["runs"]["learned"]["lr"]])
     md = (out / "quality.md").read_text(encoding="utf-8")
     assert "learned (lr 0.0005) [impl=eager]" in md and "lr=0.0005" not in md and "learned (lr 1e-3)" not in md
+
+
+def test_adam_heldout_lr_scores_held_out_examples_and_the_late_mean(tmp_path):
+    """benchmarks/adam_heldout_lr.py: the curves evaluate every ``every`` steps on the task's
+    held-out examples and its full training batch, the late mean is the mean of the second half of
+    the held-out curve, the end-to-end run writes one row per task with its best lrs, and bad
+    arguments are refused naming the option."""
+    import importlib.util
+
+    from learned_optim.meta.config import TRAIN_FAMILIES
+
+    spec = importlib.util.spec_from_file_location("ahl", ROOT / "benchmarks" / "adam_heldout_lr.py")
+    ahl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ahl)
+    assert ahl.summarize({"heldout": [4.0, 3.0, 2.0, 1.0], "train": [9.0, 0.5]}) == {
+        "final_heldout": 1.0, "mean_heldout_late": 1.5, "final_train": 0.5}
+    task = TRAIN_FAMILIES["vit-nanogpt-split"]().sample(__import__("torch").Generator().manual_seed(0))
+    c = ahl.curves(task, 6, 3, 1e-3, 2)
+    assert len(c["heldout"]) == len(c["train"]) == 3
+    assert c["heldout"] != c["train"]  # different examples
+    assert ahl.curves(task, 6, 3, 1e-3, 2) == c  # one seed, one run
+    assert ahl.main(["--out", str(tmp_path), "--tasks", "1", "--horizon", "4", "--every", "2",
+                     "--lrs", "1e-3,1e-2"]) == 0
+    res = _strict_json(tmp_path / "adam-heldout-lr.json")
+    (row,) = res["rows"]
+    assert set(row["by_lr"]) == {"0.001", "0.01"} and row["best_final_heldout"] in (1e-3, 1e-2)
+    assert "nanogpt" in row["task"] and (tmp_path / "adam-heldout-lr.md").read_text().count("\n| vit") == 1
+    for bad in (["--family", "nope"], ["--horizon", "10", "--every", "6"]):
+        proc = _run_script("adam_heldout_lr", "--out", str(tmp_path / "x"), *bad, cwd=tmp_path)
+        assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr
