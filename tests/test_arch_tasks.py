@@ -266,7 +266,8 @@ def test_vit_init_option_leaves_the_default_family_unchanged_and_adds_the_benchm
 
 def test_nanogpt_vit_training_families():
     """The training families with the benchmark-initialised ViTs: "vit-nanogpt-split" is those alone (with
-    held-out data), "v2-wide-split-nanovit" mixes them with the fan-in ViTs and the other families."""
+    held-out data), "v2-wide-split-nanovit" mixes them with the fan-in ViTs and the other families, one task in
+    twelve, and "v2-wide-split-vitnano3" one in three."""
     from learned_optim.meta.config import TRAIN_FAMILIES
 
     only = TRAIN_FAMILIES["vit-nanogpt-split"]()
@@ -277,3 +278,8 @@ def test_nanogpt_vit_training_families():
     names = [mixed.sample(gen).name for _ in range(300)]
     vits = [n for n in names if n.startswith("vit")]
     assert 0 < sum("nanogpt" in n for n in vits) < len(vits) < len(names)
+    third = TRAIN_FAMILIES["v2-wide-split-vitnano3"]()
+    gen = torch.Generator().manual_seed(0)
+    names = [third.sample(gen).name for _ in range(300)]
+    nano = sum("nanogpt" in n for n in names)
+    assert 70 < nano < 130 and nano < sum(n.startswith("vit") for n in names), nano  # a third, binomial

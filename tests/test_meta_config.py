@@ -19,7 +19,7 @@ from learned_optim.network import LSTMOptimizerConfig
         (dict(second_order=1), ConfigTypeError, "MetaTrainConfig.second_order must be true or false"),
         (dict(train_tasks="big"), ValueError,
          "MetaTrainConfig.train_tasks must be one of ['arch', 'default', 'tiny', 'v2', 'v2-wide', 'v2-wide-split', "
-         "'v2-wide-split-nanovit', 'vit-nanogpt-split', 'wide'], got 'big'"),
+         "'v2-wide-split-nanovit', 'v2-wide-split-vitnano3', 'vit-nanogpt-split', 'wide'], got 'big'"),
         (dict(objective_split="test"), ValueError,
          "MetaTrainConfig.objective_split must be one of ['heldout', 'train'], got 'test'"),
         (dict(val_reduce="median"), ValueError, "MetaTrainConfig.val_reduce must be one of ['max', 'mean']"),
