@@ -71,7 +71,12 @@ class ProbedOptimizer(LearnedOptimizer):
         cfg = self.network.config
         no_add = dataclasses.replace(cfg, direction_bound=0.0)
         ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        ctx = tensor_context(ps, cfg) if cfg.context_features else None
+        ctx = None
+        if cfg.context_features:  # the moments before this step, as the optimizer's own step reads them
+            sts = [self.state.get(p, {}) for p in ps]
+            ctx = tensor_context(ps, cfg, exp_avgs=[st.get("exp_avg", torch.zeros_like(p)) for st, p in zip(sts, ps)],
+                                 exp_avg_sqs=[st.get("exp_avg_sq", torch.zeros_like(p)) for st, p in zip(sts, ps)],
+                                 state_steps=[st.get("step", 0.0) for st in sts])
         d64 = torch.float64
         for i, p in enumerate(ps):
             st = self.state.get(p, {})

@@ -27,8 +27,8 @@ from torch import nn
 
 from .common.config import check_bool, check_int, check_number, config_error
 
-__all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "SIZE_FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig",
-           "CoordinatewiseLSTM", "lstm_cell"]
+__all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "SIZE_FEATURES", "MOMENT_FEATURES", "WEIGHT_NAMES",
+           "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
 
 # Version of the on-disk format (config.json + model.safetensors). Bump when the meaning
 # of a field or tensor changes; loaders refuse versions newer than they understand.
@@ -62,9 +62,18 @@ FEATURES = ("g_norm", "m_norm")
 #                 76k values (benchmarks/results/meta-v2/adam-lr-by-family.md), so a rule's reading of
 #                 model size is measured below 1e5 only; this input lets a size-dependent step
 #                 (``with_size_prior``) hold there and leave larger models at the rule's step.
-CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "log_num_params_capped")
+#   "adam_log_rms": log10(rms(m_hat / (sqrt(v_hat) + eps)) + 1e-8) over the tensor, from the moments
+#                 before this step (0 before the tensor's first step): Adam's own step size in units of
+#                 lr. Near 1 while gradients agree from step to step, it falls as they turn to noise
+#                 (a small training set memorised: 0.15 to 0.04 on the benchmark ViT, 0.0013 late on the
+#                 2000-step suite task, benchmarks/results/step-scale/step-scale.md), so the rule can
+#                 tell that regime from one whose gradients still carry signal.
+CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "log_num_params_capped",
+                    "adam_log_rms")
 # The context inputs that read the model's size P (the optimizer counts it only for rules that do).
 SIZE_FEATURES = ("log_num_params", "log_num_params_capped")
+# The context inputs that read the moments m, v and the step count before the step.
+MOMENT_FEATURES = ("adam_log_rms",)
 # The provenance key recording the slope ``CoordinatewiseLSTM.with_size_prior`` added, by input.
 PRIOR_KEYS = {"log_num_params": "size_prior", "log_num_params_capped": "size_prior_capped"}
 
@@ -145,6 +154,11 @@ class LSTMOptimizerConfig:
     def reads_model_size(self) -> bool:
         """Whether a context input reads the model's size (``SIZE_FEATURES``)."""
         return any(name in SIZE_FEATURES for name in self.context_features)
+
+    @property
+    def reads_moments(self) -> bool:
+        """Whether a context input reads the moments before the step (``MOMENT_FEATURES``)."""
+        return any(name in MOMENT_FEATURES for name in self.context_features)
 
     @property
     def format_version(self) -> int:

@@ -26,6 +26,7 @@ from .update import (
     IMPLS,
     LEGACY_IMPLS,
     DeferredSkips,
+    Sharding,
     all_ranks_min,
     finite_flags,
     finite_flags_on_device,
@@ -358,8 +359,10 @@ class LearnedOptimizer(Optimizer):
         num_params = (sum(p.numel() for group in self.param_groups for p in group["params"])
                       if self.network.config.reads_model_size else None)
         for gi, group in enumerate(self.param_groups):
-            # (device, compute dtype, id of the DTensor mesh) -> (mesh, the 7 tensor lists)
-            buckets: dict[tuple, tuple[Any, list[list]]] = {}
+            # (device, compute dtype, id of the DTensor mesh) -> (mesh, the 7 tensor lists, and for
+            # DTensors each one's global shape and sharded mesh dims: the per-tensor context is of
+            # the whole tensor)
+            buckets: dict[tuple, tuple[Any, list[list], list]] = {}
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
@@ -372,14 +375,20 @@ class LearnedOptimizer(Optimizer):
                 state = self._init_state(p)
                 mesh = p.device_mesh if isinstance(p, DTensor) else None
                 key = (p.device, compute_dtype(p.dtype), id(mesh))
-                _, lists = buckets.setdefault(key, (mesh, [[] for _ in range(7)]))
+                _, lists, shards = buckets.setdefault(key, (mesh, [[] for _ in range(7)], []))
                 for lst, t in zip(lists, (p, g, state["exp_avg"], state["exp_avg_sq"],
                                           state["lstm_h"], state["lstm_c"], state["step"])):
                     lst.append(_local(t))
+                if mesh is not None:
+                    shards.append((tuple(p.shape), tuple(i for i, pl in enumerate(p.placements)
+                                                         if isinstance(pl, Shard))))
             hp = self._hparams(group) if buckets else {}
-            for (device, _, _), (mesh, lists) in buckets.items():
+            for (device, _, _), (mesh, lists, shards) in buckets.items():
+                sharding = None
+                if mesh is not None and self.network.config.context_features:
+                    sharding = Sharding([sh for sh, _ in shards], [d for _, d in shards], mesh)
                 kw = dict(weights=self.network, config=self.network.config, impl=self.impl,
-                          chunk_size=self.chunk_size, num_params=num_params, **hp)
+                          chunk_size=self.chunk_size, num_params=num_params, sharding=sharding, **hp)
                 if skips_on_device(self.impl, device):
                     # The Triton kernel takes the flags on the device: nothing here waits for it.
                     ok = all_ranks_min(finite_flags_on_device(lists[1]).to(torch.int32), mesh)
@@ -389,8 +398,10 @@ class LearnedOptimizer(Optimizer):
                     # The CPU loops read the flags on the host: there is no launch queue to stall,
                     # and the host check (an L2 norm, rechecked exactly where it is not finite) is
                     # cheaper on CPU than the fp64-accumulated one the device path needs.
-                    lists, n_bad = self._drop_nonfinite(lists, mesh)
+                    lists, n_bad, keep = self._drop_nonfinite(lists, mesh)
                     skipped += n_bad
+                    if n_bad and sharding is not None:
+                        kw["sharding"] = sharding.select(keep)
                     learned_update(*lists, **kw)
         self._skips.record(deferred)
         if skipped:
@@ -398,13 +409,13 @@ class LearnedOptimizer(Optimizer):
         return loss
 
     @staticmethod
-    def _drop_nonfinite(lists: list[list], mesh=None) -> tuple[list[list], int]:
+    def _drop_nonfinite(lists: list[list], mesh=None) -> tuple[list[list], int, list[bool]]:
         ok = all_ranks_min(finite_flags(lists[1]).to(torch.int32), mesh)
         finite = ok.bool().tolist()
         n_bad = finite.count(False)
         if n_bad:
             lists = [[t for t, ok in zip(lst, finite) if ok] for lst in lists]
-        return lists, n_bad
+        return lists, n_bad, finite
 
     def weights_identity(self) -> dict[str, Any]:
         """``{"name": ..., "sha256": ...}`` of the weights in use (what ``state_dict()`` records)."""

@@ -58,7 +58,8 @@ Format version 2 (``network.LSTMOptimizerConfig``) adds two options to the same 
 
   so negating every gradient negates every step exactly (the LSTM sees the same inputs).
 * ``context_features``: per-tensor values :math:`z \in \mathbb{R}^K` (``tensor_context``: the
-  tensor's log RMS, log fan-in, whether it is a vector, the log size of the whole model) enter as
+  tensor's log RMS, log fan-in, whether it is a vector, the log size of the whole model, the log
+  RMS of Adam's step from the moments before the step) enter as
   biases of the gates and the head, :math:`b + W_z z` and :math:`b_y + W_{yz} z`: the rule can
   size its steps per layer and per model.
 """
@@ -80,8 +81,8 @@ from .kernels.eager import DEFAULT_CHUNK_SIZE
 from .kernels.rule import Batch, PreparedRule, compute_dtype, prepare_batch, prepare_rule, weights_dict
 from .network import LSTMOptimizerConfig, lstm_cell
 
-__all__ = ["RuleOutput", "lstm_rule", "tensor_context", "flat_tensor_context", "flat_context", "learned_update",
-           "update_batch", "finite_flags",
+__all__ = ["RuleOutput", "Sharding", "lstm_rule", "tensor_context", "flat_tensor_context", "flat_context",
+           "learned_update", "update_batch", "finite_flags",
            "finite_flags_on_device", "skips_on_device",
            "DeferredSkips", "all_ranks_min", "warn_skipped", "IMPLS", "DEFAULT_CHUNK_SIZE"]
 
@@ -173,25 +174,114 @@ def lstm_rule(
     return RuleOutput(direction, m, v, h_new, c_new)
 
 
+class Sharding(NamedTuple):
+    """How the tensors passed to ``tensor_context`` / ``learned_update`` are local shards of larger
+    tensors (FSDP2's DTensor parameters), so that the per-tensor context is computed over the
+    whole tensor, the same as in one process.
+
+    Attributes:
+        shapes: each tensor's global shape.
+        dims: for each tensor, the mesh dimensions it is sharded over (``Shard`` placements);
+            replicated dimensions are not summed over.
+        mesh: the ``DeviceMesh`` the shards live on (one for all the tensors).
+    """
+
+    shapes: list[tuple[int, ...]]
+    dims: list[tuple[int, ...]]
+    mesh: Any
+
+    def select(self, keep: Sequence[bool]) -> "Sharding":
+        """The entries of the tensors whose ``keep`` flag is true."""
+        return Sharding([s for s, k in zip(self.shapes, keep) if k], [d for d, k in zip(self.dims, keep) if k],
+                        self.mesh)
+
+    def sum_over_shards(self, x: Tensor) -> Tensor:
+        """``x`` ``[T, C]``, per-tensor sums over each rank's shard: the sums over whole tensors
+        (one all-reduce per sharded mesh dimension; every rank must call it with the same tensors)."""
+        import torch.distributed as dist
+
+        for dim in range(self.mesh.ndim):
+            mask = torch.tensor([dim in d for d in self.dims], device=x.device)
+            if mask.any():
+                part = torch.where(mask[:, None], x, 0.0)
+                dist.all_reduce(part, op=dist.ReduceOp.SUM, group=self.mesh.get_group(dim))
+                x = torch.where(mask[:, None], part, x)
+        return x
+
+
 def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
-                   dtype: torch.dtype | None = None, num_params: int | None = None) -> Tensor:
+                   dtype: torch.dtype | None = None, num_params: int | None = None,
+                   exp_avgs: Sequence[Tensor] | None = None, exp_avg_sqs: Sequence[Tensor] | None = None,
+                   state_steps: Sequence[Tensor | float] | None = None,
+                   betas: tuple[float, float] | None = None, sharding: Sharding | None = None) -> Tensor:
     """The per-tensor context inputs of ``config.context_features`` (see ``network.CONTEXT_FEATURES``)
     for each tensor of ``params``: ``[len(params), K]``, computed without autograd in ``dtype``
     (default ``None``: fp64) on the tensors' device, with one foreach norm for all of them (in
     each tensor's own dtype: an fp64 accumulation costs ~7x more on CPU, and a log10 of an RMS
     needs no more precision). ``num_params`` is the model size the ``SIZE_FEATURES`` read
-    (default ``None``: the number of values in ``params``)."""
+    (default ``None``: the number of values in ``params``). ``exp_avgs``, ``exp_avg_sqs`` and
+    ``state_steps`` (the moments and step counts before this step) and ``betas`` (default
+    ``None``: the config's) are read by the ``MOMENT_FEATURES`` only, and needed by them.
+    ``sharding`` (default ``None``: the tensors are whole): the tensors are shards, and the
+    statistics are summed over all of them (``Sharding``)."""
     params = list(params)
     dtype = torch.float64 if dtype is None else dtype
     num_params = _check_num_params(num_params, params, config.reads_model_size)
     if not params:
         return torch.zeros(0, config.num_context, dtype=dtype)
+    if sharding is not None and len(sharding.shapes) != len(params):
+        raise ValueError(f"sharding has {len(sharding.shapes)} shapes for {len(params)} tensors: one per tensor")
     with torch.no_grad():
         norms = torch._foreach_norm(params, 2)
         norms = torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms]).to(dtype)
-    key = tuple(tuple(p.shape) for p in params)
+        adam = None
+        if config.reads_moments:
+            adam = _adam_rms(params, exp_avgs, exp_avg_sqs, state_steps, config, betas, sharding is None).to(dtype)
+        key = tuple(tuple(p.shape) for p in params)
+        if sharding is not None:  # sums of squares over every rank's shard, then the global sizes
+            key = tuple(tuple(s) for s in sharding.shapes)
+            sums = torch.stack([norms * norms] + ([adam.clamp_min(0)] if adam is not None else []), dim=1)
+            sums = sharding.sum_over_shards(sums)
+            n = torch.tensor([max(math.prod(s), 1) for s in key], dtype=dtype, device=norms.device)
+            norms = sums[:, 0].sqrt()
+            if adam is not None:  # -1 (before the first step) is the same on every rank
+                adam = torch.where(adam < 0, adam, (sums[:, 1] / n).sqrt() * _inv_bc1(state_steps, config, betas,
+                                                                                        dtype, norms.device))
     sqrt_n, _ = _static_context(key, str(norms.device), dtype)
-    return _context_columns(norms / sqrt_n, key, config, num_params)
+    return _context_columns(norms / sqrt_n, key, config, num_params, adam)
+
+
+def _inv_bc1(state_steps, config: LSTMOptimizerConfig, betas, dtype, device) -> Tensor:
+    b1 = config.beta1 if betas is None else betas[0]
+    s = torch.stack([torch.as_tensor(x, dtype=torch.float64).to(device) for x in state_steps])
+    return (1 / (1 - b1 ** s)).to(dtype)
+
+
+def _adam_rms(params: list[Tensor], exp_avgs, exp_avg_sqs, state_steps, config: LSTMOptimizerConfig,
+              betas: tuple[float, float] | None, whole: bool = True) -> Tensor:
+    """Per tensor, rms(m_hat / (sqrt(v_hat) + eps)) of the moments before the step; -1 before the
+    first step (an rms is never negative; ``_context_columns`` makes the input 0 there). With
+    ``whole=False`` (shards), the sum of squares of m / (sqrt(v_hat) + eps) instead: the caller
+    sums it over the shards, then divides by the global size and the first moment's correction."""
+    if exp_avgs is None or exp_avg_sqs is None or state_steps is None:
+        raise ValueError(f"context_features {config.context_features} read the moments before the step: pass "
+                         "exp_avgs, exp_avg_sqs and state_steps to tensor_context")
+    if not len(exp_avgs) == len(exp_avg_sqs) == len(state_steps) == len(params):
+        raise ValueError(f"tensor_context needs one exp_avg, exp_avg_sq and step per parameter: got "
+                         f"{len(exp_avgs)}, {len(exp_avg_sqs)}, {len(state_steps)} for {len(params)} parameters")
+    b1, b2 = (config.beta1, config.beta2) if betas is None else betas
+    out = []
+    for m, v, s in zip(exp_avgs, exp_avg_sqs, state_steps):
+        s = torch.as_tensor(s, dtype=torch.float64).to(m.device)
+        # before the first step the corrections are 0 (a NaN here, which the select drops)
+        bc1, bc2 = 1 - b1 ** s, 1 - b2 ** s
+        denom = v.sqrt().div_((bc2.sqrt()).to(v.dtype)).add_(config.eps)
+        if whole:
+            a = torch.linalg.vector_norm(m / denom).double() / math.sqrt(max(m.numel(), 1)) / bc1
+        else:
+            a = torch.linalg.vector_norm(m / denom).double() ** 2
+        out.append(torch.where(s > 0, a, -1.0))
+    return torch.stack(out)
 
 
 def _check_num_params(num_params, params, needed: bool) -> int:
@@ -213,10 +303,14 @@ def _static_context(shapes: tuple[tuple[int, ...], ...], device: str, dtype: tor
     return sqrt_n, cols
 
 
-def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:
+def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig,
+                        moments: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
     """``tensor_context`` for a flat vector of the tensors of ``shapes``, one row per tensor:
     ``[len(shapes), K]`` in ``params``' dtype. Differentiable in ``params``; a handful of ops
-    whatever the number of tensors (it runs at every inner step of meta-training)."""
+    whatever the number of tensors (it runs at every inner step of meta-training). ``moments``
+    (``exp_avg``, ``exp_avg_sq``, the steps done), the flat moments before this step, are read by
+    the ``MOMENT_FEATURES`` only and needed by them; those features are statistics of the state,
+    computed without autograd (the rule's inputs g and m already carry the moments' gradient)."""
     key = tuple(tuple(s) for s in shapes)
     seg, numels = _segments(key, str(params.device))
     if seg.numel() != params.numel():
@@ -224,14 +318,29 @@ def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LS
     sq = torch.zeros(len(key), dtype=params.dtype, device=params.device).index_add(0, seg, params * params)
     # clamped: sqrt's derivative at 0 (a zero-initialised bias) is infinite
     rms = (sq / numels.to(params.dtype)).clamp_min(1e-30).sqrt()
-    return _context_columns(rms, key, config, params.numel())
+    adam_rms = None
+    if config.reads_moments:
+        if moments is None:
+            raise ValueError(f"context_features {config.context_features} read the moments before the step: pass "
+                             "moments=(exp_avg, exp_avg_sq, steps done)")
+        m, v, step = moments
+        with torch.no_grad():
+            if step <= 0:
+                adam_rms = torch.full((len(key),), -1.0, dtype=params.dtype, device=params.device)
+            else:
+                bc1, bc2 = 1 - config.beta1 ** step, 1 - config.beta2 ** step
+                a = m / (v.sqrt() / math.sqrt(bc2) + config.eps)
+                asq = torch.zeros(len(key), dtype=a.dtype, device=a.device).index_add(0, seg, a * a)
+                adam_rms = ((asq / numels.to(a.dtype)).sqrt() / bc1).to(params.dtype)
+    return _context_columns(rms, key, config, params.numel(), adam_rms)
 
 
-def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig) -> Tensor:
+def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig,
+                 moments: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
     """``flat_tensor_context`` per coordinate: ``[K, N]``, column j the context of the tensor that
     holds coordinate j. Differentiable in ``params``."""
     seg, _ = _segments(tuple(tuple(s) for s in shapes), str(params.device))
-    return flat_tensor_context(params, shapes, config).T[:, seg]
+    return flat_tensor_context(params, shapes, config, moments).T[:, seg]
 
 
 @functools.lru_cache(maxsize=64)
@@ -243,13 +352,16 @@ def _segments(shapes: tuple[tuple[int, ...], ...], device: str) -> tuple[Tensor,
 
 
 def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: LSTMOptimizerConfig,
-                     num_params: int) -> Tensor:
+                     num_params: int, adam_rms: Tensor | None = None) -> Tensor:
     clip = config.feature_clip
     _, static = _static_context(shapes, str(rms.device), rms.dtype)
     cols = []
     for name in config.context_features:
         if name == "p_log_rms":
             cols.append(torch.log10(rms + 1e-8).clamp(-clip, clip))
+        elif name == "adam_log_rms":  # -1 marks "before the first step": 0 there (log10 1, the first step's rms)
+            value = torch.log10(adam_rms.clamp_min(0) + 1e-8).clamp(-clip, clip)
+            cols.append(torch.where(adam_rms < 0, 0.0, value))
         elif name in ("log_num_params", "log_num_params_capped"):
             value = min(max(math.log10(max(num_params, 1)) - 5.0, -clip), clip)
             value = min(value, 0.0) if name == "log_num_params_capped" else value
@@ -278,6 +390,7 @@ def learned_update(
     betas: tuple[float, float] | None = None,
     finite: Tensor | None = None,
     num_params: int | None = None,
+    sharding: Sharding | None = None,
 ) -> None:
     """Apply the learned rule in place to every tensor of the lists (see the module docstring).
 
@@ -299,7 +412,9 @@ def learned_update(
     ``num_params`` (default ``None``: the number of values in ``params``) is the size of the whole
     model for the context features that read it (``network.SIZE_FEATURES``): ``LearnedOptimizer``
     passes the count over all its param groups, so the rule does not change with how the tensors
-    are split between calls.
+    are split between calls. ``sharding`` (default ``None``): the tensors are local shards of
+    FSDP2 parameters (``Sharding``); the per-tensor context is then computed over the whole
+    tensors, one all-reduce per step.
     """
     if not params:
         return
@@ -324,13 +439,18 @@ def learned_update(
         if not all(keep):
             params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps = (
                 [t for t, ok in zip(lst, keep) if ok] for lst in (params, *lists))
+            sharding = sharding.select(keep) if sharding is not None else None
             if not params:
                 return
         finite = None
     kw = dict(weights=weights, config=config, lr=lr, weight_decay=weight_decay, maximize=maximize, betas=betas)
     with torch.no_grad():
         # the per-tensor context of the parameters before this step, the same for every impl
-        context = tensor_context(params, config, num_params=num_params) if config.context_features else None
+        context = None
+        if config.context_features:
+            context = tensor_context(params, config, num_params=num_params, exp_avgs=exp_avgs,
+                                     exp_avg_sqs=exp_avg_sqs, state_steps=state_steps, betas=betas,
+                                     sharding=sharding)
         torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
             _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, context=context,

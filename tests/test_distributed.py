@@ -15,18 +15,21 @@ from conftest import spawn_2
 from torch import nn
 
 from learned_optim import CoordinatewiseLSTM, LearnedOptimizer
+from learned_optim.network import CONTEXT_FEATURES, LSTMOptimizerConfig
 
 WORLD = 2
 STEPS = 8
 GLOBAL_BATCH = 16
 
 
-def _net() -> CoordinatewiseLSTM:
-    # A non-zero head, so the LSTM and its per-coordinate state matter (not plain Adam).
-    net = CoordinatewiseLSTM(seed=2)
+def _net(v2: bool = False) -> CoordinatewiseLSTM:
+    # A non-zero head, so the LSTM and its per-coordinate state matter (not plain Adam). With v2,
+    # every per-tensor context input: statistics of whole tensors, which FSDP2 shards across ranks.
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=CONTEXT_FEATURES) if v2 else None
+    net = CoordinatewiseLSTM(cfg, seed=2)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        net.head_weight.copy_(torch.randn(2, 4, generator=gen) * 0.5)
+        net.head_weight.copy_(torch.randn(net.head_weight.shape, generator=gen) * 0.5)
         net.head_bias.copy_(torch.randn(2, generator=gen) * 0.2)
     return net
 
@@ -59,9 +62,9 @@ def _train(model, opt, steps, start=0, rank=None, poison=None):
         opt.step()
 
 
-def _reference(steps, nan_step=False):
+def _reference(steps, nan_step=False, v2=False):
     model = _model()
-    opt = LearnedOptimizer(model.parameters(), _net(), lr=1e-2, weight_decay=0.01)
+    opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01)
 
     def poison():  # single process: the whole first weight's update is skipped at NAN_STEP
         model[0].weight.grad[-1, 0] = float("nan")
@@ -88,6 +91,8 @@ def _setup(rank, port):
 
 def _worker(rank, port, mode, out, ckpt_dir):
     _setup(rank, port)
+    v2 = "_v2" in mode
+    mode = mode.replace("_v2", "")
     if mode.endswith("_triton"):
         # The fused path with device-side finite flags (the Triton kernel, in its interpreter on
         # these CPU tensors): the cross-rank MIN of the flags then runs with no host read.
@@ -100,7 +105,7 @@ def _worker(rank, port, mode, out, ckpt_dir):
     try:
         if mode == "ddp":
             model = nn.parallel.DistributedDataParallel(_model())
-            opt = LearnedOptimizer(model.parameters(), _net(), lr=1e-2, weight_decay=0.01)
+            opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01)
             _train(model, opt, STEPS, rank=rank)
             params = [p.detach() for p in model.module.parameters()]
         else:
@@ -115,7 +120,7 @@ def _worker(rank, port, mode, out, ckpt_dir):
                 return m
 
             model = sharded()
-            opt = LearnedOptimizer(model.parameters(), _net(), lr=1e-2, weight_decay=0.01)
+            opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01)
             if mode == "fsdp":
                 _train(model, opt, STEPS, rank=rank)
             elif mode.startswith("fsdp_nan"):
@@ -146,7 +151,7 @@ def _worker(rank, port, mode, out, ckpt_dir):
                 msd, osd = get_state_dict(model, opt)
                 dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt_dir)
                 model = sharded()
-                opt = LearnedOptimizer(model.parameters(), _net(), lr=1e-2, weight_decay=0.01)
+                opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01)
                 msd, osd = get_state_dict(model, opt)
                 state = {"model": msd, "optim": osd}
                 dcp.load(state, checkpoint_id=ckpt_dir)
@@ -173,12 +178,15 @@ def _run(mode):
         return torch.load(out, weights_only=True), torch.load(out + ".rank1", weights_only=True)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp_resume", "fsdp_nan", "fsdp_nan_triton"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp_resume", "fsdp_nan", "fsdp_nan_triton", "ddp_v2", "fsdp_v2",
+                                  "fsdp_nan_v2", "fsdp_nan_triton_v2"])
 def test_distributed_matches_single_process(mode):
-    if mode.endswith("_triton") and importlib.util.find_spec("triton") is None:
+    """v2: a rule with every per-tensor context input, whose values FSDP2 must compute over the
+    whole tensor (all ranks' shards), not over the local shard."""
+    if "_triton" in mode and importlib.util.find_spec("triton") is None:
         pytest.skip("the triton package is not installed")
     rank0, rank1 = _run(mode)
-    ref = _reference(STEPS, nan_step=mode.startswith("fsdp_nan"))
+    ref = _reference(STEPS, nan_step=mode.startswith("fsdp_nan"), v2="_v2" in mode)
     for a, b, r in zip(rank0, rank1, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # ranks agree exactly
         torch.testing.assert_close(a, r, rtol=0, atol=1e-5)

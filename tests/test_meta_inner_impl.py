@@ -23,7 +23,8 @@ IMPLS = ["auto", "eager"] + (["fused"] if cpu.available(4, 2, v2=True) else [])
 def _net(version: int, dtype=torch.float64) -> CoordinatewiseLSTM:
     cfg = (LSTMOptimizerConfig(hidden_size=4) if version == 1 else
            LSTMOptimizerConfig(hidden_size=4, sign_equivariant=True, direction_bound=0.5,
-                               context_features=("p_log_rms", "log_fan_in", "is_vector", "log_num_params")))
+                               context_features=("p_log_rms", "log_fan_in", "is_vector", "log_num_params",
+                                                 "adam_log_rms")))
     net = CoordinatewiseLSTM(cfg, seed=3).to(dtype)
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():  # a non-zero head, so the LSTM and the context change the step

@@ -95,7 +95,7 @@ def test_lstm_rule_is_exactly_sign_equivariant(name, dtype):
     m = torch.zeros(n, dtype=dtype)
     v, h, c = torch.zeros(n, dtype=dtype), torch.zeros(hs, n, dtype=dtype), torch.zeros(hs, n, dtype=dtype)
     state_pos, state_neg = (m, v, h, c), (m.clone(), v.clone(), h.clone(), c.clone())
-    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5][: cfg.num_context], dtype=dtype)
+    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5, -1.5][: cfg.num_context], dtype=dtype)
     for t in range(1, 6):
         g = torch.randn(n, generator=gen, dtype=dtype)
         g[:5] = 0.0
@@ -134,19 +134,56 @@ def test_trajectories_are_exactly_antisymmetric_under_gradient_sign_flip(impl):
     assert not all(torch.equal(x, -y) for x, y in zip(a1[-1], b1[-1]))
 
 
+def _adam_log_rms_by_hand(m, v, step, cfg):
+    """log10 rms of Adam's direction from the moments after ``step`` steps, as documented."""
+    m, v = m.double(), v.double()
+    a = (m / (1 - cfg.beta1 ** step)) / ((v / (1 - cfg.beta2 ** step)).sqrt() + cfg.eps)
+    return math.log10(float(a.pow(2).mean().sqrt()) + 1e-8)
+
+
 def test_context_values_and_flat_context():
     cfg = LSTMOptimizerConfig(context_features=CONTEXT_FEATURES)
     params = [torch.full((4, 25), 0.1), torch.zeros(3), torch.full((2, 3, 2, 2), 2.0)]
-    ctx = tensor_context(params, cfg)
+    gen = torch.Generator().manual_seed(0)
+    ms = [torch.randn(p.shape, generator=gen) * 0.1 for p in params]
+    vs = [torch.rand(p.shape, generator=gen) * 0.01 for p in params]
+    ms[1].zero_()
+    vs[1].zero_()  # a tensor whose gradients were all 0: Adam's direction is 0, the input the clip's -5
+    steps = [torch.tensor(3.0)] * 3
+    ctx = tensor_context(params, cfg, exp_avgs=ms, exp_avg_sqs=vs, state_steps=steps)
     size = math.log10(127) - 5  # 100 + 3 + 24 values, centred at 1e5
-    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size], [-5.0, 0.0, 1.0, size, size],
-                             [0.30103, 1.0791812460476249, 0.0, size, size]], dtype=torch.float64)
+    adam = [_adam_log_rms_by_hand(ms[0], vs[0], 3, cfg), -5.0, _adam_log_rms_by_hand(ms[2], vs[2], 3, cfg)]
+    assert -5 < adam[0] < 5 and -5 < adam[2] < 5
+    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size, adam[0]],
+                             [-5.0, 0.0, 1.0, size, size, -5.0],
+                             [0.30103, 1.0791812460476249, 0.0, size, size, adam[2]]], dtype=torch.float64)
     torch.testing.assert_close(ctx, expected, atol=1e-5, rtol=0)
     flat = torch.cat([p.reshape(-1) for p in params])
-    per_coord = flat_context(flat, [p.shape for p in params], cfg)
-    assert per_coord.shape == (5, flat.numel())
+    moments = (torch.cat([m.reshape(-1) for m in ms]), torch.cat([v.reshape(-1) for v in vs]), 3)
+    per_coord = flat_context(flat, [p.shape for p in params], cfg, moments)
+    assert per_coord.shape == (6, flat.numel())
     torch.testing.assert_close(per_coord.T.double(), ctx.repeat_interleave(torch.tensor([100, 3, 24]), dim=0),
                                atol=1e-5, rtol=0)
+
+
+def test_adam_log_rms_is_zero_before_the_first_step_and_needs_the_moments():
+    """Before a tensor's first step the input is 0 (log10 of 1, the rms of Adam's first step,
+    sign(g)); on the first step it is log10 of the fraction of non-zero gradients; without the
+    moments the error names them."""
+    cfg = LSTMOptimizerConfig(context_features=("adam_log_rms",))
+    params = [torch.ones(4, 5), torch.ones(3)]
+    zeros = [torch.zeros_like(p) for p in params]
+    ctx = tensor_context(params, cfg, exp_avgs=zeros, exp_avg_sqs=zeros, state_steps=[0.0, torch.tensor(0.0)])
+    assert ctx[:, 0].tolist() == [0.0, 0.0]
+    flat = torch.zeros(23)
+    assert flat_context(flat, [p.shape for p in params], cfg, (flat, flat, 0)).abs().max() == 0
+    g = torch.tensor([1.0, -2.0, 0.0, 0.0])  # after one step: m = 0.1 g, v = 0.001 g^2, so m_hat/sqrt(v_hat) = sign(g)
+    one = tensor_context([g], cfg, exp_avgs=[0.1 * g], exp_avg_sqs=[1e-3 * g * g], state_steps=[1.0])
+    assert abs(float(one[0, 0]) - math.log10(math.sqrt(0.5))) < 1e-6
+    with pytest.raises(ValueError, match="exp_avgs, exp_avg_sqs and state_steps"):
+        tensor_context(params, cfg)
+    with pytest.raises(ValueError, match="moments"):
+        flat_context(flat, [p.shape for p in params], cfg)
 
 
 def test_model_size_feature_counts_the_given_size_clipped():
