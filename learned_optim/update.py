@@ -569,8 +569,9 @@ def finite_flags_on_device(grads: Sequence[Tensor]) -> Tensor:
 
 def all_ranks_min(ok: Tensor, mesh) -> Tensor:
     """Sharded (FSDP2) parameters: a NaN in any rank's shard skips the whole parameter on every
-    rank, so the shards never disagree about whether a step happened. The rule's only cross-rank
-    statistic; one all-reduce of an int32 flag per tensor, on the device (no host read)."""
+    rank, so the shards never disagree about whether a step happened. One all-reduce of an int32
+    flag per tensor, on the device (no host read); the other cross-rank statistic is the
+    per-tensor context of rules that have one (``Sharding.sum_over_shards``)."""
     if mesh is not None:
         import torch.distributed as dist
 
