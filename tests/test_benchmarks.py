@@ -1022,3 +1022,36 @@ def test_adam_heldout_lr_scores_held_out_examples_and_the_late_mean(tmp_path):
     for bad in (["--family", "nope"], ["--horizon", "10", "--every", "6"]):
         proc = _run_script("adam_heldout_lr", "--out", str(tmp_path / "x"), *bad, cwd=tmp_path)
         assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr
+
+
+def test_recipe_spread_pools_run_to_run_spread_and_reads_committed_results(tmp_path):
+    """benchmarks/recipe_spread.py: the pooled within-recipe sd and the runs needed match a hand
+    computation; the study runs on the committed results alone, every listed run read, and the
+    default's figures are its committed ones."""
+    import importlib.util
+    import statistics
+
+    spec = importlib.util.spec_from_file_location("rs", ROOT / "benchmarks" / "recipe_spread.py")
+    rs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rs)
+    runs = {"a": [dict(gpt=1.70, vit=96.0, suite_median=1.0, suite_wins=5), dict(gpt=1.72, vit=97.0,
+                                                                               suite_median=2.0, suite_wins=4)],
+            "b": [dict(gpt=1.71, vit=95.0, suite_median=1.5, suite_wins=5), dict(gpt=1.71, vit=95.0,
+                                                                               suite_median=1.5, suite_wins=5),
+                  dict(gpt=1.74, vit=96.0, suite_median=1.5, suite_wins=2)]}
+    out = rs.spread(runs)
+    # pooled: sum of squared deviations from each recipe's mean over (2 - 1) + (3 - 1) degrees of freedom
+    ss = (0.01 ** 2 * 2) + sum((x - 1.72) ** 2 for x in (1.71, 1.71, 1.74))
+    assert out["pooled_sd"]["gpt"] == pytest.approx(math.sqrt(ss / 3))
+    assert out["recipes"]["b"]["vit"]["sd"] == pytest.approx(statistics.stdev([95.0, 95.0, 96.0]))
+    assert out["runs_needed"]["gpt"] == math.ceil(2 * (2 * math.sqrt(ss / 3) / rs.GAPS["gpt"]) ** 2)
+
+    proc = _run_script("recipe_spread", "--out", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = _strict_json(tmp_path / "recipe-spread.json")
+    assert {k: [r["run"] for r in v] for k, v in res["runs"].items()} == rs.RECIPES
+    assert res["default"]["gpt"] == pytest.approx(1.7083, abs=1e-4)
+    assert res["default"]["vit"] == pytest.approx(96.27, abs=5e-3)
+    assert res["default"]["suite_median"] == pytest.approx(1.14, abs=5e-3)
+    assert res["default"]["suite_wins"] == 5
+    _check_png(tmp_path / "recipe-spread.png")
