@@ -56,9 +56,11 @@ FIGURES = {"gpt": "gpt-byte validation nats/byte", "vit": "vit-digits test accur
 GAPS = {"gpt": 0.016, "vit": 0.26, "suite_median": 0.14}
 
 
-def _learned_default(path: Path, workload: str) -> dict:
-    summary = json.loads(path.read_text())["workloads"][workload]["summary"]
-    return summary["methods"][summary["learned_default"]]
+def _learned_default(path: Path, workload: str) -> tuple[dict, dict]:
+    """The learned default's summary statistics and raw runs (per seed) on one workload."""
+    wl = json.loads(path.read_text())["workloads"][workload]
+    key = wl["summary"]["learned_default"]
+    return wl["summary"]["methods"][key], wl["runs"][key]
 
 
 def read_run(spec: str, root: Path = RESULTS) -> dict:
@@ -66,10 +68,41 @@ def read_run(spec: str, root: Path = RESULTS) -> dict:
     folder, _, quality = spec.partition(":")
     base = root / folder
     q = json.loads((base / (quality or "quality") / "quality.json").read_text())["totals"]
-    return {"run": spec, "gpt": _learned_default(base / "gpt-byte" / "transformer.json", "gpt-byte")["val_mean"],
-            "vit": 100 * _learned_default(base / "vit-digits" / "transformer.json", "vit-digits")["test_acc_mean"],
+    gpt, gpt_runs = _learned_default(base / "gpt-byte" / "transformer.json", "gpt-byte")
+    vit, vit_runs = _learned_default(base / "vit-digits" / "transformer.json", "vit-digits")
+    return {"run": spec, "gpt": gpt["val_mean"], "vit": 100 * vit["test_acc_mean"],
             "suite_median": q["adam_tuned"]["median_loss_ratio"],
-            "suite_wins": q["adam_suite"]["tasks_won"] + 0.5 * q["adam_suite"]["tasks_tied"]}
+            "suite_wins": q["adam_suite"]["tasks_won"] + 0.5 * q["adam_suite"]["tasks_tied"],
+            # per benchmark seed (every run has the same seeds: the same initialisations and batches)
+            "seeds": gpt_runs["seeds"], "gpt_by_seed": gpt_runs["final"],
+            "vit_by_seed": [100 * a for a in vit_runs["test_acc"]]}
+
+
+def components(recipes: dict[str, list[dict]], key: str) -> dict:
+    """Run x benchmark-seed decomposition of one figure, pooled over recipes (two-way layout, one
+    value per run and seed): the sd of a run's mean over its seeds ("between runs", what
+    ``spread`` pools), the sd of the run-by-seed interaction (how much a run's result on one seed
+    departs from its mean and that seed's), and the run component that more benchmark seeds
+    would not remove, ``sqrt(max(0, (MS_run - MS_interaction) / S))``."""
+    ss_run = ss_int = dof_run = dof_int = 0.0
+    n_seeds = set()
+    for runs in recipes.values():
+        x = [r[key] for r in runs]
+        n_r, n_s = len(x), len(x[0])
+        if n_r < 2 or any(len(row) != n_s for row in x) or len({tuple(r["seeds"]) for r in runs}) != 1:
+            raise ValueError(f"{key}: every run of a recipe needs the same benchmark seeds")
+        n_seeds.add(n_s)
+        grand = statistics.fmean(v for row in x for v in row)
+        rows = [statistics.fmean(row) for row in x]
+        cols = [statistics.fmean(row[j] for row in x) for j in range(n_s)]
+        ss_run += n_s * sum((m - grand) ** 2 for m in rows)
+        ss_int += sum((x[i][j] - rows[i] - cols[j] + grand) ** 2 for i in range(n_r) for j in range(n_s))
+        dof_run += n_r - 1
+        dof_int += (n_r - 1) * (n_s - 1)
+    (n_s,) = n_seeds
+    ms_run, ms_int = ss_run / dof_run, ss_int / dof_int
+    return {"seeds": n_s, "between_runs_sd": math.sqrt(ms_run / n_s), "interaction_sd": math.sqrt(ms_int),
+            "run_component_sd": math.sqrt(max(0.0, (ms_run - ms_int) / n_s))}
 
 
 def spread(recipes: dict[str, list[dict]]) -> dict:
@@ -108,6 +141,14 @@ def write_report(result: dict, out: Path, command: str) -> None:
         lines.append(f"| **{name}**: mean ± sd over runs | "
                      + " | ".join(f"{_fmt(f, st[f]['mean'])} ± {_fmt(f, st[f]['sd'])}" for f in FIGURES) + " |")
         lines += [f"| &nbsp;&nbsp;`{r['run']}` | " + " | ".join(_fmt(f, r[f]) for f in FIGURES) + " |" for r in runs]
+    lines += ["", "Where the spread between runs comes from (two-way layout of run x benchmark seed within each recipe,"
+              " pooled; `components` in the script): the sd of a run's mean over the seeds, the sd of the"
+              " run-by-seed interaction, and the part that more benchmark seeds would not remove:", "",
+              "| figure | seeds per run | sd between runs | run-by-seed interaction sd | run component sd |",
+              "|---|---|---|---|---|"]
+    for f, c in result["components"].items():
+        lines.append(f"| {FIGURES[f]} | {c['seeds']} | {_fmt(f, c['between_runs_sd'])} | "
+                     f"{_fmt(f, c['interaction_sd'])} | {_fmt(f, c['run_component_sd'])} |")
     sp = result["spread"]
     lines += ["", "Pooled within-recipe standard deviation over runs (each run's figure is already a mean over 5"
               " benchmark seeds), and the runs per recipe that a two-recipe comparison needs for a difference of the"
@@ -152,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = {name: [read_run(s) for s in specs] for name, specs in RECIPES.items()}
-    result = {"runs": runs, "default": read_run(DEFAULT), "spread": spread(runs), "gaps": GAPS}
+    result = {"runs": runs, "default": read_run(DEFAULT), "spread": spread(runs), "gaps": GAPS,
+              "components": {"gpt": components(runs, "gpt_by_seed"), "vit": components(runs, "vit_by_seed")}}
     write_report(result, args.out, "python benchmarks/recipe_spread.py " + " ".join(argv or sys.argv[1:]))
     plot(result, args.out)
     return result

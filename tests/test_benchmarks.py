@@ -1046,6 +1046,23 @@ def test_recipe_spread_pools_run_to_run_spread_and_reads_committed_results(tmp_p
     assert out["recipes"]["b"]["vit"]["sd"] == pytest.approx(statistics.stdev([95.0, 95.0, 96.0]))
     assert out["runs_needed"]["gpt"] == math.ceil(2 * (2 * math.sqrt(ss / 3) / rs.GAPS["gpt"]) ** 2)
 
+    # run x seed decomposition: runs that differ by a constant have no interaction, and their whole
+    # spread is the run component; rows that are permutations of one another have no run effect
+    base = [1.0, 2.0, 4.0]
+
+    def run(vals):
+        return {"seeds": [0, 1, 2], "gpt_by_seed": vals}
+
+    shifted = rs.components({"r": [run([v + d for v in base]) for d in (0.0, 0.3, 0.9)]}, "gpt_by_seed")
+    assert shifted["interaction_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert shifted["run_component_sd"] == pytest.approx(shifted["between_runs_sd"])
+    assert shifted["between_runs_sd"] == pytest.approx(statistics.stdev([0.0, 0.3, 0.9]))
+    mixed = rs.components({"r": [run(base), run([2.0, 4.0, 1.0]), run([4.0, 1.0, 2.0])]}, "gpt_by_seed")
+    assert mixed["between_runs_sd"] == pytest.approx(0.0, abs=1e-12) and mixed["run_component_sd"] == 0.0
+    assert mixed["interaction_sd"] > 0
+    with pytest.raises(ValueError, match="same benchmark seeds"):
+        rs.components({"r": [run(base), {"seeds": [0, 1, 3], "gpt_by_seed": base}]}, "gpt_by_seed")
+
     proc = _run_script("recipe_spread", "--out", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = _strict_json(tmp_path / "recipe-spread.json")
@@ -1054,4 +1071,6 @@ def test_recipe_spread_pools_run_to_run_spread_and_reads_committed_results(tmp_p
     assert res["default"]["vit"] == pytest.approx(96.27, abs=5e-3)
     assert res["default"]["suite_median"] == pytest.approx(1.14, abs=5e-3)
     assert res["default"]["suite_wins"] == 5
+    for fig in ("gpt", "vit"):  # the decomposition's between-run sd is the pooled sd of the run means
+        assert res["components"][fig]["between_runs_sd"] == pytest.approx(res["spread"]["pooled_sd"][fig])
     _check_png(tmp_path / "recipe-spread.png")
