@@ -235,53 +235,43 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
         norms = torch._foreach_norm(params, 2)
         norms = torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms]).to(dtype)
         adam = None
-        if config.reads_moments:
-            adam = _adam_rms(params, exp_avgs, exp_avg_sqs, state_steps, config, betas, sharding is None).to(dtype)
         key = tuple(tuple(p.shape) for p in params)
+        if config.reads_moments:  # per tensor: sum of squares of m / (sqrt(v_hat) + eps), and 1 / (1 - beta1^t)
+            adam_sq, inv_bc1 = _adam_sums(exp_avgs, exp_avg_sqs, state_steps, config, betas, len(params))
         if sharding is not None:  # sums of squares over every rank's shard, then the global sizes
             key = tuple(tuple(s) for s in sharding.shapes)
-            sums = torch.stack([norms * norms] + ([adam.clamp_min(0)] if adam is not None else []), dim=1)
-            sums = sharding.sum_over_shards(sums)
-            n = torch.tensor([max(math.prod(s), 1) for s in key], dtype=dtype, device=norms.device)
+            sums = sharding.sum_over_shards(torch.stack([norms * norms] + ([adam_sq.to(dtype)] if config.reads_moments
+                                                                           else []), dim=1))
             norms = sums[:, 0].sqrt()
-            if adam is not None:  # -1 (before the first step) is the same on every rank
-                adam = torch.where(adam < 0, adam, (sums[:, 1] / n).sqrt() * _inv_bc1(state_steps, config, betas,
-                                                                                        dtype, norms.device))
+            adam_sq = sums[:, 1] if config.reads_moments else None
+        if config.reads_moments:  # -1 marks "before the first step" (an rms is never negative)
+            n = torch.tensor([max(math.prod(s), 1) for s in key], dtype=torch.float64, device=norms.device)
+            rms = (adam_sq.double().to(norms.device) / n).sqrt() * inv_bc1.to(norms.device)
+            adam = torch.where(inv_bc1.to(norms.device).isfinite(), rms, -1.0).to(dtype)
     sqrt_n, _ = _static_context(key, str(norms.device), dtype)
     return _context_columns(norms / sqrt_n, key, config, num_params, adam)
 
 
-def _inv_bc1(state_steps, config: LSTMOptimizerConfig, betas, dtype, device) -> Tensor:
-    b1 = config.beta1 if betas is None else betas[0]
-    s = torch.stack([torch.as_tensor(x, dtype=torch.float64).to(device) for x in state_steps])
-    return (1 / (1 - b1 ** s)).to(dtype)
-
-
-def _adam_rms(params: list[Tensor], exp_avgs, exp_avg_sqs, state_steps, config: LSTMOptimizerConfig,
-              betas: tuple[float, float] | None, whole: bool = True) -> Tensor:
-    """Per tensor, rms(m_hat / (sqrt(v_hat) + eps)) of the moments before the step; -1 before the
-    first step (an rms is never negative; ``_context_columns`` makes the input 0 there). With
-    ``whole=False`` (shards), the sum of squares of m / (sqrt(v_hat) + eps) instead: the caller
-    sums it over the shards, then divides by the global size and the first moment's correction."""
+def _adam_sums(exp_avgs, exp_avg_sqs, state_steps, config: LSTMOptimizerConfig,
+               betas: tuple[float, float] | None, count: int) -> tuple[Tensor, Tensor]:
+    """Per tensor, the sum of squares of m / (sqrt(v_hat) + eps) over the moments before the step
+    and 1 / (1 - beta1^t) (inf before the first step, t = 0): rms(m_hat / (sqrt(v_hat) + eps)) is
+    sqrt(sum / numel) times it, the sum taken over all shards of a sharded tensor first."""
     if exp_avgs is None or exp_avg_sqs is None or state_steps is None:
         raise ValueError(f"context_features {config.context_features} read the moments before the step: pass "
                          "exp_avgs, exp_avg_sqs and state_steps to tensor_context")
-    if not len(exp_avgs) == len(exp_avg_sqs) == len(state_steps) == len(params):
+    if not len(exp_avgs) == len(exp_avg_sqs) == len(state_steps) == count:
         raise ValueError(f"tensor_context needs one exp_avg, exp_avg_sq and step per parameter: got "
-                         f"{len(exp_avgs)}, {len(exp_avg_sqs)}, {len(state_steps)} for {len(params)} parameters")
+                         f"{len(exp_avgs)}, {len(exp_avg_sqs)}, {len(state_steps)} for {count} parameters")
     b1, b2 = (config.beta1, config.beta2) if betas is None else betas
-    out = []
+    sums, inv_bc1 = [], []
     for m, v, s in zip(exp_avgs, exp_avg_sqs, state_steps):
         s = torch.as_tensor(s, dtype=torch.float64).to(m.device)
-        # before the first step the corrections are 0 (a NaN here, which the select drops)
-        bc1, bc2 = 1 - b1 ** s, 1 - b2 ** s
-        denom = v.sqrt().div_((bc2.sqrt()).to(v.dtype)).add_(config.eps)
-        if whole:
-            a = torch.linalg.vector_norm(m / denom).double() / math.sqrt(max(m.numel(), 1)) / bc1
-        else:
-            a = torch.linalg.vector_norm(m / denom).double() ** 2
-        out.append(torch.where(s > 0, a, -1.0))
-    return torch.stack(out)
+        # before the first step the corrections are 0: a NaN sum and an infinite 1/bc1, dropped by the caller
+        denom = v.sqrt().div_((1 - b2 ** s).sqrt().to(v.dtype)).add_(config.eps)
+        sums.append(torch.linalg.vector_norm(m / denom).double() ** 2)
+        inv_bc1.append(1 / (1 - b1 ** s))
+    return torch.stack(sums), torch.stack(inv_bc1)
 
 
 def _check_num_params(num_params, params, needed: bool) -> int:
