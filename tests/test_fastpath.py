@@ -689,14 +689,19 @@ x = torch.linspace(-125.0, 126.0, 100_003)
 y = torch.empty_like(x)
 lib.lo_simd_exp2(x.numel(), x.data_ptr(), y.data_ptr())
 assert ((y.double() - torch.exp2(x.double())) / torch.exp2(x.double())).abs().max() < 2.5e-7
-# the loop against the fp64 reference, 40 steps, fp32 and bf16 state, sizes around the
-# 16-coordinate block (two vectors of 8) and its multiples, two network shapes
-for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",))):
+# the loop against the fp64 reference, 40 steps, fp32 and bf16 state, sizes around a group of
+# two vectors of 8 (16 coordinates) and the 64-coordinate block of 8 vectors, two network shapes of
+# format 1 and one of format 2 (sign equivariance and every context input: its own library)
+from test_rule_v2_kernels import v2_net
+for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",)), (4, None)):
     for sdt in (None, torch.bfloat16):
         seed = fresh_seed()
         gen = torch.Generator().manual_seed(seed)
-        net = random_net(gen, LSTMOptimizerConfig(hidden_size=hs, features=feats))
-        case64 = make_case([(1,), (15,), (16,), (17,), (23,), (24,), (25,), (97, 131)], gen, hs=hs)
+        if feats is None:
+            net = v2_net(gen, "both")
+        else:
+            net = random_net(gen, LSTMOptimizerConfig(hidden_size=hs, features=feats))
+        case64 = make_case([(1,), (15,), (16,), (17,), (63,), (64,), (65,), (80,), (97, 131)], gen, hs=hs)
         case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case64]
         if sdt is not None:
             for e in case32:
@@ -711,6 +716,7 @@ for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",))):
             for key in ("p", "h", "c"):
                 err = ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item()
                 assert err < tol, (seed, hs, sdt, key, err)
+assert cpu._libs_v2[(4, 2)].lo_simd() == 256  # the format 2 library ran, built for AVX2
 # the zero-gradient contract: coordinates whose moments are 0 and whose gradient is 0 do not move
 gen = torch.Generator().manual_seed(fresh_seed())
 net = random_net(gen)

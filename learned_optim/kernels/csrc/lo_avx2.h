@@ -3,24 +3,42 @@
    the bf16 state's tails go through a small buffer. */
 #include <immintrin.h>
 #define LO_SIMD 256
-/* Two vectors side by side, not three as on AVX-512: with 16 vector registers a third vector's gate
-   inputs and accumulators spill. On a Zen 2 EPYC, where this is the native build, U = 2 takes 19.0
-   ms for a 1e6-parameter step against 20.9 with U = 3 (and 180 against 201 ms at 1e7);
-   benchmarks/results/speed-v2/zen2/README.md. */
+/* U vectors side by side in the LSTM pass, UB vectors per block (lo_simd_loop.h), the block's
+   loops over vectors not unrolled. With 16 vector registers, three vectors' gate inputs and
+   accumulators spill (on a Zen 2 EPYC, where this is the native build, U = 2 took 19.0 ms for a
+   1e6-parameter step against 20.9 with U = 3 when the whole block was U vectors:
+   benchmarks/results/speed-v2/zen2/README.md); a block of 8 vectors, each pass looping over them
+   with its values in L1 between passes, keeps the four hidden units' gates from holding every
+   vector's inputs in registers at once (timings: benchmarks/results/speed-v2/avx2-block/README.md). */
 #define U 2
+#define UB 8
+#define LO_UNROLL_B _Pragma("GCC unroll 1")
 #define VL 8
 typedef __m256 V;
 typedef __m256i M;
 #define SET1 _mm256_set1_ps
 LO_VECTOR_OPS(_mm256)
 
-static inline V v_round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-static inline V v_ldexp(V e, V n) {
-    /* n integral in [-125, 126]: (n + 127) << 23 is 2^n; a NaN n gives garbage bits, but e is
-       then NaN too, and so is the product */
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+/* 2^x in two halves around v_exp2's polynomial (lo_simd.h): k = x + 1.5 * 2^23 + 128 rounds x to
+   the nearest integer n, ties to even as vroundps (the constant is even), f = x - n exactly, and
+   k's low bits are n + 128, so k << 23 is the float 2^(n + 1): three single-uop instructions
+   where vroundps, vcvtps2dq, vpaddd and vpslld were five (vroundps is two uops on Intel). The
+   polynomial's coefficients are halved (LO_EXP2_SCALE), so poly(f) / 2 * 2^(n + 1) is the same
+   float as poly(f) * 2^n, bit for bit: halving is exact and so is every product by a power of 2
+   here (x is clamped to [-125, 126] first). */
+#define LO_EXP2_SCALE 0.5f
+static inline V v_exp2_split(V x, V* f) {
+    const V magic = SET1(12583040.0f); /* 1.5 * 2^23 + 128 */
+    V k = _mm256_add_ps(x, magic);
+    /* empty asm statements make k and n opaque, so that -ffast-math can neither fold (x + c) - c
+       to x nor reassociate x - (k - c) */
+    __asm__("" : "+x"(k));
+    V n = _mm256_sub_ps(k, magic);
+    __asm__("" : "+x"(n));
+    *f = _mm256_sub_ps(x, n);
+    return k;
 }
+static inline V v_exp2_join(V e, V k) { return _mm256_mul_ps(e, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(k), 23))); }
 static inline V v_recip(V d) { return _mm256_div_ps(SET1(1.0f), d); }
 /* y where x != 0 (NaN included), else +0: a bitwise and with the compare mask, never a product */
 static inline V v_nonzero_where(V x, V y) { return _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NEQ_UQ), y); }

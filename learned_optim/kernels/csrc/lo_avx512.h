@@ -4,14 +4,23 @@
 #define LO_SIMD 512
 #define U 3 /* vectors side by side: 2 -> 7.7, 3 -> 7.5, 4 -> 7.6 ns/coordinate here */
 #define VL 16
+/* a block is the U vectors (lo_simd_loop.h), its loops unrolled: 32 registers hold them */
+#define UB U
+#define LO_UNROLL_B _Pragma("GCC unroll 32")
 typedef __m512 V;
 typedef __mmask16 M;
 #define SET1 _mm512_set1_ps
 LO_VECTOR_OPS(_mm512)
 
-static inline V v_round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-/* e * 2^n for integral n in [-125, 126]: one vscalefps */
-static inline V v_ldexp(V e, V n) { return _mm512_scalef_ps(e, n); }
+/* 2^x in two halves around v_exp2's polynomial (lo_simd.h): n = round(x), f = x - n exactly,
+   then poly(f) * 2^n as one vscalefps */
+#define LO_EXP2_SCALE 1.0f
+static inline V v_exp2_split(V x, V* f) {
+    const V n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    *f = _mm512_sub_ps(x, n);
+    return n;
+}
+static inline V v_exp2_join(V e, V n) { return _mm512_scalef_ps(e, n); }
 /* 1 / d: vrcp14ps and one Newton step (relative error ~2^-28 before rounding) */
 static inline V v_recip(V d) {
     V r = _mm512_rcp14_ps(d);

@@ -6,12 +6,15 @@
    so the cost of each exp decides the speed. Here:
      - exp(z) is 2^(z log2 e), with log2 e, the sign and the 2 of sigmoid(z) = 1/(1+exp(-z)) and
        tanh(z) = 2/(1+exp(-2z)) - 1 folded into the gate and head weights on entry: each exp is
-       then a round, a subtraction, a degree-5 polynomial and 2^n (one vscalefps on AVX-512);
+       then a rounding to an integer n, a subtraction, a degree-5 polynomial and 2^n (one
+       vscalefps on AVX-512; on AVX2 the rounding is an addition whose low bits give 2^n by a
+       shift: lo_avx2.h);
      - 1/x is vrcp14ps and one Newton step on AVX-512 (relative error ~2^-28 before rounding),
        a division on AVX2;
      - every statement is done for U independent vectors side by side (the unrolled u loops),
        so the long dependent chain of one vector (moments -> gates -> exps -> cell -> head)
-       overlaps with the next one's.
+       overlaps with the next one's; on AVX2 in blocks of UB vectors whose values wait in L1
+       between the loop's passes (lo_simd_loop.h, lo_avx2.h).
    Measured on 20k coordinates in cache (AMD EPYC, Zen 4): portable loop 10.8 ns/coordinate;
    this one on AVX-512 with U = 1 and base-e exps 9.0, U = 3 with them 8.3, U = 3 as below 7.5.
    Built for AVX2 on the same CPU: portable 21.3, this one 11.7 (U = 3; U = 2: 12.7); on a CPU
@@ -50,17 +53,19 @@ static inline V v_exp2(V x) {
        the result stays a normal float and 1 + 2^x finite (as lo_expf's [-87, 88] in base e). */
     /* operand order: maxps/minps return the second operand when one is NaN, so NaN stays NaN */
     x = v_min(SET1(126.0f), v_max(SET1(-125.0f), x));
-    const V n = v_round(x);
-    const V f = v_sub(x, n);
+    V f;
+    const V k = v_exp2_split(x, &f); /* n, or what the ISA's v_exp2_join needs of it */
     /* degree-5 polynomial fitted to 2^f on [-1/2, 1/2] for relative error, constant term fixed
        at 1 so that 2^0 = 1 exactly (then sigmoid(0) = 1/2 and tanh(0) = 0 exactly, and a zero
-       head gives Adam's step). 9.2e-8 in exact arithmetic, 1.5e-7 evaluated in fp32. */
-    V e = v_fmadd(SET1(0.001326470635831356f), f, SET1(0.009671509265899658f));
-    e = v_fmadd(e, f, SET1(0.05550733581185341f));
-    e = v_fmadd(e, f, SET1(0.24022242426872253f));
-    e = v_fmadd(e, f, SET1(0.6931470036506653f));
-    e = v_fmadd(e, f, SET1(1.0f));
-    return v_ldexp(e, n);
+       head gives Adam's step). 9.2e-8 in exact arithmetic, 1.5e-7 evaluated in fp32. Times
+       LO_EXP2_SCALE, a power of 2 the ISA's join undoes exactly. */
+    const float s = LO_EXP2_SCALE;
+    V e = v_fmadd(SET1(s * 0.001326470635831356f), f, SET1(s * 0.009671509265899658f));
+    e = v_fmadd(e, f, SET1(s * 0.05550733581185341f));
+    e = v_fmadd(e, f, SET1(s * 0.24022242426872253f));
+    e = v_fmadd(e, f, SET1(s * 0.6931470036506653f));
+    e = v_fmadd(e, f, SET1(s * 1.0f));
+    return v_exp2_join(e, k);
 }
 /* 1 / (1 + x) for x >= 0 (x = an exp, at most exp(88): the sum stays finite) */
 static inline V v_rcp1p(V x) { return v_recip(v_add(x, SET1(1.0f))); }

@@ -59,20 +59,23 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
         float* v = (float*)ptrs[3 * T + tid];
         LO_ST* h = (LO_ST*)ptrs[4 * T + tid];
         LO_ST* c = (LO_ST*)ptrs[5 * T + tid];
-        for (int64_t j0 = begin; j0 < end; j0 += U * VL) {
-            M km[U];
-            V x[U][FEATURES + HIDDEN], av[U], y0[U], y1[U];
+        for (int64_t j0 = begin; j0 < end; j0 += UB * VL) {
+            /* A block of UB vectors in three passes (moments and features; the LSTM, one hidden
+               unit at a time for U vectors side by side; the head and the write), each vector's
+               values kept between passes in these arrays: a pass then needs few registers
+               (lo_avx2.h says why that matters). The last block takes only the vectors its
+               coordinates need, in whole groups of U (the rest are masked off). */
+            const int64_t groups = (end - j0 + VL * U - 1) / (VL * U); /* groups of U vectors left */
+            const int ub = (UB == U || groups * U >= UB) ? UB : (int)(groups * U);
+            M km[UB];
+            V x[UB][FEATURES + HIDDEN], av[UB], y0[UB], y1[UB];
 #if LO_V2
-            V sg[U]; /* sign(m_t) (0 where m_t = 0), or 1 without sign equivariance */
+            V sg[UB]; /* sign(m_t) (0 where m_t = 0), or 1 without sign equivariance */
 #endif
-            #pragma GCC unroll 32
-            for (int u = 0; u < U; u++) {
-                const int64_t left = end - j0 - u * VL;
-                km[u] = lo_mask(left);
-            }
-            #pragma GCC unroll 32
-            for (int u = 0; u < U; u++) {
+            LO_UNROLL_B
+            for (int u = 0; u < ub; u++) {
                 const int64_t j = j0 + u * VL;
+                km[u] = lo_mask(end - j);
                 const V gv = v_mul(sgn, ld_f32(g + j, km[u]));
                 const V mv = v_fmadd(ld_f32(m + j, km[u]), b1, v_mul(gv, omb1));
                 const V vv = v_fmadd(ld_f32(v + j, km[u]), b2, v_mul(v_mul(gv, gv), omb2));
@@ -97,35 +100,39 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
             }
             #pragma GCC unroll 32
             for (int q = 0; q < HIDDEN; q++) {
-                V z[4][U];
-                #pragma GCC unroll 32
-                for (int r = 0; r < 4; r++) {
-                    const int row = r * HIDDEN + q;
+                LO_UNROLL_B
+                for (int u0 = 0; u0 < ub; u0 += U) {
+                    V z[4][U];
                     #pragma GCC unroll 32
-                    for (int u = 0; u < U; u++) z[r][u] = B[row];
+                    for (int r = 0; r < 4; r++)
+                        #pragma GCC unroll 32
+                        for (int w = 0; w < U; w++) z[r][w] = B[r * HIDDEN + q];
                     #pragma GCC unroll 32
                     for (int i = 0; i < FEATURES + HIDDEN; i++)
                         #pragma GCC unroll 32
-                        for (int u = 0; u < U; u++) z[r][u] = v_fmadd(W[row][i], x[u][i], z[r][u]);
-                }
-                #pragma GCC unroll 32
-                for (int u = 0; u < U; u++) {
-                    const int64_t j = j0 + u * VL;
-                    const V ig = v_rcp1p(v_exp2(z[0][u]));
-                    const V fg = v_rcp1p(v_exp2(z[1][u]));
-                    const V cg = v_fmsub(two, v_rcp1p(v_exp2(z[2][u])), one);
-                    const V og = v_rcp1p(v_exp2(z[3][u]));
-                    const V cn = v_fmadd(fg, LO_LDS(c + q * n + j, km[u]), v_mul(ig, cg));
-                    const V th = v_fmsub(two, v_rcp1p(v_exp2(v_mul(ctanh, cn))), one);
-                    const V hv = v_mul(og, th);
-                    LO_STS(c + q * n + j, km[u], cn);
-                    LO_STS(h + q * n + j, km[u], hv);
-                    y0[u] = v_fmadd(HW0[q], hv, y0[u]);
-                    y1[u] = v_fmadd(HW1[q], hv, y1[u]);
+                        for (int r = 0; r < 4; r++)
+                            #pragma GCC unroll 32
+                            for (int w = 0; w < U; w++) z[r][w] = v_fmadd(W[r * HIDDEN + q][i], x[u0 + w][i], z[r][w]);
+                    #pragma GCC unroll 32
+                    for (int w = 0; w < U; w++) {
+                        const int u = u0 + w;
+                        const int64_t j = j0 + u * VL;
+                        const V ig = v_rcp1p(v_exp2(z[0][w]));
+                        const V fg = v_rcp1p(v_exp2(z[1][w]));
+                        const V cg = v_fmsub(two, v_rcp1p(v_exp2(z[2][w])), one);
+                        const V og = v_rcp1p(v_exp2(z[3][w]));
+                        const V cn = v_fmadd(fg, LO_LDS(c + q * n + j, km[u]), v_mul(ig, cg));
+                        const V th = v_fmsub(two, v_rcp1p(v_exp2(v_mul(ctanh, cn))), one);
+                        const V hv = v_mul(og, th);
+                        LO_STS(c + q * n + j, km[u], cn);
+                        LO_STS(h + q * n + j, km[u], hv);
+                        y0[u] = v_fmadd(HW0[q], hv, y0[u]);
+                        y1[u] = v_fmadd(HW1[q], hv, y1[u]);
+                    }
                 }
             }
-            #pragma GCC unroll 32
-            for (int u = 0; u < U; u++) {
+            LO_UNROLL_B
+            for (int u = 0; u < ub; u++) {
                 const int64_t j = j0 + u * VL;
                 const V t0 = v_fmsub(two, v_rcp1p(v_exp2(y0[u])), one);
                 const V t1 = v_fmsub(two, v_rcp1p(v_exp2(y1[u])), one);
