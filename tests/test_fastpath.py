@@ -689,6 +689,11 @@ x = torch.linspace(-125.0, 126.0, 100_003)
 y = torch.empty_like(x)
 lib.lo_simd_exp2(x.numel(), x.data_ptr(), y.data_ptr())
 assert ((y.double() - torch.exp2(x.double())) / torch.exp2(x.double())).abs().max() < 2.5e-7
+# 2^n is taken from the bits of x + c (lo_avx2.h): every integer gives its power of 2 exactly (a wrong c
+# is off by a factor of 2 here)
+k = torch.arange(-125, 127, dtype=torch.float32)
+lib.lo_simd_exp2(k.numel(), k.data_ptr(), y.data_ptr())
+assert torch.equal(y[:k.numel()], torch.exp2(k)), "exp2 of an integer is not exact"
 # the loop against the fp64 reference, 40 steps, fp32 and bf16 state, sizes around a group of
 # two vectors of 8 (16 coordinates) and the 64-coordinate block of 8 vectors, two network shapes of
 # format 1 and one of format 2 (sign equivariance and every context input: its own library)
