@@ -106,21 +106,21 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
                     #pragma GCC unroll 32
                     for (int r = 0; r < 4; r++)
                         #pragma GCC unroll 32
-                        for (int w = 0; w < U; w++) z[r][w] = B[r * HIDDEN + q];
+                        for (int s = 0; s < U; s++) z[r][s] = B[r * HIDDEN + q];
                     #pragma GCC unroll 32
                     for (int i = 0; i < FEATURES + HIDDEN; i++)
                         #pragma GCC unroll 32
                         for (int r = 0; r < 4; r++)
                             #pragma GCC unroll 32
-                            for (int w = 0; w < U; w++) z[r][w] = v_fmadd(W[r * HIDDEN + q][i], x[u0 + w][i], z[r][w]);
+                            for (int s = 0; s < U; s++) z[r][s] = v_fmadd(W[r * HIDDEN + q][i], x[u0 + s][i], z[r][s]);
                     #pragma GCC unroll 32
-                    for (int w = 0; w < U; w++) {
-                        const int u = u0 + w;
+                    for (int s = 0; s < U; s++) {
+                        const int u = u0 + s;
                         const int64_t j = j0 + u * VL;
-                        const V ig = v_rcp1p(v_exp2(z[0][w]));
-                        const V fg = v_rcp1p(v_exp2(z[1][w]));
-                        const V cg = v_fmsub(two, v_rcp1p(v_exp2(z[2][w])), one);
-                        const V og = v_rcp1p(v_exp2(z[3][w]));
+                        const V ig = v_rcp1p(v_exp2(z[0][s]));
+                        const V fg = v_rcp1p(v_exp2(z[1][s]));
+                        const V cg = v_fmsub(two, v_rcp1p(v_exp2(z[2][s])), one);
+                        const V og = v_rcp1p(v_exp2(z[3][s]));
                         const V cn = v_fmadd(fg, LO_LDS(c + q * n + j, km[u]), v_mul(ig, cg));
                         const V th = v_fmsub(two, v_rcp1p(v_exp2(v_mul(ctanh, cn))), one);
                         const V hv = v_mul(og, th);
