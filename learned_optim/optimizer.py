@@ -147,7 +147,8 @@ class LearnedOptimizer(Optimizer):
         ``step``:       ``[]`` float32 (CPU), the number of updates applied to ``p``
         ``exp_avg``:    ``p.shape``, S, first moment :math:`m_t`
         ``exp_avg_sq``: ``p.shape``, S, second moment :math:`v_t`
-        ``lstm_h``:     ``[H, *p.shape]``, S, LSTM hidden state
+        ``lstm_h``:     ``[H, *p.shape]``, S, LSTM hidden state, in [-1, 1] (it is o tanh(c); the
+                        fast CPU loop reads it clamped to that range)
         ``lstm_c``:     ``[H, *p.shape]``, S, LSTM cell state
     i.e. ``(2 + 2H) * 4`` bytes per parameter in fp32: 40 B for the default H = 4.
 

@@ -94,7 +94,8 @@ def make_case(shapes, gen, *, hs=4, dtype=torch.float64, state_dtype=None, max_s
             p=rnd(shape, dtype),
             m=rnd(shape, sdt if sdt != torch.bfloat16 else torch.float32, scale=0.1),
             v=rnd(shape, sdt if sdt != torch.bfloat16 else torch.float32, positive=True, scale=0.1),
-            h=rnd((hs, *shape), sdt, scale=0.3),
+            # h = o tanh(c) lies in [-1, 1] in every state a step writes (test_hidden_state_outside_its_range)
+            h=rnd((hs, *shape), sdt, scale=0.3).clamp_(-1, 1),
             c=rnd((hs, *shape), sdt),
             step=torch.tensor(float(torch.randint(0, max_step + 1, (), generator=gen))),
         ))
@@ -675,6 +676,111 @@ def test_saturated_cell_state_matches_reference(loop):
             assert err < 1e-5, f"seed={seed} {loop} {key} {err:.2e}"
 
 
+def inputs_bounded(lib, rule, gate_bias=None, head_bias=None, *, clip=None, log_scale_bound=None) -> int:
+    """The C library's ``lo_inputs_bounded`` for a prepared fp32 rule: 1 when the hand-vectorized
+    loop leaves out the clamps of the gates' and the head's exps (``gate_bias`` [T, 4H] and
+    ``head_bias`` [T, 2]: per-tensor biases; default the rule's own)."""
+    gb = (rule.bias[None] if gate_bias is None else gate_bias).float().contiguous()
+    hb = (rule.head_bias[None] if head_bias is None else head_bias).float().contiguous()
+    w, hw = rule.weight.float().contiguous(), rule.head_weight.float().contiguous()
+    return lib.lo_inputs_bounded(w.data_ptr(), gb.data_ptr(), hw.data_ptr(), hb.data_ptr(), gb.shape[0],
+                                 rule.feature_clip if clip is None else clip,
+                                 rule.log_scale_bound if log_scale_bound is None else log_scale_bound)
+
+
+def _prepared(net):
+    from learned_optim.kernels.rule import prepare_rule
+
+    return prepare_rule(net, net.config, device=torch.device("cpu"), dtype=torch.float32, lr=1e-3,
+                        weight_decay=0.0, maximize=False)
+
+
+@pytest.mark.parametrize("name", ["lstm-h4-v1", "lstm-h4-v2-t32", "lstm-h4-v2-size"])
+def test_shipped_weights_take_the_loop_without_gate_clamps(name):
+    """The shipped weights bound every gate and head input of the hand-vectorized loop inside its
+    exp's range, for every context a tensor can have (each context input at either end of its
+    clip), so their steps always take the specialization without those clamps; weights 20x as
+    large, a NaN weight, an unbounded feature clip or step-size bound do not."""
+    from learned_optim.hub import from_pretrained
+
+    lib = _simd_lib()
+    net = from_pretrained(name)
+    rule = _prepared(net)
+    k = net.config.num_context
+    if k:  # every corner of the context box: the largest per-tensor biases there can be
+        corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * k).reshape(-1, k) * net.config.feature_clip
+        gb = (rule.bias[:, None] + rule.context_weight @ corners.T).T
+        hb = (rule.head_bias[:, None] + rule.head_context_weight @ corners.T).T
+        assert inputs_bounded(lib, rule, gb, hb) == 1
+    assert inputs_bounded(lib, rule) == 1
+    with torch.no_grad():
+        for t in net.parameters():
+            t.mul_(20.0)
+    assert inputs_bounded(lib, _prepared(net)) == 0
+    with torch.no_grad():
+        for t in net.parameters():
+            t.div_(20.0)
+        net.head_weight[0, 0] = float("nan")
+    assert inputs_bounded(lib, _prepared(net)) == 0
+    assert inputs_bounded(lib, rule, clip=float("inf")) == 0
+    assert inputs_bounded(lib, rule, log_scale_bound=100.0) == 0
+
+
+def test_hidden_state_outside_its_range():
+    """An LSTM hidden state outside [-1, 1], which no step writes (h = o tanh(c)): the hand-vectorized
+    loop, whose gates' exps rely on |h| <= 1 to skip their clamps, reads it clamped to [-1, 1] and so
+    matches the reference run on the clamped state; the other loops take it as it is."""
+    lib = _simd_lib()
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    assert inputs_bounded(lib, _prepared(net)) == 1
+    case = make_case([(97,), (50,)], gen)
+    for e in case:
+        e["h"].mul_(10.0)
+    assert any((e["h"].abs() > 1).any() for e in case)
+    clamped = copy.deepcopy(case)
+    for e in clamped:
+        e["h"].clamp_(-1, 1)
+    grads_seq = [grads_for(case, gen)]
+    as_is, on_clamped = (run(c, grads_seq, net, impl="reference") for c in (case, clamped))
+    case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case]
+    with cpu_loop("c") as impl:
+        got = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl)
+    with cpu_loop("c-portable") as impl:
+        portable = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl)
+    for a, b, c, d in zip(got, on_clamped, portable, as_is):
+        for key in ("p", "h", "c"):
+            assert ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item() < 1e-5, (seed, key)
+            assert ((c[key].double() - d[key]).abs() / (1 + d[key].abs())).max().item() < 1e-5, (seed, key)
+
+
+@pytest.mark.parametrize("loop", LOOPS_FP32)
+def test_gate_inputs_past_the_exp_range_match_reference(loop):
+    """Gate biases of +-100 (an exp(-100) or exp(100) in the sigmoid, past fp32's exp range) make
+    the hand-vectorized loop keep its clamps (lo_inputs_bounded is 0 for them); every loop still
+    matches the fp64 reference, the saturated gates at 1 and at ~0."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = random_net(gen)
+    h = net.config.hidden_size
+    with torch.no_grad():  # gate order i, f, g, o: unit 0's input gate open, unit 1's forget gate shut
+        net.bias[0] = 100.0
+        net.bias[h + 1] = -100.0
+    if cpu.available() and cpu._libs[(4, 2)].lo_simd():
+        assert inputs_bounded(cpu._libs[(4, 2)], _prepared(net)) == 0
+    case = make_case([(97,), (50,)], gen)
+    grads_seq = [grads_for(case, gen) for _ in range(3)]
+    want = run(case, grads_seq, net, impl="reference")
+    case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case]
+    with cpu_loop(loop) as impl:
+        got = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl)
+    for a, b in zip(got, want):
+        for key in ("p", "h", "c"):
+            err = ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item()
+            assert err < 1e-5, f"seed={seed} {loop} {key} {err:.2e}"
+
+
 _AVX2_SCRIPT = r"""
 import os, sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -696,16 +802,24 @@ lib.lo_simd_exp2(k.numel(), k.data_ptr(), y.data_ptr())
 assert torch.equal(y[:k.numel()], torch.exp2(k)), "exp2 of an integer is not exact"
 # the loop against the fp64 reference, 40 steps, fp32 and bf16 state, sizes around a group of
 # two vectors of 8 (16 coordinates) and the 64-coordinate block of 8 vectors, two network shapes of
-# format 1 and one of format 2 (sign equivariance and every context input: its own library)
+# format 1 and one of format 2 (sign equivariance and every context input: its own library), and
+# gate biases of +-100 that make the loop keep the clamps of its gates' exps ("past-range")
+from test_fastpath import _prepared, inputs_bounded
 from test_rule_v2_kernels import v2_net
-for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",)), (4, None)):
+for hs, feats in ((4, ("g_norm", "m_norm")), (3, ("m_norm",)), (4, None), (4, "past-range")):
     for sdt in (None, torch.bfloat16):
         seed = fresh_seed()
         gen = torch.Generator().manual_seed(seed)
         if feats is None:
             net = v2_net(gen, "both")
+        elif feats == "past-range":
+            net = random_net(gen)
+            with torch.no_grad():
+                net.bias[0], net.bias[5] = 100.0, -100.0
+            assert inputs_bounded(lib, _prepared(net)) == 0
         else:
             net = random_net(gen, LSTMOptimizerConfig(hidden_size=hs, features=feats))
+            assert inputs_bounded(cpu._libs[(hs, len(feats))], _prepared(net)) == 1
         case64 = make_case([(1,), (15,), (16,), (17,), (63,), (64,), (65,), (80,), (97, 131)], gen, hs=hs)
         case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case64]
         if sdt is not None:

@@ -116,6 +116,8 @@ def _load(hidden_size: int, num_features: int, v2: bool = False) -> ctypes.CDLL:
         for name in ("lo_simd_exp2", "lo_simd_rcp1p"):
             getattr(lib, name).restype = None
             getattr(lib, name).argtypes = [i64, ptr, ptr]
+        lib.lo_inputs_bounded.restype = ctypes.c_int
+        lib.lo_inputs_bounded.argtypes = [ptr, ptr, ptr, ptr, i64, ctypes.c_double, ctypes.c_double]
     return lib
 
 

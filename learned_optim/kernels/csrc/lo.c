@@ -11,6 +11,8 @@
                                    target has AVX-512 or AVX2+FMA
      lo_simd()                     their vector width in bits, 0 where they are not built
      lo_simd_exp2, lo_simd_rcp1p   the vector approximations over arrays, for the tests
+     lo_inputs_bounded             whether the hand-vectorized loops leave out the clamps of the
+                                   gates' and the head's exps for these weights (lo_simd.h)
 
    Built with -DLO_V2=1 (a separate library, built only when a format version 2 rule runs), the
    same loops are exported as lo_f32_v2, ..., lo_f32_bf16_simd_v2 instead: the rule of format

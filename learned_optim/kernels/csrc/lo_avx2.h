@@ -25,13 +25,14 @@ LO_VECTOR_OPS(_mm256)
    where vroundps, vcvtps2dq, vpaddd and vpslld were five (vroundps is two uops on Intel). The
    polynomial's coefficients are halved (LO_EXP2_SCALE), so poly(f) / 2 * 2^(n + 1) is the same
    float as poly(f) * 2^n, bit for bit: halving is exact and so is every product by a power of 2
-   here (x is clamped to [-125, 126] first). */
+   here (x is in [-125, 126]: v_exp2_in_range). */
 #define LO_EXP2_SCALE 0.5f
 static inline V v_exp2_split(V x, V* f) {
     const V magic = SET1(12583040.0f); /* 1.5 * 2^23 + 128 */
+    /* empty asm statements make x, k and n opaque, so that -ffast-math can neither fold (x + c) - c
+       to x, nor reassociate x - (k - c), nor move c into the sum that made x */
+    __asm__("" : "+x"(x));
     V k = _mm256_add_ps(x, magic);
-    /* empty asm statements make k and n opaque, so that -ffast-math can neither fold (x + c) - c
-       to x nor reassociate x - (k - c) */
     __asm__("" : "+x"(k));
     V n = _mm256_sub_ps(k, magic);
     __asm__("" : "+x"(n));

@@ -48,11 +48,10 @@
 
 #if defined(LO_SIMD)
 int lo_simd(void) { return LO_SIMD; }
-static inline V v_exp2(V x) {
-    /* 2^x = 2^n 2^f, n = round(x), f = x - n in [-1/2, 1/2] (exact). Clamped to [-125, 126] so
-       the result stays a normal float and 1 + 2^x finite (as lo_expf's [-87, 88] in base e). */
-    /* operand order: maxps/minps return the second operand when one is NaN, so NaN stays NaN */
-    x = v_min(SET1(126.0f), v_max(SET1(-125.0f), x));
+/* 2^x for x in [-125, 126] (or NaN): v_exp2 without its clamp, for inputs bounded by the
+   weights (lo_inputs_bounded) */
+static inline V v_exp2_in_range(V x) {
+    /* 2^x = 2^n 2^f, n = round(x), f = x - n in [-1/2, 1/2] (exact) */
     V f;
     const V k = v_exp2_split(x, &f); /* n, or what the ISA's v_exp2_join needs of it */
     /* degree-5 polynomial fitted to 2^f on [-1/2, 1/2] for relative error, constant term fixed
@@ -67,8 +66,40 @@ static inline V v_exp2(V x) {
     e = v_fmadd(e, f, SET1(s * 1.0f));
     return v_exp2_join(e, k);
 }
+static inline V v_exp2(V x) {
+    /* Clamped to [-125, 126] so the result stays a normal float and 1 + 2^x finite (as
+       lo_expf's [-87, 88] in base e). Operand order: maxps/minps return the second operand when
+       one is NaN, so NaN stays NaN, and an x in range passes bit for bit. */
+    return v_exp2_in_range(v_min(SET1(126.0f), v_max(SET1(-125.0f), x)));
+}
 /* 1 / (1 + x) for x >= 0 (x = an exp, at most exp(88): the sum stays finite) */
 static inline V v_rcp1p(V x) { return v_recip(v_add(x, SET1(1.0f))); }
+/* Whether the inputs of every exp in the gates and the head lie inside v_exp2's range for any
+   coordinate, from the weights alone: features are clipped to +-clip and |h| <= 1 (h = o tanh(c),
+   which the loop clamps to that on load: a no-op for any state a learned step wrote), so a gate's
+   input, scaled to base 2 as the loop does, is at most sc (|b| + clip sum|w_features| + sum|w_h|)
+   in size, for every bias row (the rule's, or each tensor's: bias_rows of them); the head's
+   likewise, and the step size's log_scale_bound log2 e. Then the loop's clamps before those exps
+   change no bit and are left out (the cell's tanh keeps its clamp: c is unbounded). The limit is
+   below the clamp's 125 by far more than the fp32 rounding of the sums. NaN weights give 0. */
+#define LO_IN_RANGE 120.0
+int lo_inputs_bounded(const float* w, const float* bias, const float* hw, const float* hb, int64_t bias_rows,
+                      double clip, double log_scale_bound) {
+    const double l2e = 1.44269504088896341;
+    int ok = fabs(log_scale_bound) * l2e <= LO_IN_RANGE;
+    for (int r = 0; r < 4 * HIDDEN; r++) {
+        const double sc = (r >= 2 * HIDDEN && r < 3 * HIDDEN) ? 2.0 * l2e : l2e; /* tanh(g) is an exp of 2z */
+        double s = 0.0;
+        for (int i = 0; i < FEATURES + HIDDEN; i++) s += fabs((double)w[r * (FEATURES + HIDDEN) + i]) * (i < FEATURES ? clip : 1.0);
+        for (int64_t t = 0; t < bias_rows; t++) ok &= sc * (s + fabs((double)bias[t * 4 * HIDDEN + r])) <= LO_IN_RANGE;
+    }
+    for (int o = 0; o < 2; o++) {
+        double s = 0.0;
+        for (int q = 0; q < HIDDEN; q++) s += fabs((double)hw[o * HIDDEN + q]);
+        for (int64_t t = 0; t < bias_rows; t++) ok &= 2.0 * l2e * (s + fabs((double)hb[2 * t + o])) <= LO_IN_RANGE;
+    }
+    return ok;
+}
 /* the two approximations over arrays, for the tests (their accuracy is checked directly) */
 void lo_simd_exp2(int64_t len, const float* x, float* y) {
     for (int64_t j = 0; j < len; j += VL) st_f32(y + j, lo_mask(len - j), v_exp2(ld_f32(x + j, lo_mask(len - j))));
