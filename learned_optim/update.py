@@ -469,7 +469,7 @@ def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chu
     ``kernels.FUSED_BACKENDS`` has for the batch's device). Runs without autograd."""
     if impl not in ("auto", "fused", "eager"):
         raise ValueError(f"update_batch: impl must be 'auto', 'fused' or 'eager', got {impl!r}")
-    device = batch.p[0].device if batch.p else torch.device("cpu")
+    device = batch.tensors[0][0].device if batch.numels else torch.device("cpu")
     if fused is None:
         fused = kernels.FUSED_BACKENDS.get(device.type)
     todo = [i for i, n in enumerate(batch.numels) if n > 0]

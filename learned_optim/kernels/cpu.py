@@ -156,7 +156,7 @@ def simd_width(hidden_size: int = 4, num_features: int = 2) -> int:
 
 
 def supports(p, g, m, v, h, c, hidden_size: int) -> bool:
-    """Whether the C loop handles this tensor's dtypes (all on CPU, contiguous views given)."""
+    """Whether the C loop handles this tensor's dtypes (all on CPU, contiguous tensors given)."""
     if hidden_size > MAX_HIDDEN or p.device.type != "cpu":
         return False
     if p.dtype == torch.float64:
@@ -169,7 +169,7 @@ def select(rule: PreparedRule, batch: Batch, todo: Sequence[int]) -> list[int]:
     """The tensors of ``todo`` this backend updates: those ``supports`` accepts, or none when the
     loop is unavailable (switched off, or it does not build)."""
     hs = rule.hidden_size
-    ok = [i for i in todo if supports(batch.p[i], batch.g[i], batch.m[i], batch.v[i], batch.h[i], batch.c[i], hs)]
+    ok = [i for i in todo if supports(*(lst[i] for lst in batch.tensors), hs)]
     return ok if ok and available(hs, rule.num_features, v2=_is_v2(rule, batch)) else []
 
 
@@ -201,7 +201,7 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     per_tensor = batch.gate_bias is not None
     groups: dict[torch.dtype, list[int]] = {}
     for i in idx:
-        groups.setdefault(batch.h[i].dtype, []).append(i)
+        groups.setdefault(batch.tensors[4][i].dtype, []).append(i)
     w = [t.contiguous() for t in (rule.weight, rule.bias, rule.head_weight, rule.head_bias)]
     kinds = rule.feature_kinds
     consts = _RuleStruct(rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps,
@@ -216,9 +216,10 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
         fn = getattr(lib, name + ("_v2" if v2 else ""))
         gb, hb = w[1], w[3]
         if per_tensor:  # the rows of this group's tensors: [len(sub), 4H] and [len(sub), 2]
-            gb, hb = (t.contiguous() if sub == list(range(len(batch.p))) else t[sub].contiguous()
+            gb, hb = (t.contiguous() if sub == list(range(len(batch.numels))) else t[sub].contiguous()
                       for t in (batch.gate_bias.to(cdt), batch.head_bias.to(cdt)))
-        ptrs = torch.tensor([[t.data_ptr() for t in lst] for lst in batch.lists(sub)], dtype=torch.int64)
+        # the tensors' addresses: the C loop needs no views of them
+        ptrs = torch.tensor([[t.data_ptr() for t in lst] for lst in batch.sources(sub)], dtype=torch.int64)
         numels = torch.tensor([batch.numels[i] for i in sub], dtype=torch.int64)
         coefs = torch.tensor([batch.ib1[i] for i in sub] + [batch.sib2[i] for i in sub], dtype=cdt)
         t_count = len(sub)

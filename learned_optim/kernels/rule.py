@@ -138,19 +138,17 @@ def prepare_rule(weights, config: LSTMOptimizerConfig, *, device: torch.device, 
 
 @dataclass
 class Batch:
-    """Flat contiguous views of every tensor of one call (``h``/``c`` as ``[H, n]``), and each
-    tensor's bias corrections ``ib1`` = 1/(1-b1^t) and ``sib2`` = sqrt(1/(1-b2^t)) as floats
-    (tensors may be at different steps). ``g`` is read only. A non-contiguous tensor is updated
-    through a contiguous copy that ``finish()`` writes back. ``finite``: ``None``, or int32 flags
-    on the device, one per tensor, 0 where the tensor must be left untouched (only backends with
+    """Every tensor of one call, contiguous: ``tensors`` is the lists (p, g, m, v, h, c), each
+    tensor in its own shape (h and c ``[H, *p.shape]``); ``p`` ... ``c`` are their flat views
+    (``h``/``c`` as ``[H, n]``), made on first use (the C loop reads only the tensors' addresses,
+    ``sources``, and a view per tensor and list costs ~1 us of Python at every step). Each tensor's
+    bias corrections ``ib1`` = 1/(1-b1^t) and ``sib2`` = sqrt(1/(1-b2^t)) as floats (tensors may
+    be at different steps). ``g`` is read only. A non-contiguous tensor is updated through a
+    contiguous copy that ``finish()`` writes back. ``finite``: ``None``, or int32 flags on the
+    device, one per tensor, 0 where the tensor must be left untouched (only backends with
     ``DEVICE_FLAGS`` receive a batch with flags)."""
 
-    p: list[Tensor]
-    g: list[Tensor]
-    m: list[Tensor]
-    v: list[Tensor]
-    h: list[Tensor]
-    c: list[Tensor]
+    tensors: tuple[list[Tensor], ...]
     ib1: list[float]
     sib2: list[float]
     numels: list[int]
@@ -161,16 +159,33 @@ class Batch:
     # [T, 2] = head_bias + W_yz z_i for tensor i's context z_i; None without context
     gate_bias: Tensor | None = None
     head_bias: Tensor | None = None
+    _views: dict[int, list[Tensor]] = field(default_factory=dict, repr=False, compare=False)
+
+    def _flat(self, k: int) -> list[Tensor]:
+        if k not in self._views:  # p, g, m, v as [n]; h, c as [H, n]
+            self._views[k] = [t.view(-1) if k < 4 else t.view(t.shape[0], -1) for t in self.tensors[k]]
+        return self._views[k]
+
+    p = property(lambda self: self._flat(0))
+    g = property(lambda self: self._flat(1))
+    m = property(lambda self: self._flat(2))
+    v = property(lambda self: self._flat(3))
+    h = property(lambda self: self._flat(4))
+    c = property(lambda self: self._flat(5))
 
     def finite_of(self, idx: Sequence[int]) -> Tensor | None:
         """The flags of the tensors ``idx`` (a device gather unless ``idx`` is every tensor)."""
-        if self.finite is None or list(idx) == list(range(len(self.p))):
+        if self.finite is None or list(idx) == list(range(len(self.numels))):
             return self.finite
         return self.finite.index_select(0, host_to(torch.tensor(list(idx), dtype=torch.int64), self.finite.device))
 
     def lists(self, idx: Sequence[int]) -> tuple[list[Tensor], ...]:
-        """(p, g, m, v, h, c) of the tensors ``idx``."""
+        """(p, g, m, v, h, c) of the tensors ``idx``, as flat views."""
         return tuple([lst[i] for i in idx] for lst in (self.p, self.g, self.m, self.v, self.h, self.c))
+
+    def sources(self, idx: Sequence[int]) -> tuple[list[Tensor], ...]:
+        """(p, g, m, v, h, c) of the tensors ``idx`` as they are (contiguous, not flattened)."""
+        return tuple([lst[i] for i in idx] for lst in self.tensors)
 
     def finish(self) -> None:
         for dst, src in self.writebacks:
@@ -181,20 +196,19 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
                   config: LSTMOptimizerConfig, betas: tuple[float, float] | None = None,
                   finite: Tensor | None = None, rule: PreparedRule | None = None,
                   context: Tensor | None = None) -> Batch:
-    """The flat views and bias corrections of ``learned_update``'s lists (steps already counted),
-    with ``betas`` (default: the config's); ``finite``: see ``Batch``; ``context`` ``[T, K]``
+    """The contiguous tensors and bias corrections of ``learned_update``'s lists (steps already
+    counted), with ``betas`` (default: the config's); ``finite``: see ``Batch``; ``context`` ``[T, K]``
     (``update.tensor_context``, default ``None``) with the ``rule`` gives the per-tensor biases."""
-    hs = config.hidden_size
     writebacks: list[tuple[Tensor, Tensor]] = []
 
-    def flat(t: Tensor, rows: int | None) -> Tensor:
-        shape = (-1,) if rows is None else (rows, -1)
+    def contiguous(t: Tensor, write_back: bool = True) -> Tensor:
         if t.is_contiguous():
-            return t.view(shape)
+            return t
         # memory proportional to this tensor only; rare in practice
         tmp = t.contiguous()
-        writebacks.append((t, tmp))
-        return tmp.view(shape)
+        if write_back:
+            writebacks.append((t, tmp))
+        return tmp
 
     b1, b2 = rule_betas(config, betas)
     gate_bias = head_bias = None
@@ -205,10 +219,9 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
         gate_bias = (rule.bias[:, None] + rule.context_weight @ z).T.contiguous()
         head_bias = (rule.head_bias[:, None] + rule.head_context_weight @ z).T.contiguous()
     steps = [float(s) for s in state_steps]  # CPU step tensors (as torch.optim.Adam): no sync
+    tensors = tuple([contiguous(t) for t in lst] for lst in (params, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs))
     return Batch(
-        p=[flat(t, None) for t in params], g=[t.reshape(-1) for t in grads],
-        m=[flat(t, None) for t in exp_avgs], v=[flat(t, None) for t in exp_avg_sqs],
-        h=[flat(t, hs) for t in lstm_hs], c=[flat(t, hs) for t in lstm_cs],
+        tensors=(tensors[0], [contiguous(t, write_back=False) for t in grads], *tensors[1:]),
         ib1=[1.0 / (1 - b1**t) for t in steps], sib2=[(1.0 / (1 - b2**t)) ** 0.5 for t in steps],
         numels=[p.numel() for p in params], writebacks=writebacks,
         finite=None if finite is None else finite.to(torch.int32), gate_bias=gate_bias, head_bias=head_bias,
