@@ -122,6 +122,18 @@ def run(case, grads_seq, net, *, impl, chunk_size=eager.DEFAULT_CHUNK_SIZE, **kw
     return case
 
 
+def run_fp32(case, grads_seq, net, loop: str, **kw):
+    """``run`` on an fp32 copy of an fp64 case (gradients rounded too) with the CPU loop ``loop``."""
+    case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case]
+    with cpu_loop(loop) as impl:
+        return run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl, **kw)
+
+
+def max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / (1 + |want|), in fp64."""
+    return ((got.double() - want.double()).abs() / (1 + want.double().abs())).max().item()
+
+
 def assert_same(got, want, *, rtol, atol, msg):
     for i, (a, b) in enumerate(zip(got, want)):
         for key in ("p", "m", "v", "h", "c", "step"):
@@ -666,13 +678,11 @@ def test_saturated_cell_state_matches_reference(loop):
         e["c"].copy_(mag * sign)
     grads_seq = [grads_for(case, gen) for _ in range(3)]
     want = run(case, grads_seq, net, impl="reference")
-    case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case]
-    with cpu_loop(loop) as impl:
-        got = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl)
+    got = run_fp32(case, grads_seq, net, loop)
     for a, b in zip(got, want):
         assert ((b["h"].abs() > 0.05) & (b["h"].abs() < 0.2)).any()  # gates where an overflow would show
         for key in ("p", "h", "c"):
-            err = ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item()
+            err = max_rel_err(a[key], b[key])
             assert err < 1e-5, f"seed={seed} {loop} {key} {err:.2e}"
 
 
@@ -744,15 +754,10 @@ def test_hidden_state_outside_its_range():
         e["h"].clamp_(-1, 1)
     grads_seq = [grads_for(case, gen)]
     as_is, on_clamped = (run(c, grads_seq, net, impl="reference") for c in (case, clamped))
-    case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case]
-    with cpu_loop("c") as impl:
-        got = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl)
-    with cpu_loop("c-portable") as impl:
-        portable = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl)
+    got, portable = (run_fp32(case, grads_seq, net, loop) for loop in ("c", "c-portable"))
     for a, b, c, d in zip(got, on_clamped, portable, as_is):
         for key in ("p", "h", "c"):
-            assert ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item() < 1e-5, (seed, key)
-            assert ((c[key].double() - d[key]).abs() / (1 + d[key].abs())).max().item() < 1e-5, (seed, key)
+            assert max_rel_err(a[key], b[key]) < 1e-5 and max_rel_err(c[key], d[key]) < 1e-5, (seed, key)
 
 
 @pytest.mark.parametrize("loop", LOOPS_FP32)
@@ -772,12 +777,10 @@ def test_gate_inputs_past_the_exp_range_match_reference(loop):
     case = make_case([(97,), (50,)], gen)
     grads_seq = [grads_for(case, gen) for _ in range(3)]
     want = run(case, grads_seq, net, impl="reference")
-    case32 = [{k: (v.float() if k != "step" else v.clone()) for k, v in e.items()} for e in case]
-    with cpu_loop(loop) as impl:
-        got = run(case32, [[g.float() for g in gs] for gs in grads_seq], net, impl=impl)
+    got = run_fp32(case, grads_seq, net, loop)
     for a, b in zip(got, want):
         for key in ("p", "h", "c"):
-            err = ((a[key].double() - b[key]).abs() / (1 + b[key].abs())).max().item()
+            err = max_rel_err(a[key], b[key])
             assert err < 1e-5, f"seed={seed} {loop} {key} {err:.2e}"
 
 
