@@ -22,6 +22,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import learned_optim
 from learned_optim import CoordinatewiseLSTM, LearnedOptimizer, kernels
 from learned_optim import update as upd
 from learned_optim.kernels import cbuild, cpu, eager
@@ -705,7 +706,7 @@ def _prepared(net):
                         weight_decay=0.0, maximize=False)
 
 
-@pytest.mark.parametrize("name", ["lstm-h4-v1", "lstm-h4-v2-t32", "lstm-h4-v2-size"])
+@pytest.mark.parametrize("name", learned_optim.list_shipped())
 def test_shipped_weights_take_the_loop_without_gate_clamps(name):
     """The shipped weights bound every gate and head input of the hand-vectorized loop inside its
     exp's range, for every context a tensor can have (each context input at either end of its
