@@ -222,11 +222,8 @@ def main(argv: list[str] | None = None) -> int:
               f"ratio goes with a higher accuracy; |rho| > {crit:.2f} differs from 0 at the 5% level): held-out "
               f"ratio **{rho_held:+.2f}**, training-loss ratio **{rho_train:+.2f}**."]
     (out / "heldout-vit-probe.md").write_text("\n".join(lines) + "\n")
-    study.scatter_panels(out / "heldout-vit-probe.png", [
-        ([points[n][key] for n in names], acc, f"validation ViT {label} / tuned Adam", "vit-digits test accuracy (%)",
-         f"rho {rho:+.2f} (n={len(names)})")
-        for key, label, rho in (("heldout_ratio", "held-out loss", rho_held),
-                                ("val_train_ratio", "training loss", rho_train))])
+    study.probe_panels(out / "heldout-vit-probe.png", points, acc, "validation ViT", "vit-digits test accuracy (%)",
+                       rho_held, rho_train)
     return 0
 
 

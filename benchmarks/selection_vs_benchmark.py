@@ -257,6 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def probe_panels(path: Path, points: dict[str, dict], ys: list[float], what: str, ylabel: str,
+                 rho_held: float, rho_train: float) -> None:
+    """The held-out probes' figure: the benchmark figure ``ys`` (one per point, in ``points``' order) against each
+    point's held-out ratio and its validation record's training-loss ratio, with their Spearman rhos."""
+    names = list(points)
+    scatter_panels(path, [
+        ([points[n][key] for n in names], ys, f"{what} {label} / tuned Adam", ylabel,
+         f"rho {rho:+.2f} (n={len(names)})")
+        for key, label, rho in (("heldout_ratio", "held-out loss", rho_held),
+                                ("val_train_ratio", "training loss", rho_train))])
+
+
 def scatter_panels(path: Path, panels: list[tuple[list[float], list[float], str, str, str]]) -> None:
     """One scatter plot per ``(xs, ys, xlabel, ylabel, title)`` side by side, saved as PNG at ``path``
     (nothing, with a note on stderr, without matplotlib)."""

@@ -8,7 +8,9 @@ recipe's ``validation.evaluate`` settings, against the committed Adam baselines)
 selection metric (the worst task's mean log ratio to tuned Adam, ``val_reduce="max"``) and the mean,
 with every task's ratio. Slope 0 is the rule itself: its row must equal the last evaluation in the
 rule's meta-training log. ``--feature log_num_params_capped`` sweeps the prior on the size input
-capped at 1e5 parameters (models at or above it keep the rule's steps). ``--impl`` sets the inner
+capped at 1e5 parameters (models at or above it keep the rule's steps); any other context input
+works the same way (``with_step_prior``): ``--feature is_vector`` sweeps a shift of the step
+scale of vectors alone (biases, LayerNorm gains). ``--impl`` sets the inner
 step's implementation (default: the default recipe's ``inner_impl``): the trajectories are chaotic,
 so the two implementations give other digits on the noisier tasks. ``--seeds N`` evaluates N seeds
 per task instead of the recipe's 3 (the first 3 are the recipe's; Adam's baselines for them are
@@ -16,7 +18,7 @@ computed once, written to ``adam-baselines.json`` in ``--out`` and reused from t
 ``--tasks`` a subset of the validation tasks, each with the seeds it has in the full set.
 
     python benchmarks/size_prior_sweep.py --out benchmarks/results/size-prior
-        [--weights lstm-h4-v2-t32] [--slopes 0,-0.1,-0.2,-0.3,-0.4,-0.5] [--feature log_num_params]
+        [--weights lstm-h4-v2-t32] [--slopes 0,-0.1,-0.2,-0.3,-0.4,-0.5] [--feature log_num_params|is_vector|...]
         [--impl reference|auto] [--seeds 9] [--tasks NAME,NAME]
 
 Writes ``size-prior-sweep.json`` and ``size-prior-sweep.md`` into ``--out``.
@@ -38,7 +40,7 @@ import torch
 from learned_optim.hub import from_pretrained
 from learned_optim.meta.config import VAL_TASKS, load_config
 from learned_optim.meta.validation import adam_baselines, evaluate
-from learned_optim.network import SIZE_FEATURES
+from learned_optim.network import CONTEXT_FEATURES
 
 BASELINES = "benchmarks/results/meta-v2/v2-validation-adam-baselines.json"
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--weights", default="lstm-h4-v2-t32")
     ap.add_argument("--slopes", default="0,-0.1,-0.2,-0.3,-0.4,-0.5")
-    ap.add_argument("--feature", default="log_num_params", choices=SIZE_FEATURES)
+    ap.add_argument("--feature", default="log_num_params", choices=CONTEXT_FEATURES)
     ap.add_argument("--impl", default=None, choices=("reference", "auto"),
                     help="the inner step's implementation (default: the default recipe's inner_impl; the sweeps "
                          "of lstm-h4-v2-t32 ran with reference, its recipe's)")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for slope in slopes:
         t1 = time.time()
-        ev = evaluate(base.with_size_prior(slope, feature=args.feature), val_tasks, baselines, inner_lr=cfg.inner_lr,
+        ev = evaluate(base.with_step_prior(slope, args.feature), val_tasks, baselines, inner_lr=cfg.inner_lr,
                       loss_cap=cfg.loss_cap, seeds=seeds, reduce="max", inner_impl=cfg.inner_impl, indices=indices)
         ratios = {r["task"]: r["ratio_vs_tuned"] for r in ev["rows"]}
         mean = math.exp(sum(math.log(v) for v in ratios.values()) / len(ratios))
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
     (out / "size-prior-sweep.json").write_text(json.dumps(res, indent=1) + "\n")
     tasks = list(rows[0]["ratios"])
-    lines = ["# The size prior's slope on the meta-validation set", "",
+    lines = [f"# The {'size ' if args.feature.startswith('log_num_params') else ''}prior's slope on `{args.feature}` "
+             "on the meta-validation set", "",
              f"Command: `{res['command']}`; weights `{args.weights}`; prior on `{args.feature}`; validation tasks "
              f"`{cfg.val_tasks}` (the "
              f"default recipe's{'' if len(val_tasks) == len(all_tasks) else '; only ' + ', '.join(res['tasks'])}), "

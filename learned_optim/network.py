@@ -27,8 +27,8 @@ from torch import nn
 
 from .common.config import check_bool, check_int, check_number, config_error
 
-__all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "SIZE_FEATURES", "MOMENT_FEATURES", "WEIGHT_NAMES",
-           "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
+__all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "SIZE_FEATURES", "MODEL_SIZE_FEATURES", "MOMENT_FEATURES",
+           "WEIGHT_NAMES", "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
 
 # Version of the on-disk format (config.json + model.safetensors). Bump when the meaning
 # of a field or tensor changes; loaders refuse versions newer than they understand.
@@ -68,14 +68,27 @@ FEATURES = ("g_norm", "m_norm")
 #                 (a small training set memorised: 0.15 to 0.04 on the benchmark ViT, 0.0013 late on the
 #                 2000-step suite task, benchmarks/results/step-scale/step-scale.md), so the rule can
 #                 tell that regime from one whose gradients still carry signal.
+#   "is_vector_large": is_vector times clip(log10(P / 1e4), 0, 1): 0 for every tensor of a model of
+#                 1e4 values or fewer and for every matrix, 1 for the vectors (biases, LayerNorm gains)
+#                 of a model of 1e5 values or more, rising with log size between. The meta-training
+#                 families (33 to 76k values) taught the rule vector steps about Adam's, while its
+#                 matrices' steps grow with their fan-in (log_fan_in): on a transformer of 1e5 values or
+#                 more that leaves vectors at about 1x Adam's step and matrices at 2.5x
+#                 (benchmarks/results/vector-prior/README.md); a prior on this input
+#                 (``with_step_prior``) moves the vectors of large models alone.
 CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "log_num_params_capped",
-                    "adam_log_rms")
-# The context inputs that read the model's size P (the optimizer counts it only for rules that do).
+                    "adam_log_rms", "is_vector_large")
+# The size inputs a size prior acts on (``CoordinatewiseLSTM.with_size_prior``).
 SIZE_FEATURES = ("log_num_params", "log_num_params_capped")
+# The context inputs that read the model's size P (the optimizer counts it only for rules that do).
+MODEL_SIZE_FEATURES = SIZE_FEATURES + ("is_vector_large",)
 # The context inputs that read the moments m, v and the step count before the step.
 MOMENT_FEATURES = ("adam_log_rms",)
-# The provenance key recording the slope ``CoordinatewiseLSTM.with_size_prior`` added, by input.
-PRIOR_KEYS = {"log_num_params": "size_prior", "log_num_params_capped": "size_prior_capped"}
+# The provenance key recording the weight ``CoordinatewiseLSTM.with_step_prior`` (and ``with_size_prior``)
+# added, by input.
+PRIOR_KEYS = {"log_num_params": "size_prior", "log_num_params_capped": "size_prior_capped",
+              "p_log_rms": "p_log_rms_prior", "log_fan_in": "log_fan_in_prior", "is_vector": "vector_prior",
+              "adam_log_rms": "adam_log_rms_prior", "is_vector_large": "large_vector_prior"}
 
 # The meta-parameters of a CoordinatewiseLSTM, by attribute name, in the one order used everywhere:
 # flat meta-parameter vectors, safetensors files, checkpoints, and the mapping lstm_rule accepts.
@@ -152,8 +165,8 @@ class LSTMOptimizerConfig:
 
     @property
     def reads_model_size(self) -> bool:
-        """Whether a context input reads the model's size (``SIZE_FEATURES``)."""
-        return any(name in SIZE_FEATURES for name in self.context_features)
+        """Whether a context input reads the model's size (``MODEL_SIZE_FEATURES``)."""
+        return any(name in MODEL_SIZE_FEATURES for name in self.context_features)
 
     @property
     def reads_moments(self) -> bool:
@@ -288,10 +301,8 @@ class CoordinatewiseLSTM(nn.Module):
         return new.to(self.weight.dtype)
 
     def with_size_prior(self, slope: float, feature: str = "log_num_params") -> "CoordinatewiseLSTM":
-        """The same rule with its step-scale output shifted by model size: the head's weight from
-        the size context input ``feature`` to ``y_0`` (the log step scale's pre-activation,
-        ``direction = adam_step * exp(log_scale_bound * tanh(y_0)) + ...``) is increased by
-        ``slope``, adding the input first (with ``with_context_features``) if the rule lacks it.
+        """The same rule with its step-scale output shifted by model size: ``with_step_prior(slope,
+        feature)`` restricted to the size inputs ``SIZE_FEATURES``.
 
         With ``slope < 0`` models below 1e5 parameters (the input's zero) take larger steps; with
         ``feature="log_num_params"`` larger models take smaller ones, with
@@ -302,9 +313,7 @@ class CoordinatewiseLSTM(nn.Module):
         ``benchmarks/adam_lr_by_family.py``). A rule can learn this weight, but meta-training
         learns little of it (the default's recipe takes about one multiple of Adam's step at
         every model size; with the input from the start it learned -0.13, see
-        benchmarks/results/meta-v2/README.md), hence a way to set it. Every other weight is
-        unchanged; the slope added is recorded in the provenance (``"size_prior"`` for
-        ``"log_num_params"``, ``"size_prior_capped"`` for ``"log_num_params_capped"``).
+        benchmarks/results/meta-v2/README.md), hence a way to set it.
 
         Args:
             slope: added to the head weight of ``feature`` on ``y_0`` (a finite number; 0 gives
@@ -322,14 +331,40 @@ class CoordinatewiseLSTM(nn.Module):
             >>> net.with_size_prior(-0.3, feature="log_num_params_capped").provenance
             {'size_prior_capped': -0.3}
         """
+        if not isinstance(feature, str) or feature not in SIZE_FEATURES:
+            raise ValueError(f"feature must be one of {SIZE_FEATURES} (the size input the prior acts on), "
+                             f"got {feature!r}")
+        return self.with_step_prior(slope, feature)
+
+    def with_step_prior(self, slope: float, feature: str) -> "CoordinatewiseLSTM":
+        """The same rule with ``slope`` added to the head's weight from the context input
+        ``feature`` to ``y_0``, the log step scale's pre-activation
+        (``direction = adam_step * exp(log_scale_bound * tanh(y_0)) + ...``), adding the input
+        first (with ``with_context_features``) if the rule lacks it. Every other weight is
+        unchanged, so tensors or models where the input is 0 keep this rule's steps exactly; for a
+        coordinate whose ``y_0`` is near 0 the step is multiplied by about
+        ``exp(log_scale_bound * slope * z)`` where the input reads ``z``. On ``"is_vector"`` it
+        scales the steps of vectors (biases, LayerNorm gains) alone. The slope added is recorded
+        in the provenance under ``PRIOR_KEYS[feature]`` (summed over repeated calls).
+
+        Args:
+            slope: added to the head weight of ``feature`` on ``y_0``; a finite number.
+            feature: a context input, one of ``CONTEXT_FEATURES``.
+
+        Example::
+
+            >>> net = CoordinatewiseLSTM(LSTMOptimizerConfig(context_features=("p_log_rms", "is_vector")))
+            >>> net.with_step_prior(0.3, "is_vector").provenance
+            {'vector_prior': 0.3}
+        """
         if isinstance(slope, bool) or not isinstance(slope, (int, float)):
             raise TypeError(f"slope must be a number (the head weight added on {feature}, e.g. -0.35), "
                             f"got {type(slope).__name__} {slope!r}")
         if not math.isfinite(slope):
             raise ValueError(f"slope must be a finite number (the head weight added on {feature}, e.g. -0.35), "
                              f"got {slope!r}")
-        if not isinstance(feature, str) or feature not in SIZE_FEATURES:
-            raise ValueError(f"feature must be one of {SIZE_FEATURES} (the size input the prior acts on), "
+        if not isinstance(feature, str) or feature not in CONTEXT_FEATURES:
+            raise ValueError(f"feature must be one of {CONTEXT_FEATURES} (the context input the prior acts on), "
                              f"got {feature!r}")
         names = self.config.context_features
         new = self.with_context_features(names if feature in names else names + (feature,))

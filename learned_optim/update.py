@@ -59,7 +59,8 @@ Format version 2 (``network.LSTMOptimizerConfig``) adds two options to the same 
   so negating every gradient negates every step exactly (the LSTM sees the same inputs).
 * ``context_features``: per-tensor values :math:`z \in \mathbb{R}^K` (``tensor_context``: the
   tensor's log RMS, log fan-in, whether it is a vector, the log size of the whole model, the log
-  RMS of Adam's step from the moments before the step) enter as
+  RMS of Adam's step from the moments before the step, whether it is a vector of a model above
+  1e4 values; ``network.CONTEXT_FEATURES`` defines each) enter as
   biases of the gates and the head, :math:`b + W_z z` and :math:`b_y + W_{yz} z`: the rule can
   size its steps per layer and per model.
 """
@@ -218,7 +219,7 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
     for each tensor of ``params``: ``[len(params), K]``, computed without autograd in ``dtype``
     (default ``None``: fp64) on the tensors' device, with one foreach norm for all of them (in
     each tensor's own dtype: an fp64 accumulation costs ~7x more on CPU, and a log10 of an RMS
-    needs no more precision). ``num_params`` is the model size the ``SIZE_FEATURES`` read
+    needs no more precision). ``num_params`` is the model size the ``MODEL_SIZE_FEATURES`` read
     (default ``None``: the number of values in ``params``). ``exp_avgs``, ``exp_avg_sqs`` and
     ``state_steps`` (the moments and step counts before this step) and ``betas`` (default
     ``None``: the config's) are read by the ``MOMENT_FEATURES`` only, and needed by them.
@@ -356,6 +357,9 @@ def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: L
             value = min(max(math.log10(max(num_params, 1)) - 5.0, -clip), clip)
             value = min(value, 0.0) if name == "log_num_params_capped" else value
             cols.append(torch.full((len(shapes),), value, dtype=rms.dtype, device=rms.device))
+        elif name == "is_vector_large":  # the vectors of models above 1e4 values, all of them from 1e5
+            ramp = min(max(math.log10(max(num_params, 1)) - 4.0, 0.0), 1.0)
+            cols.append(static["is_vector"] * ramp)
         else:  # shape features: clipped like every input
             cols.append(static[name].clamp(-clip, clip))
     return torch.stack(cols, dim=1)
@@ -400,7 +404,7 @@ def learned_update(
     tensors keep their step count.
 
     ``num_params`` (default ``None``: the number of values in ``params``) is the size of the whole
-    model for the context features that read it (``network.SIZE_FEATURES``): ``LearnedOptimizer``
+    model for the context features that read it (``network.MODEL_SIZE_FEATURES``): ``LearnedOptimizer``
     passes the count over all its param groups, so the rule does not change with how the tensors
     are split between calls. ``sharding`` (default ``None``): the tensors are local shards of
     FSDP2 parameters (``Sharding``); the per-tensor context is then computed over the whole

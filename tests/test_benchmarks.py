@@ -834,6 +834,33 @@ def test_heldout_vit_probe_regimes_match_what_they_name(tmp_path):
         assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr
 
 
+def test_heldout_lm_probe_scores_held_out_text(tmp_path):
+    """benchmarks/heldout_lm_probe.py: the probe's LM trains on the head of the validation modules and
+    scores (its full batch) windows of the held-out tail; --model deep is 4 layers at context 64; bad
+    arguments are refused naming the option."""
+    import importlib.util
+
+    import torch
+
+    from learned_optim.meta.arch_tasks import _corpus
+
+    spec = importlib.util.spec_from_file_location("lm_probe", ROOT / "benchmarks" / "heldout_lm_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    for model, layers, ctx in (("validation", 2, 32), ("deep", 4, 64)):
+        task = probe._task(model)
+        assert (task.source, task.heldout) == ("validation:head", "validation:tail")
+        assert task.model.layers == layers and task.ctx == ctx
+        scored = task.full_batch()
+        assert torch.equal(scored, task.validation_batch()) and scored.shape[1] == ctx + 1
+        tail = bytes(_corpus("validation:tail").tolist())
+        assert all(bytes(w.tolist()) in tail for w in scored[:8])
+        assert task.sample_batch(torch.Generator().manual_seed(0)).shape == (task.batch_size, ctx + 1)
+    for bad in (["--adam-lrs", "1e-3,x"], ["--seeds", "0"], ["--model", "wide"]):
+        proc = _run_script("heldout_lm_probe", "--out", str(tmp_path / "x"), *bad, cwd=tmp_path)
+        assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr
+
+
 def test_average_weights_is_the_mean_and_refuses_mixed_configs(tmp_path):
     """benchmarks/average_weights.py: the element-wise mean of the inputs, a committed average
     reproduced from its committed inputs, and a clear error for inputs of different configs."""

@@ -11,12 +11,12 @@ from learned_optim.meta import MetaTrainConfig, get_preset
 from learned_optim.network import PRIOR_KEYS
 
 # Each meta-trained shipped name and the preset its model card documents.
-SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32"), ("lstm-h4-v2-size", "default"),
-           ("lstm-h4-v2-size", "lstm-h4-v2-size")]
+SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32"),
+           ("lstm-h4-v2-size", "lstm-h4-v2-size"), ("lstm-h4-v2-vec", "default"), ("lstm-h4-v2-vec", "lstm-h4-v2-vec")]
 
 
 def test_the_default_preset_makes_the_default_weights():
-    assert DEFAULT_WEIGHTS == "lstm-h4-v2-size"
+    assert DEFAULT_WEIGHTS == "lstm-h4-v2-vec"
     assert get_preset("default") == get_preset(DEFAULT_WEIGHTS)
 
 
@@ -36,6 +36,9 @@ def test_shipped_weights_come_from_their_preset(name, preset):
         if feature not in network["context_features"]:
             network["context_features"] = [*network["context_features"], feature]
         assert prov[PRIOR_KEYS[feature]] == config.size_prior
+    if config.vector_prior:  # then the vector prior's input (MetaTrainConfig.vector_prior)
+        network["context_features"] = [*network["context_features"], "is_vector_large"]
+        assert prov[PRIOR_KEYS["is_vector_large"]] == config.vector_prior
     assert net.config.to_dict() == network
     card = (resolve(name) / "README.md").read_text(encoding="utf-8")
     assert f"learned-optim meta-train --config {preset}" in card

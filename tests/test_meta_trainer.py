@@ -299,6 +299,17 @@ def test_size_prior_is_added_to_the_written_weights_only(tmp_path):
     assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
     with pytest.raises(ValueError, match="size_prior_feature"):
         meta_train("tiny", out=tmp_path / "bad", progress=False, size_prior=-0.3, size_prior_feature="p_log_rms")
+    # the vector prior, after the size prior: the same plain weights with both
+    meta_train("tiny", out=tmp_path / "v", progress=False, size_prior=-0.3, size_prior_feature="log_num_params_capped",
+               vector_prior=0.35)
+    want = from_pretrained(tmp_path / "ref").with_size_prior(-0.3, feature="log_num_params_capped")
+    want = want.with_step_prior(0.35, "is_vector_large")
+    got = from_pretrained(tmp_path / "v")
+    assert got.config == want.config and got.config.context_features[-1] == "is_vector_large"
+    assert got.provenance["large_vector_prior"] == 0.35 and got.provenance["meta_train_config"]["vector_prior"] == 0.35
+    assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
+    with pytest.raises(ValueError, match="vector_prior"):
+        meta_train("tiny", out=tmp_path / "bad", progress=False, vector_prior=float("inf"))
 
 
 def test_reused_baselines_are_taken_only_where_they_match(tmp_path):

@@ -95,7 +95,7 @@ def test_lstm_rule_is_exactly_sign_equivariant(name, dtype):
     m = torch.zeros(n, dtype=dtype)
     v, h, c = torch.zeros(n, dtype=dtype), torch.zeros(hs, n, dtype=dtype), torch.zeros(hs, n, dtype=dtype)
     state_pos, state_neg = (m, v, h, c), (m.clone(), v.clone(), h.clone(), c.clone())
-    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5, -1.5][: cfg.num_context], dtype=dtype)
+    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5, -1.5, 0.7][: cfg.num_context], dtype=dtype)
     for t in range(1, 6):
         g = torch.randn(n, generator=gen, dtype=dtype)
         g[:5] = 0.0
@@ -154,14 +154,14 @@ def test_context_values_and_flat_context():
     size = math.log10(127) - 5  # 100 + 3 + 24 values, centred at 1e5
     adam = [_adam_log_rms_by_hand(ms[0], vs[0], 3, cfg), -5.0, _adam_log_rms_by_hand(ms[2], vs[2], 3, cfg)]
     assert -5 < adam[0] < 5 and -5 < adam[2] < 5
-    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size, adam[0]],
-                             [-5.0, 0.0, 1.0, size, size, -5.0],
-                             [0.30103, 1.0791812460476249, 0.0, size, size, adam[2]]], dtype=torch.float64)
+    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size, adam[0], 0.0],
+                             [-5.0, 0.0, 1.0, size, size, -5.0, 0.0],  # 127 values: no large vectors
+                             [0.30103, 1.0791812460476249, 0.0, size, size, adam[2], 0.0]], dtype=torch.float64)
     torch.testing.assert_close(ctx, expected, atol=1e-5, rtol=0)
     flat = torch.cat([p.reshape(-1) for p in params])
     moments = (torch.cat([m.reshape(-1) for m in ms]), torch.cat([v.reshape(-1) for v in vs]), 3)
     per_coord = flat_context(flat, [p.shape for p in params], cfg, moments)
-    assert per_coord.shape == (6, flat.numel())
+    assert per_coord.shape == (7, flat.numel())
     torch.testing.assert_close(per_coord.T.double(), ctx.repeat_interleave(torch.tensor([100, 3, 24]), dim=0),
                                atol=1e-5, rtol=0)
 
@@ -205,6 +205,16 @@ def test_capped_model_size_feature_is_zero_from_1e5_values():
                                      (834_000, math.log10(834_000) - 5, 0.0), (10**12, 5.0, 0.0), (0, -5.0, -5.0)):
         ctx = tensor_context(params, cfg, num_params=num_params)
         assert ctx[:, 0].tolist() == [size] * 2 and ctx[:, 1].tolist() == [capped] * 2, num_params
+
+
+def test_large_vector_feature_ramps_from_1e4_to_1e5_values_on_vectors_only():
+    cfg = LSTMOptimizerConfig(context_features=("is_vector_large", "is_vector"))
+    assert cfg.reads_model_size
+    params = [torch.ones(10, 10), torch.ones(5), torch.ones(2, 3, 4)]
+    for num_params, ramp in ((105, 0.0), (10**4, 0.0), (10**4.5, 0.5), (10**5, 1.0), (834_000, 1.0), (0, 0.0)):
+        ctx = tensor_context(params, cfg, num_params=round(num_params))
+        assert ctx[:, 1].tolist() == [0.0, 1.0, 0.0]
+        assert ctx[:, 0].tolist() == pytest.approx([0.0, ramp, 0.0], abs=1e-5), num_params
 
 
 def test_model_size_feature_sees_every_group_and_gradless_parameter():
@@ -365,6 +375,16 @@ def test_with_context_features_keeps_the_rule_exactly():
         net.with_context_features(("p_log_rms", "is_vector", "nope"))
 
 
+def _one_step(weights, init, grads):
+    """The change one fp64 ``LearnedOptimizer`` step at lr 1e-3 makes to each of ``init`` with ``grads``."""
+    ps = [p.clone().requires_grad_() for p in init]
+    opt = LearnedOptimizer(ps, weights=weights.double(), lr=1e-3)
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    opt.step()
+    return [(p.detach() - p0) for p, p0 in zip(ps, init)]
+
+
 @pytest.mark.parametrize("feature", ["log_num_params", "log_num_params_capped"])
 @pytest.mark.parametrize("numel", [40, 1000, 250_000])
 def test_with_size_prior_scales_the_step_by_model_size(numel, feature):
@@ -381,14 +401,7 @@ def test_with_size_prior_scales_the_step_by_model_size(numel, feature):
     init = [torch.randn(numel - 10, generator=gen, dtype=torch.float64), torch.randn(2, 5, generator=gen,
                                                                                      dtype=torch.float64)]
     grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in init]
-    steps = []
-    for weights in (net, sized, net.with_size_prior(0.0, feature=feature)):
-        ps = [p.clone().requires_grad_() for p in init]
-        opt = LearnedOptimizer(ps, weights=weights.double(), lr=1e-3)
-        for p, g in zip(ps, grads):
-            p.grad = g.clone()
-        opt.step()
-        steps.append([(p.detach() - p0) for p, p0 in zip(ps, init)])
+    steps = [_one_step(weights, init, grads) for weights in (net, sized, net.with_size_prior(0.0, feature=feature))]
     w = float(sized.head_weight[0, -1].detach())  # the slope as stored (fp32 weights)
     assert w == pytest.approx(slope)
     x = math.log10(numel) - 5
@@ -420,6 +433,31 @@ def test_with_size_prior_rejects_bad_slopes(bad, exc):
 def test_with_size_prior_rejects_a_feature_that_is_not_a_size_input(bad):
     with pytest.raises(ValueError, match="feature must be one of"):
         CoordinatewiseLSTM(LSTMOptimizerConfig(context_features=("p_log_rms",))).with_size_prior(-0.3, feature=bad)
+
+
+def test_with_step_prior_on_is_vector_scales_the_steps_of_vectors_only():
+    """A prior on ``is_vector`` multiplies the step of every vector by exp(log_scale_bound * tanh(slope))
+    on a zero head and leaves every matrix's step bit for bit; it adds the input when missing."""
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms",))
+    net = CoordinatewiseLSTM(cfg)  # zero head: Adam's step
+    slope = 0.35
+    boosted = net.with_step_prior(slope, "is_vector")
+    assert boosted.config.context_features == ("p_log_rms", "is_vector")
+    assert boosted.provenance == {"vector_prior": pytest.approx(slope)}
+    gen = torch.Generator().manual_seed(5)
+    init = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in ((6, 7), (13,), (2, 3, 4), (1,))]
+    grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in init]
+    steps = [_one_step(weights, init, grads) for weights in (net, boosted)]
+    factor = math.exp(cfg.log_scale_bound * math.tanh(float(boosted.head_weight[0, -1].detach())))
+    for p0, plain, prior in zip(init, *steps):
+        if p0.dim() >= 2:
+            assert torch.equal(prior, plain)
+        else:
+            torch.testing.assert_close(prior, plain * factor, rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="feature must be one of"):
+        net.with_step_prior(0.3, "fan_in")
+    with pytest.raises(TypeError, match="slope must be a"):
+        net.with_step_prior("0.3", "is_vector")
 
 
 def test_meta_training_adds_the_configs_context_features_to_init_weights(tmp_path):

@@ -337,11 +337,13 @@ class MetaTrainer:
         return self._with_prior(net)
 
     def _with_prior(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
-        """``net`` as written out: with ``config.size_prior`` added on ``config.size_prior_feature``
-        (no change at 0)."""
-        if self.config.size_prior == 0:
-            return net
-        return net.with_size_prior(self.config.size_prior, feature=self.config.size_prior_feature)
+        """``net`` as written out: with ``config.size_prior`` added on ``config.size_prior_feature``,
+        then ``config.vector_prior`` on ``"is_vector_large"`` (no change where they are 0)."""
+        if self.config.size_prior != 0:
+            net = net.with_size_prior(self.config.size_prior, feature=self.config.size_prior_feature)
+        if self.config.vector_prior != 0:
+            net = net.with_step_prior(self.config.vector_prior, "is_vector_large")
+        return net
 
     def save_weights(self) -> Path:
         if self.rank == 0:  # only rank 0 evaluates, so only it knows the best weights
