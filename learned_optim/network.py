@@ -70,11 +70,10 @@ FEATURES = ("g_norm", "m_norm")
 #                 tell that regime from one whose gradients still carry signal.
 #   "is_vector_large": is_vector times clip(log10(P / 1e4), 0, 1): 0 for every tensor of a model of
 #                 1e4 values or fewer and for every matrix, 1 for the vectors (biases, LayerNorm gains)
-#                 of a model of 1e5 values or more, rising with log size between. The meta-training
-#                 families (33 to 76k values) taught the rule vector steps about Adam's, while its
-#                 matrices' steps grow with their fan-in (log_fan_in): on a transformer of 1e5 values or
-#                 more that leaves vectors at about 1x Adam's step and matrices at 2.5x
-#                 (benchmarks/results/vector-prior/README.md); a prior on this input
+#                 of a model of 1e5 values or more, rising with log size between. The meta-trained
+#                 default rule's step grows with a tensor's fan-in (log_fan_in), which is 0 for a
+#                 vector: on the benchmark transformers it took about 1x Adam's step on the vectors and
+#                 2.5x on the matrices (benchmarks/results/vector-prior/README.md); a prior on this input
 #                 (``with_step_prior``) moves the vectors of large models alone.
 CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "log_num_params_capped",
                     "adam_log_rms", "is_vector_large")
