@@ -86,10 +86,6 @@ def _job(args: tuple[str, str | None, float, int, int, str]) -> tuple[str, list[
                            clip_norm=1.0)["final_loss"] for s in range(seeds)]
 
 
-def _mean_log(xs: list[float]) -> float:
-    return statistics.mean(math.log(max(x, 1e-12)) if math.isfinite(x) else math.inf for x in xs)
-
-
 def main(argv: list[str] | None = None) -> int:
     vit_probe = _module("heldout_vit_probe")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -122,11 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.workers) as pool:
         losses = dict(pool.map(_job, jobs))
     adam = {lr: losses[f"adam {lr:g}"] for lr in args.adam_lrs}
-    tuned_lr = min(adam, key=lambda lr: _mean_log(adam[lr]))
-    ref = _mean_log(adam[tuned_lr])
-    for name, p in points.items():
-        p["heldout_losses"] = losses[name]
-        p["heldout_ratio"] = math.exp(_mean_log(losses[name]) - ref)
+    tuned_lr, ref = study.heldout_ratios(adam, losses, points)
     names = list(points)
     gpt = [points[n]["gpt"] for n in names]
     # positive = a lower ratio goes with a lower benchmark loss

@@ -176,16 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             + [(n, p["weights"], 1e-3, *regime) for n, p in points.items()])
     with ProcessPoolExecutor(args.workers) as pool:
         losses = dict(pool.map(_job, jobs))
-
-    def mean_log(xs):
-        return statistics.mean(math.log(max(x, 1e-12)) if math.isfinite(x) else math.inf for x in xs)
-
     adam = {lr: losses[f"adam {lr:g}"] for lr in adam_lrs}
-    tuned_lr = min(adam, key=lambda lr: mean_log(adam[lr]))
-    ref = mean_log(adam[tuned_lr])
-    for name, p in points.items():
-        p["heldout_losses"] = losses[name]
-        p["heldout_ratio"] = math.exp(mean_log(losses[name]) - ref)
+    tuned_lr, ref = study.heldout_ratios(adam, losses, points)
     names = list(points)
     acc = [points[n]["vit_acc"] for n in names]
     rho_held = -study.spearman([points[n]["heldout_ratio"] for n in names], acc)
@@ -197,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
          "adam_heldout_losses": {f"{lr:g}": v for lr, v in adam.items()}, "tuned_lr": tuned_lr, "points": points,
          "spearman_heldout_ratio_vs_acc": rho_held, "spearman_train_ratio_vs_acc": rho_train,
          "critical_rho_5pct": crit}, indent=1) + "\n")
-    at_default = f"{math.exp(mean_log(adam[1e-3])):.4f}" if 1e-3 in adam else "not run"
+    at_default = f"{math.exp(study.mean_log(adam[1e-3])):.4f}" if 1e-3 in adam else "not run"
     ntrain = len(_task(args.train_fraction, args.model).y)
     split = ("the fixed training four fifths of the digits" if args.train_fraction == 1 else
              f"the first {args.train_fraction:g} of the fixed training four fifths of the digits ({ntrain} images)")

@@ -257,6 +257,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def mean_log(xs: list[float]) -> float:
+    """The mean log of ``xs`` (a non-finite value, a diverged run, counts as infinite)."""
+    return statistics.mean(math.log(max(x, 1e-12)) if math.isfinite(x) else math.inf for x in xs)
+
+
+def heldout_ratios(adam: dict[float, list[float]], losses: dict[str, list[float]],
+                   points: dict[str, dict]) -> tuple[float, float]:
+    """The held-out probes' scoring: Adam's tuned lr (lowest mean log loss over ``adam``, lr -> losses per seed) and
+    its mean log loss; each point of ``points`` gets its ``losses`` (``heldout_losses``) and their ratio to tuned
+    Adam's (``heldout_ratio``, the exp of the difference of mean logs)."""
+    tuned_lr = min(adam, key=lambda lr: mean_log(adam[lr]))
+    ref = mean_log(adam[tuned_lr])
+    for name, p in points.items():
+        p["heldout_losses"] = losses[name]
+        p["heldout_ratio"] = math.exp(mean_log(losses[name]) - ref)
+    return tuned_lr, ref
+
+
 def probe_panels(path: Path, points: dict[str, dict], ys: list[float], what: str, ylabel: str,
                  rho_held: float, rho_train: float) -> None:
     """The held-out probes' figure: the benchmark figure ``ys`` (one per point, in ``points``' order) against each
