@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from learned_optim import LearnedOptimizer, from_pretrained
 from learned_optim.meta import MetaTrainConfig, meta_train
 from learned_optim.meta.trainer import CHECKPOINT_NAME, LOG_NAME, load_config
+from learned_optim.network import WEIGHT_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,6 +311,42 @@ def test_size_prior_is_added_to_the_written_weights_only(tmp_path):
     assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
     with pytest.raises(ValueError, match="vector_prior"):
         meta_train("tiny", out=tmp_path / "bad", progress=False, vector_prior=float("inf"))
+
+
+def test_prior_in_training_holds_the_priors_fixed_while_the_rest_learns(tmp_path):
+    """With ``prior_in_training`` the run starts from the init plus the priors, the two head
+    weights they set never move, the rest of the rule trains with them in place (another log
+    than adding them on saving), and the written weights carry them once."""
+    from learned_optim.meta.trainer import EVALS_DIR
+
+    kw = dict(size_prior=-0.3, size_prior_feature="log_num_params_capped", vector_prior=0.35)
+    meta_train("tiny", out=tmp_path / "ref", progress=False, save_evals=True, **kw)
+    meta_train("tiny", out=tmp_path / "in", progress=False, save_evals=True, prior_in_training=True, **kw)
+    ref, got = from_pretrained(tmp_path / "ref"), from_pretrained(tmp_path / "in")
+    assert got.config == ref.config
+    h, names = got.config.hidden_size, got.config.context_features
+    cols = [h + names.index("log_num_params_capped"), h + names.index("is_vector_large")]
+    for sub in (f"{EVALS_DIR}/step0", f"{EVALS_DIR}/step3", f"{EVALS_DIR}/step6", "."):
+        net = from_pretrained(tmp_path / "in" / sub)
+        assert torch.equal(net.head_weight[0, cols], torch.tensor([-0.3, 0.35]))  # exactly, in float32
+        assert net.provenance["size_prior_capped"] == -0.3 and net.provenance["large_vector_prior"] == 0.35
+    # step 0 is the same starting rule either way; after it, training saw the priors
+    start = [from_pretrained(tmp_path / d / EVALS_DIR / "step0") for d in ("ref", "in")]
+    assert all(torch.equal(getattr(start[0], k), getattr(start[1], k)) for k in WEIGHT_NAMES)
+    assert not torch.equal(ref.weight, got.weight)
+    logs = [[json.loads(line) for line in (tmp_path / d / LOG_NAME).read_text().splitlines()] for d in ("ref", "in")]
+    assert [r.get("meta_loss") for r in logs[0]] != [r.get("meta_loss") for r in logs[1]]
+    with pytest.raises(ValueError, match="prior_in_training"):
+        meta_train("tiny", out=tmp_path / "bad", progress=False, prior_in_training="yes")
+    # interrupted and resumed: the same last network, priors still in place
+    from learned_optim.meta.trainer import MetaTrainer
+
+    cfg = load_config("tiny").replace(prior_in_training=True, meta_steps=6, checkpoint_every=1, **kw)
+    MetaTrainer(cfg, tmp_path / "whole", progress=False).train()
+    _, cut = train_interrupted_then_resumed(cfg, tmp_path / "cut", 4)
+    whole = torch.load(tmp_path / "whole" / CHECKPOINT_NAME, weights_only=True)["net"]
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert torch.equal(cut["head_weight"][0, cols], torch.tensor([-0.3, 0.35]))
 
 
 def test_reused_baselines_are_taken_only_where_they_match(tmp_path):

@@ -196,6 +196,11 @@ class MetaTrainConfig:
             the log step scale (``CoordinatewiseLSTM.with_step_prior``, which adds the input if
             the rule lacks it); meta-training and its validation run without it. Positive values
             give the biases and LayerNorm gains of large models larger steps. Default 0: none.
+        prior_in_training: when True, ``size_prior`` and ``vector_prior`` are added to the network
+            before meta-training instead of on saving, and the head weights they set are held fixed
+            (their meta-gradient is zeroed), so the rest of the rule learns with them in place;
+            training, validation and the written weights all use the rule with the priors. Default
+            False: the priors are added on saving only.
         objective_split: where the meta-objective's losses are taken: ``"train"`` (the next
             training minibatch) or ``"heldout"`` (a held-out minibatch, on tasks that have held-out
             data, e.g. ``train_tasks="v2-wide-split"``; the others keep "train"). Default "train".
@@ -269,6 +274,7 @@ class MetaTrainConfig:
     size_prior: float = 0.0
     size_prior_feature: str = "log_num_params"
     vector_prior: float = 0.0
+    prior_in_training: bool = False
     objective_split: str = "train"
     train_tasks: str = "default"
     inner_recipe: str = "constant"
@@ -300,7 +306,7 @@ class MetaTrainConfig:
         check_number(self, "size_prior")
         check_number(self, "vector_prior")
         check_choice(self, "size_prior_feature", SIZE_FEATURES)
-        for name in ("second_order", "slot_rng"):
+        for name in ("second_order", "slot_rng", "prior_in_training"):
             check_bool(self, name)
         check_choice(self, "estimator", ESTIMATORS)
         if self.horizon_max < self.horizon_min:

@@ -37,7 +37,7 @@ import torch
 
 from ..common.adam_baseline import ADAM_LR_GRID
 from ..hub import from_pretrained, save_pretrained
-from ..network import WEIGHT_NAMES, CoordinatewiseLSTM, LSTMOptimizerConfig
+from ..network import PRIOR_KEYS, WEIGHT_NAMES, CoordinatewiseLSTM, LSTMOptimizerConfig
 from . import distributed as _dist
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -163,6 +163,10 @@ class MetaTrainer:
                 self.net = self.net.with_context_features(target.context_features)
         self.net.provenance = {}
         c = self.config
+        if c.prior_in_training:
+            # the priors are part of the rule being trained: added now, held fixed in _loop
+            self.net = self._add_priors(self.net)
+            self.net.provenance = {}
         self.estimator = (AntitheticPES(c.truncation_length, c.pes_sigma, c.inner_impl) if c.estimator == "pes"
                           else TruncatedBPTT(c.truncation_length, c.second_order))
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=c.meta_lr)
@@ -336,14 +340,39 @@ class MetaTrainer:
         }
         return self._with_prior(net)
 
+    def _priors(self) -> list[tuple[str, float]]:
+        """The (context input, slope) pairs of ``config.size_prior`` and ``config.vector_prior``, in
+        the order they are added; those that are 0 are left out."""
+        c = self.config
+        return [(f, s) for f, s in ((c.size_prior_feature, c.size_prior), ("is_vector_large", c.vector_prior))
+                if s != 0]
+
+    def _add_priors(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
+        for feature, slope in self._priors():
+            net = net.with_step_prior(slope, feature)
+        return net
+
     def _with_prior(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
         """``net`` as written out: with ``config.size_prior`` added on ``config.size_prior_feature``,
-        then ``config.vector_prior`` on ``"is_vector_large"`` (no change where they are 0)."""
-        if self.config.size_prior != 0:
-            net = net.with_size_prior(self.config.size_prior, feature=self.config.size_prior_feature)
-        if self.config.vector_prior != 0:
-            net = net.with_step_prior(self.config.vector_prior, "is_vector_large")
+        then ``config.vector_prior`` on ``"is_vector_large"`` (no change where they are 0). With
+        ``config.prior_in_training`` they are in ``net`` already: only its provenance records them."""
+        if not self.config.prior_in_training:
+            return self._add_priors(net)
+        net_out = CoordinatewiseLSTM(net.config, provenance=dict(net.provenance))
+        net_out.load_state_dict(net.state_dict())
+        net = net_out
+        for feature, slope in self._priors():
+            key = PRIOR_KEYS[feature]
+            net.provenance[key] = float(net.provenance.get(key, 0.0)) + slope
         return net
+
+    def _hold_priors(self) -> None:
+        """Zero the meta-gradient of the head weights the priors set (``prior_in_training``), so
+        that Adam, which starts them with zero moments, never moves them."""
+        h = self.net.config.hidden_size
+        names = self.net.config.context_features
+        for feature, _ in self._priors():
+            self.net.head_weight.grad[0, h + names.index(feature)] = 0.0
 
     def save_weights(self) -> Path:
         if self.rank == 0:  # only rank 0 evaluates, so only it knows the best weights
@@ -453,6 +482,8 @@ class MetaTrainer:
                     p = getattr(self.net, n)
                     p.grad = grad[offset: offset + p.numel()].view_as(p).clone()
                     offset += p.numel()
+                if c.prior_in_training:
+                    self._hold_priors()
                 gnorm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip))
                 lr = self._meta_lr()
                 for group in self.meta_opt.param_groups:
