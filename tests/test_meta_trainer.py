@@ -338,6 +338,10 @@ def test_prior_in_training_holds_the_priors_fixed_while_the_rest_learns(tmp_path
     assert [r.get("meta_loss") for r in logs[0]] != [r.get("meta_loss") for r in logs[1]]
     with pytest.raises(ValueError, match="prior_in_training"):
         meta_train("tiny", out=tmp_path / "bad", progress=False, prior_in_training="yes")
+    # fine-tuning weights that carry the priors with a config that adds them again: said, with the fix
+    with pytest.warns(UserWarning, match=r"already carry a prior \(size_prior_capped=-0.3, large_vector_prior=0.35\)"
+                      r".*--set size_prior=0 --set vector_prior=0"):
+        meta_train("tiny", out=tmp_path / "twice", progress=False, init=tmp_path / "in", meta_steps=1, **kw)
     # interrupted and resumed: the same last network, priors still in place
     from learned_optim.meta.trainer import MetaTrainer
 

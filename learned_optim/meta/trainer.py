@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,7 @@ class MetaTrainer:
                 # the config asks for more context inputs than the init weights have: they start at
                 # zero weight (the init's rule exactly) and are learned from there
                 self.net = self.net.with_context_features(target.context_features)
+            self._warn_prior_twice(self.net.provenance)
         self.net.provenance = {}
         c = self.config
         if c.prior_in_training:
@@ -346,6 +348,18 @@ class MetaTrainer:
         c = self.config
         return [(f, s) for f, s in ((c.size_prior_feature, c.size_prior), ("is_vector_large", c.vector_prior))
                 if s != 0]
+
+    def _warn_prior_twice(self, init_provenance: dict[str, Any]) -> None:
+        # e.g. --init lstm-h4-v2-vec with --config default: the preset would add its priors on top
+        # of the ones already in those weights
+        again = [f"{PRIOR_KEYS[f]}={init_provenance[PRIOR_KEYS[f]]:g}" for f, _ in self._priors()
+                 if init_provenance.get(PRIOR_KEYS[f])]
+        if again:
+            fields = " ".join(f"--set {k}=0" for k in ("size_prior", "vector_prior"))
+            warnings.warn(f"the init weights already carry a prior ({', '.join(again)}) that the config adds "
+                          f"again (size_prior={self.config.size_prior:g}, vector_prior={self.config.vector_prior:g}); "
+                          f"to keep the init's priors as they are, set them to 0 ({fields})", UserWarning,
+                          stacklevel=3)
 
     def _add_priors(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
         for feature, slope in self._priors():
