@@ -125,7 +125,7 @@ def _weighted_gm(records: list[dict], key: str) -> float:
 
 def _summary(records: list[dict], steps: int) -> dict:
     """Per workload: the numel-weighted mean of log(mult) over all tensors and probes (its exp is reported),
-    per third of the run, and per tensor class over the whole run."""
+    per third of the run, per tensor class over the whole run, and per tensor class and third."""
     def agg(rs):
         if not rs:
             return None
@@ -133,12 +133,13 @@ def _summary(records: list[dict], steps: int) -> dict:
         return {**{k: _weighted_gm(rs, k) for k in ("mult", "mult_scale", "adam_rms", "grad_vs_ema")},
                 "additive": sum(r["numel"] * r["additive"] for r in rs) / w,
                 "cos": sum(r["numel"] * r["cos"] for r in rs) / w, "probes": len({r["step"] for r in rs})}
-    thirds = {f"{k}/3": agg([r for r in records if (k - 1) * steps / 3 < r["step"] <= k * steps / 3])
-              for k in (1, 2, 3)}
+    def third(rs, k):
+        return [r for r in rs if (k - 1) * steps / 3 < r["step"] <= k * steps / 3]
     classes = sorted({r["class"] for r in records})
-    return {"all": agg(records), "thirds": thirds,
-            "classes": {c: {**agg([r for r in records if r["class"] == c]),
-                            "numel": next(r["numel"] for r in records if r["class"] == c)} for c in classes}}
+    by_class = {c: [r for r in records if r["class"] == c] for c in classes}
+    return {"all": agg(records), "thirds": {f"{k}/3": agg(third(records, k)) for k in (1, 2, 3)},
+            "classes": {c: {**agg(rs), "numel": rs[0]["numel"]} for c, rs in by_class.items()},
+            "class_thirds": {c: {f"{k}/3": agg(third(rs, k)) for k in (1, 2, 3)} for c, rs in by_class.items()}}
 
 
 def run(workloads, weights, every_frac, seed, steps_override=None, lr=1e-3) -> dict:
@@ -206,10 +207,15 @@ def _md(res: dict, meta: dict) -> str:
                      f"{s['cos']:.2f} | {s['adam_rms']:.3f} | {s['grad_vs_ema']:.2f} | {result} |")
     for wl in [w for w in res if w in TRANSFORMERS]:
         lines += ["", f"## {wl}, by tensor class", "", "| class | numel (one tensor) | mult | multiplier alone | "
-                  "additive | cos | Adam step rms |", "|---|---|---|---|---|---|---|"]
-        for c, s in res[wl]["summary"]["classes"].items():
+                  "additive | cos | Adam step rms | grad vs its average, first / second / last third |",
+                  "|---|---|---|---|---|---|---|---|"]
+        summary = res[wl]["summary"]
+        for c, s in summary["classes"].items():
+            by_third = summary.get("class_thirds", {}).get(c, {})
+            gve = " / ".join(f"{by_third[k]['grad_vs_ema']:.2f}" if by_third.get(k) else "-"
+                             for k in ("1/3", "2/3", "3/3"))
             lines.append(f"| {c} | {s['numel']} | {s['mult']:.2f} | {s['mult_scale']:.2f} | {s['additive']:.2f} | "
-                         f"{s['cos']:.2f} | {s['adam_rms']:.3f} |")
+                         f"{s['cos']:.2f} | {s['adam_rms']:.3f} | {gve} |")
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +241,24 @@ def _figure(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def rerender(out: Path) -> None:
+    """The summaries, ``step-scale.md`` and ``.png`` again from ``out/step-scale.json``'s records (same meta), e.g.
+    after a summary was added to the script. The records were written to 5 significant digits (``compact``), so
+    the summaries recomputed from them can differ from the first ones in the fifth digit."""
+    path = out / "step-scale.json"
+    if not path.is_file():
+        raise SystemExit(f"--rerender: no {path}; run the probe first")
+    data = json.loads(path.read_text())
+    res = data["workloads"]
+    if any("records" not in r for r in res.values()):
+        raise SystemExit(f"--rerender: {path} was written with --no-records; rerun the probe without it")
+    for r in res.values():
+        r["summary"] = _summary(r["records"], r["steps"])
+    path.write_text(json.dumps({"meta": data["meta"], "workloads": res}) + "\n")
+    (out / "step-scale.md").write_text(_md(res, data["meta"]))
+    _figure(res, out / "step-scale.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="weights to probe (default: the package default)")
@@ -247,7 +271,12 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-records", action="store_true",
                     help="keep only the summaries in the JSON, not every tensor's record (the figure still has them)")
+    ap.add_argument("--rerender", action="store_true",
+                    help="recompute the summaries, .md and .png from --out's step-scale.json (written with records)")
     args = ap.parse_args()
+    if args.rerender:
+        rerender(Path(args.out))
+        return
     torch.set_num_threads(1)
     workloads = [w for w in args.workloads.split(",") if w]
     bad = [w for w in workloads if w not in TRANSFORMERS and w not in tasks.task_names()]

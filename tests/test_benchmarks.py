@@ -980,12 +980,26 @@ def test_step_scale_script_writes_its_report(tmp_path):
     assert "python benchmarks/step_scale_by_tensor.py" in md and "| wine_mlp | 10x |" in md
     assert len(wine["records"]) == 5 * 4 and all(set(r) >= {"mult", "additive", "cos"} for r in wine["records"])
     _check_png(tmp_path / "ss" / "step-scale.png")
+    thirds = wine["summary"]["class_thirds"]
+    assert set(thirds) == set(wine["summary"]["classes"])  # every class, per third of the run
+    for c, by_third in thirds.items():
+        probed = [r for r in wine["records"] if r["class"] == c and r["step"] <= 500 / 3]
+        assert by_third["1/3"]["probes"] == len({r["step"] for r in probed})
+    (tmp_path / "ss" / "step-scale.md").unlink()
+    again = _run_script("step_scale_by_tensor", "--rerender", "--out", str(tmp_path / "ss"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "ss" / "step-scale.md").read_text() == md  # the report again from the records alone
+    redone = _strict_json(tmp_path / "ss" / "step-scale.json")["workloads"]["wine_mlp"]["summary"]
+    assert redone["all"] == pytest.approx(wine["summary"]["all"], rel=1e-4)  # from records kept to 5 digits
+    assert redone["class_thirds"].keys() == thirds.keys()
     slim = _run_script("step_scale_by_tensor", "--workloads", "wine_mlp", "--every", "0.5", "--lr", "5e-4",
                        "--no-records", "--out", str(tmp_path / "slim"), cwd=tmp_path)
     assert slim.returncode == 0, slim.stderr[-2000:]
     res = _strict_json(tmp_path / "slim" / "step-scale.json")
     assert "records" not in res["workloads"]["wine_mlp"] and res["meta"]["lr"] == 5e-4
     assert res["meta"]["command"].endswith("--no-records") and "--lr 0.0005" in res["meta"]["command"]
+    refused = _run_script("step_scale_by_tensor", "--rerender", "--out", str(tmp_path / "slim"), cwd=tmp_path)
+    assert refused.returncode != 0 and "--no-records" in refused.stderr
     bad = _run_script("step_scale_by_tensor", "--workloads", "nope", "--out", str(tmp_path / "x"), cwd=tmp_path)
     assert bad.returncode != 0 and "--workloads" in bad.stderr
 
@@ -1101,3 +1115,58 @@ def test_recipe_spread_pools_run_to_run_spread_and_reads_committed_results(tmp_p
     for fig in ("gpt", "vit"):  # the decomposition's between-run sd is the pooled sd of the run means
         assert res["components"][fig]["between_runs_sd"] == pytest.approx(res["spread"]["pooled_sd"][fig])
     _check_png(tmp_path / "recipe-spread.png")
+
+
+def test_lr_by_tensor_class_splits_groups_without_changing_adamw(tmp_path):
+    """benchmarks/lr_by_tensor_class.py: every parameter of both benchmark transformers lands in
+    exactly one group with its class's lr and the benchmark's weight decay; the "all at base lr"
+    configuration is AdamW at that lr bit for bit (splitting the groups changes no step), a class
+    at another lr changes the run, and bad arguments are refused naming the option."""
+    import importlib.util
+
+    import torch
+
+    from learned_optim.benchmarking.transformer import evaluation_steps, train_once
+    from learned_optim.benchmarking.transformer_models import WORKLOADS, param_groups
+
+    spec = importlib.util.spec_from_file_location("lrc", ROOT / "benchmarks" / "lr_by_tensor_class.py")
+    lrc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lrc)
+    vit, gpt = WORKLOADS["vit-digits"]().model(), WORKLOADS["gpt-byte"]().model()
+    classes = {n: lrc.tensor_class(n, p) for n, p in vit.named_parameters()}
+    assert classes["cls"] == classes["pos"] == classes["patch.weight"] == "embed"
+    assert classes["blocks.0.attn.qkv.weight"] == classes["blocks.0.attn.proj.weight"] == "attn"
+    assert classes["blocks.0.fc.weight"] == classes["blocks.0.proj.weight"] == "mlp"
+    assert classes["head.weight"] == "head" and classes["blocks.0.ln1.weight"] == classes["head.bias"] == "vectors"
+    assert {lrc.tensor_class(n, p) for n, p in gpt.named_parameters()} == {"embed", "attn", "mlp", "vectors"}
+    for model in (vit, gpt):
+        groups = lrc.param_groups_by_class(param_groups(model, 0.1), 1e-3, {"mlp": 5e-4})
+        names = {id(p): n for n, p in model.named_parameters()}
+        seen = [names[id(p)] for g in groups for p in g["params"]]
+        assert sorted(seen) == sorted(names.values())  # each parameter once
+        for g in groups:
+            for p in g["params"]:
+                assert g["weight_decay"] == (0.1 if p.dim() >= 2 else 0.0)
+                assert g["lr"] == (5e-4 if lrc.tensor_class(names[id(p)], p) == "mlp" else 1e-3)
+    assert [c for c, _ in lrc.configs(3e-3, 3e-4, ["head"])] == ["all at 0.003", "head at 0.0003", "all at 0.0003"]
+
+    assert lrc.main(["--workload", "vit-digits", "--base-lr", "3e-3", "--class-lr", "3e-4", "--classes", "attn",
+                     "--seeds", "1", "--steps", "3", "--out", str(tmp_path)]) == 0
+    res = _strict_json(tmp_path / "lr-by-class.json")
+    finals = {c["label"]: c["runs"][0]["final"] for c in res["configs"]}
+    wl = WORKLOADS["vit-digits"]()
+    plain = {lr: train_once(wl, lambda g, lr=lr: torch.optim.AdamW(g, lr=lr), 0, 3, evaluation_steps(3))["final"]
+             for lr in (3e-3, 3e-4)}
+    assert finals["all at 0.003"] == plain[3e-3] and finals["all at 0.0003"] == plain[3e-4]
+    assert finals["attn at 0.0003"] not in (plain[3e-3], plain[3e-4])
+    assert (tmp_path / "lr-by-class.md").read_text().count("\n| attn at 0.0003 |") == 1
+    _check_png(tmp_path / "lr-by-class.png")
+    (tmp_path / "lr-by-class.md").unlink()
+    assert lrc.main(["--rerender", "--out", str(tmp_path)]) == 0  # the report again from the JSON alone
+    assert (tmp_path / "lr-by-class.md").read_text().count("\n| attn at 0.0003 |") == 1
+    for bad in (["--classes", "nope"], ["--base-lr", "-1"], ["--seeds", "0"], ["--rerender", "--out", "nowhere"]):
+        args = ["--base-lr", "1e-3", "--class-lr", "1e-3", "--out", str(tmp_path / "x"), *bad]
+        if bad[0] == "--base-lr":
+            args = ["--class-lr", "1e-3", "--out", str(tmp_path / "x"), *bad]
+        proc = _run_script("lr_by_tensor_class", *args, cwd=tmp_path)
+        assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr
