@@ -1170,3 +1170,69 @@ def test_lr_by_tensor_class_splits_groups_without_changing_adamw(tmp_path):
             args = ["--class-lr", "1e-3", "--out", str(tmp_path / "x"), *bad]
         proc = _run_script("lr_by_tensor_class", *args, cwd=tmp_path)
         assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr
+
+
+def test_grad_ratio_probe_scales_each_tensor_step_by_its_gradient_ratio(tmp_path):
+    """benchmarks/grad_ratio_probe.py: the ratio matches a hand computation; exponent 0 is the rule
+    with per-tensor groups bit for bit; exponent s takes, at every step, exactly the step of the rule
+    run with each tensor's lr times clip(r, 0.01, 3)^s (1 at the first step); the script writes its
+    report, and bad arguments are refused naming the option."""
+    import copy
+    import importlib.util
+
+    import torch
+
+    from learned_optim import LearnedOptimizer
+    from learned_optim.benchmarking.transformer_models import ViT, param_groups
+
+    spec = importlib.util.spec_from_file_location("grp", ROOT / "benchmarks" / "grad_ratio_probe.py")
+    grp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grp)
+    g, v = torch.tensor([3.0, 4.0]), torch.tensor([0.5, 2.0])
+    want = (25.0 / 2) ** 0.5 / ((0.5 / (1 - 0.9 ** 2) + 2.0 / (1 - 0.9 ** 2)) / 2) ** 0.5
+    assert grp.grad_ratio(g, v, 2.0, 0.9) == pytest.approx(want, rel=1e-6)
+
+    torch.manual_seed(0)
+    base = ViT(d_model=16, n_layers=1, n_heads=2, mlp_ratio=2)
+    x, y = torch.rand(8, 64), torch.randint(0, 10, (8,))
+    models = [copy.deepcopy(base) for _ in range(3)]
+    scaled = grp.GradRatioScaled(grp.per_tensor_groups(param_groups(models[0], 0.1)), exponent=1.5, lr=1e-3)
+    zero = grp.GradRatioScaled(grp.per_tensor_groups(param_groups(models[1], 0.1)), exponent=0.0, lr=1e-3)
+    plain = LearnedOptimizer(grp.per_tensor_groups(param_groups(models[2], 0.1)), lr=1e-3)
+    twin, twin_opt = copy.deepcopy(base), None
+    for step in range(4):
+        for m, o in zip(models, (scaled, zero, plain)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+        if twin_opt is None:  # a plain rule on the scaled run's parameters, its lrs set by hand below
+            twin.load_state_dict(models[0].state_dict())
+            twin_opt = LearnedOptimizer(grp.per_tensor_groups(param_groups(twin, 0.1)), lr=1e-3)
+        twin_opt.zero_grad()
+        torch.nn.functional.cross_entropy(twin(x), y).backward()
+        factors = []
+        for group in twin_opt.param_groups:
+            (p,) = group["params"]
+            st = twin_opt.state.get(p, {})
+            r = grp.grad_ratio(p.grad, st["exp_avg_sq"], float(st["step"]), 0.999) if st else None
+            factors.append(1.0 if r is None else min(max(r, 0.01), 3.0) ** 1.5)
+            group["lr"] = 1e-3 * factors[-1]
+        for o in (scaled, zero, plain):
+            o.step()
+        twin_opt.step()
+        assert scaled.factors == pytest.approx(factors, rel=1e-12)
+        assert (step == 0) == all(f == 1.0 for f in scaled.factors)
+        assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), twin.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(models[1].parameters(), models[2].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[2].parameters()))
+    assert [g["lr"] for g in scaled.param_groups] == [1e-3] * len(scaled.param_groups)  # restored after each step
+    with pytest.raises(ValueError, match="one tensor per param group"):
+        grp.GradRatioScaled(param_groups(base, 0.1), exponent=1.0)
+
+    assert grp.main(["--workload", "vit-digits", "--exponents", "0,1", "--seeds", "1", "--steps", "3",
+                     "--out", str(tmp_path)]) == 0
+    res = _strict_json(tmp_path / "grad-ratio.json")
+    assert [c["exponent"] for c in res["configs"]] == [0.0, 1.0] and len(res["configs"][1]["runs"]) == 1
+    assert (tmp_path / "grad-ratio.md").read_text().count("\n| 1 |") == 1
+    for bad in (["--exponents", "a"], ["--exponents", "-1"], ["--seeds", "0"], ["--steps", "0"]):
+        proc = _run_script("grad_ratio_probe", "--out", str(tmp_path / "x"), *bad, cwd=tmp_path)
+        assert proc.returncode != 0 and bad[0] in proc.stderr, proc.stderr
