@@ -16,6 +16,9 @@ recipe (``learned_optim.benchmarking.transformer.train_once``), same initialisat
 
     python benchmarks/grad_ratio_probe.py --workload gpt-byte --exponents 0,1 --seeds 5 --out OUT
 
+``--workload hf-gpt2`` runs benchmarks/hf_trainer_gpt2.py's tiny GPT-2 under Hugging Face ``Trainer`` instead (its
+eval loss in the "final validation loss" column).
+
 Writes ``grad-ratio.json`` (after every run) and ``grad-ratio.md`` to ``--out``.
 """
 
@@ -54,12 +57,10 @@ def grad_ratio(grad: torch.Tensor, exp_avg_sq: torch.Tensor, step: float, beta2:
 
 class GradRatioScaled(LearnedOptimizer):
     """``LearnedOptimizer`` whose per-tensor lr is multiplied at each step by ``clip(r, 0.01, 3) ** exponent``
-    (module docstring); every param group must hold one tensor."""
+    (module docstring); the param groups it is given are split into one group per tensor (``per_tensor_groups``)."""
 
-    def __init__(self, params, exponent: float, **kwargs) -> None:
-        super().__init__(params, **kwargs)
-        if any(len(g["params"]) != 1 for g in self.param_groups):
-            raise ValueError("GradRatioScaled needs one tensor per param group (the factor is per tensor)")
+    def __init__(self, params, exponent: float = 1.0, **kwargs) -> None:
+        super().__init__(per_tensor_groups(list(params)), **kwargs)
         self.exponent = exponent
         self.factors: list[float] = []  # the last step's factors, one per group
 
@@ -84,9 +85,22 @@ class GradRatioScaled(LearnedOptimizer):
                 g["lr"] = lr
 
 
-def per_tensor_groups(groups: list[dict]) -> list[dict]:
-    """The benchmark's param groups split into one group per tensor, each keeping its weight decay."""
-    return [{"params": [p], "weight_decay": g["weight_decay"]} for g in groups for p in g["params"]]
+def per_tensor_groups(groups: list) -> list[dict]:
+    """Param groups (dicts, or tensors: one group) split into one group per tensor, each keeping its other options."""
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    return [{**{k: v for k, v in g.items() if k not in ("params", "param_names")}, "params": [p]}
+            for g in groups for p in g["params"]]
+
+
+def _hf_module():
+    """benchmarks/hf_trainer_gpt2.py, imported from this folder (it needs transformers)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hf_trainer_gpt2", Path(__file__).with_name("hf_trainer_gpt2.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -123,7 +137,9 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="gpt-byte")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS) + ["hf-gpt2"], default="gpt-byte",
+                    help="a transformer benchmark workload, or hf-gpt2: benchmarks/hf_trainer_gpt2.py's Trainer run "
+                         "(200 steps of batch 16, its eval loss)")
     ap.add_argument("--exponents", default="0,1", help="comma-separated exponents s (0: the rule itself)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=None, help="default: the workload's benchmark length")
@@ -137,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None and args.steps < 1:
         ap.error(f"--steps must be >= 1, got {args.steps}")
     torch.set_num_threads(1)
-    workload = WORKLOADS[args.workload]()
-    steps = args.steps or workload.steps
+    workload = None if args.workload == "hf-gpt2" else WORKLOADS[args.workload]()
+    steps = args.steps or (200 if workload is None else workload.steps)
     machine = machine_info(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,8 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             def make_opt(groups, s=s):
                 kw = {"weights": args.weights} if args.weights else {}
-                return GradRatioScaled(per_tensor_groups(groups), exponent=s, lr=args.lr, **kw)
-            r = train_once(workload, make_opt, seed, steps, evaluation_steps(steps))
+                return GradRatioScaled(groups, exponent=s, lr=args.lr, **kw)
+            if workload is None:  # hf-gpt2: the Trainer run of benchmarks/hf_trainer_gpt2.py, this optimizer
+                kw = {"lr": args.lr, "exponent": s, **({"weights": args.weights} if args.weights else {})}
+                r = _hf_module().run_one("learned", args.lr, seed, steps, 16,
+                                         optimizer_cls_and_kwargs=(GradRatioScaled, kw))
+                r = {"final": r["eval_loss"], "min": None, "diverged": False, "test_acc": None, "train_loss": None,
+                     "wall_s": r["wall_s"]}
+            else:
+                r = train_once(workload, make_opt, seed, steps, evaluation_steps(steps))
             runs.append({k: r[k] for k in ("final", "min", "diverged", "test_acc", "train_loss", "wall_s")})
             print(f"s={s:g} seed {seed}: {r['final']:.4f}" + (f" acc {r['test_acc']:.4f}" if r["test_acc"] else ""),
                   flush=True)

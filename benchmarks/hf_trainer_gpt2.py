@@ -49,7 +49,11 @@ class Windows(torch.utils.data.Dataset):
         return {"input_ids": self.x[i], "labels": self.x[i]}
 
 
-def run_one(optimizer: str, lr: float, seed: int, steps: int, batch: int) -> dict:
+def run_one(optimizer: str, lr: float, seed: int, steps: int, batch: int, *,
+            optimizer_cls_and_kwargs: tuple | None = None) -> dict:
+    """One Trainer run: AdamW (``optimizer="adamw"``) or ``LearnedOptimizer`` with the weights named
+    ``optimizer``; ``optimizer_cls_and_kwargs`` (default None) passes another optimizer to Trainer instead
+    (``optimizer`` then only labels the run)."""
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
 
     set_seed(seed)
@@ -59,7 +63,12 @@ def run_one(optimizer: str, lr: float, seed: int, steps: int, batch: int) -> dic
         args = TrainingArguments(out, learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
                                  per_device_eval_batch_size=64, save_strategy="no", logging_steps=10,
                                  report_to=[], seed=seed, use_cpu=True, disable_tqdm=True)
-        extra = {} if optimizer == "adamw" else {"optimizer_cls_and_kwargs": trainer_optimizer(args, weights=optimizer)}
+        if optimizer_cls_and_kwargs is not None:
+            extra = {"optimizer_cls_and_kwargs": optimizer_cls_and_kwargs}
+        elif optimizer == "adamw":
+            extra = {}
+        else:
+            extra = {"optimizer_cls_and_kwargs": trainer_optimizer(args, weights=optimizer)}
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, **extra)
         t0 = time.perf_counter()
         trainer.train()

@@ -1196,8 +1196,11 @@ def test_grad_ratio_probe_scales_each_tensor_step_by_its_gradient_ratio(tmp_path
     base = ViT(d_model=16, n_layers=1, n_heads=2, mlp_ratio=2)
     x, y = torch.rand(8, 64), torch.randint(0, 10, (8,))
     models = [copy.deepcopy(base) for _ in range(3)]
-    scaled = grp.GradRatioScaled(grp.per_tensor_groups(param_groups(models[0], 0.1)), exponent=1.5, lr=1e-3)
-    zero = grp.GradRatioScaled(grp.per_tensor_groups(param_groups(models[1], 0.1)), exponent=0.0, lr=1e-3)
+    scaled = grp.GradRatioScaled(param_groups(models[0], 0.1), exponent=1.5, lr=1e-3)  # split per tensor
+    zero = grp.GradRatioScaled(models[1].parameters(), exponent=0.0, lr=1e-3, weight_decay=0.1)
+    assert len(zero.param_groups) == len(list(base.parameters())) == len(scaled.param_groups)
+    assert [g["weight_decay"] for g in zero.param_groups] == [0.1] * len(zero.param_groups)
+    zero = grp.GradRatioScaled(param_groups(models[1], 0.1), exponent=0.0, lr=1e-3)
     plain = LearnedOptimizer(grp.per_tensor_groups(param_groups(models[2], 0.1)), lr=1e-3)
     twin, twin_opt = copy.deepcopy(base), None
     for step in range(4):
@@ -1225,14 +1228,17 @@ def test_grad_ratio_probe_scales_each_tensor_step_by_its_gradient_ratio(tmp_path
         assert all(torch.equal(a, b) for a, b in zip(models[1].parameters(), models[2].parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[2].parameters()))
     assert [g["lr"] for g in scaled.param_groups] == [1e-3] * len(scaled.param_groups)  # restored after each step
-    with pytest.raises(ValueError, match="one tensor per param group"):
-        grp.GradRatioScaled(param_groups(base, 0.1), exponent=1.0)
 
     assert grp.main(["--workload", "vit-digits", "--exponents", "0,1", "--seeds", "1", "--steps", "3",
                      "--out", str(tmp_path)]) == 0
     res = _strict_json(tmp_path / "grad-ratio.json")
     assert [c["exponent"] for c in res["configs"]] == [0.0, 1.0] and len(res["configs"][1]["runs"]) == 1
     assert (tmp_path / "grad-ratio.md").read_text().count("\n| 1 |") == 1
+    if importlib.util.find_spec("transformers") is not None:  # the Trainer run, through optimizer_cls_and_kwargs
+        assert grp.main(["--workload", "hf-gpt2", "--exponents", "1", "--seeds", "1", "--steps", "2",
+                         "--out", str(tmp_path / "hf")]) == 0
+        (run,) = _strict_json(tmp_path / "hf" / "grad-ratio.json")["configs"][0]["runs"]
+        assert 0 < run["final"] < 10
     for bad in (["--exponents", "a"], ["--exponents", "-1"], ["--seeds", "0"], ["--steps", "0"]):
         proc = _run_script("grad_ratio_probe", "--out", str(tmp_path / "x"), *bad, cwd=tmp_path)
         assert proc.returncode != 0 and bad[0] in proc.stderr, proc.stderr
