@@ -118,8 +118,10 @@ def markdown(res: dict) -> str:
     first = [r["final"] for r in res["configs"][0]["runs"]]
     lines = [f"# {res['workload']}: the learned rule with a per-tensor step factor clip(r, 0.01, 3)^s", "",
              f"Command: `{res['command']}`  ", f"Machine: {res['machine_line']}  ",
-             f"Date (UTC): {res['date']}; weights `{res['weights']}`, lr {res['lr']:g}; {res['steps']} steps, the "
-             f"transformer benchmark's recipe; wall time {res['wall_s']:.0f} s.", "",
+             f"Date (UTC): {res['date']}; weights `{res['weights']}`, lr {res['lr']:g}; {res['steps']} steps, "
+             + ("Hugging Face Trainer's defaults (benchmarks/hf_trainer_gpt2.py), its eval loss"
+                if res["workload"] == "hf-gpt2" else "the transformer benchmark's recipe")
+             + f"; wall time {res['wall_s']:.0f} s.", "",
              "| exponent s | final validation loss, mean ± std | per seed | " + ("test accuracy | " if acc else "")
              + "lower than the first row, seeds |", "|---|---|---|" + ("---|" if acc else "") + "---|"]
     for c in res["configs"]:
