@@ -166,16 +166,15 @@ def main(argv: list[str] | None = None) -> int:
            "lr": args.lr, "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "steps": steps,
            "configs": [], "wall_s": 0.0}
     t0 = time.perf_counter()
+    hf = _hf_module() if workload is None else None
     for s in exponents:
+        kw = {"lr": args.lr, "exponent": s, **({"weights": args.weights} if args.weights else {})}
         runs = []
         for seed in range(args.seeds):
-            def make_opt(groups, s=s):
-                kw = {"weights": args.weights} if args.weights else {}
-                return GradRatioScaled(groups, exponent=s, lr=args.lr, **kw)
-            if workload is None:  # hf-gpt2: the Trainer run of benchmarks/hf_trainer_gpt2.py, this optimizer
-                kw = {"lr": args.lr, "exponent": s, **({"weights": args.weights} if args.weights else {})}
-                r = _hf_module().run_one("learned", args.lr, seed, steps, 16,
-                                         optimizer_cls_and_kwargs=(GradRatioScaled, kw))
+            def make_opt(groups, kw=kw):
+                return GradRatioScaled(groups, **kw)
+            if hf is not None:  # hf-gpt2: the Trainer run of benchmarks/hf_trainer_gpt2.py, this optimizer
+                r = hf.run_one("learned", args.lr, seed, steps, 16, optimizer_cls_and_kwargs=(GradRatioScaled, kw))
                 r = {"final": r["eval_loss"], "min": None, "diverged": False, "test_acc": None, "train_loss": None,
                      "wall_s": r["wall_s"]}
             else:

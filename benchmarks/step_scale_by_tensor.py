@@ -211,8 +211,8 @@ def _md(res: dict, meta: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         summary = res[wl]["summary"]
         for c, s in summary["classes"].items():
-            by_third = summary.get("class_thirds", {}).get(c, {})
-            gve = " / ".join(f"{by_third[k]['grad_vs_ema']:.2f}" if by_third.get(k) else "-"
+            by_third = summary["class_thirds"][c]
+            gve = " / ".join(f"{by_third[k]['grad_vs_ema']:.2f}" if by_third[k] else "-"
                              for k in ("1/3", "2/3", "3/3"))
             lines.append(f"| {c} | {s['numel']} | {s['mult']:.2f} | {s['mult_scale']:.2f} | {s['additive']:.2f} | "
                          f"{s['cos']:.2f} | {s['adam_rms']:.3f} | {gve} |")
