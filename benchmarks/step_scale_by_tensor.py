@@ -76,7 +76,7 @@ class ProbedOptimizer(LearnedOptimizer):
             sts = [self.state.get(p, {}) for p in ps]
             ctx = tensor_context(ps, cfg, exp_avgs=[st.get("exp_avg", torch.zeros_like(p)) for st, p in zip(sts, ps)],
                                  exp_avg_sqs=[st.get("exp_avg_sq", torch.zeros_like(p)) for st, p in zip(sts, ps)],
-                                 state_steps=[st.get("step", 0.0) for st in sts])
+                                 state_steps=[st.get("step", 0.0) for st in sts], grads=[p.grad for p in ps])
         d64 = torch.float64
         for i, p in enumerate(ps):
             st = self.state.get(p, {})

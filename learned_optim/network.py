@@ -28,7 +28,7 @@ from torch import nn
 from .common.config import check_bool, check_int, check_number, config_error
 
 __all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "SIZE_FEATURES", "MODEL_SIZE_FEATURES", "MOMENT_FEATURES",
-           "WEIGHT_NAMES", "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
+           "GRAD_FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
 
 # Version of the on-disk format (config.json + model.safetensors). Bump when the meaning
 # of a field or tensor changes; loaders refuse versions newer than they understand.
@@ -75,19 +75,30 @@ FEATURES = ("g_norm", "m_norm")
 #                 vector: on the benchmark transformers it took about 1x Adam's step on the vectors and
 #                 2.5x on the matrices (benchmarks/results/vector-prior/README.md); a prior on this input
 #                 (``with_step_prior``) moves the vectors of large models alone.
+#   "grad_log_ratio": log10(rms(g) / rms(sqrt(v_hat))) over the tensor, g this step's gradient and
+#                 v_hat = v / (1 - beta2^t) the second moment before this step (0 before the tensor's
+#                 first step): how large the gradient is against its own recent history. On the
+#                 MLP matrices, whose step size decides both benchmark transformers in opposite
+#                 directions, the ratio is 1.2 to 1.3 in the second half of the GPT's training and
+#                 0.1 in the last third of the ViT's (benchmarks/results/lr-by-tensor-class/README.md):
+#                 a rule can take larger steps where gradients hold up against their history and
+#                 smaller ones where they have shrunk to noise around a memorised training set.
 CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "log_num_params_capped",
-                    "adam_log_rms", "is_vector_large")
+                    "adam_log_rms", "is_vector_large", "grad_log_ratio")
 # The size inputs a size prior acts on (``CoordinatewiseLSTM.with_size_prior``).
 SIZE_FEATURES = ("log_num_params", "log_num_params_capped")
 # The context inputs that read the model's size P (the optimizer counts it only for rules that do).
 MODEL_SIZE_FEATURES = SIZE_FEATURES + ("is_vector_large",)
 # The context inputs that read the moments m, v and the step count before the step.
-MOMENT_FEATURES = ("adam_log_rms",)
+MOMENT_FEATURES = ("adam_log_rms", "grad_log_ratio")
+# The context inputs that also read this step's gradients.
+GRAD_FEATURES = ("grad_log_ratio",)
 # The provenance key recording the weight ``CoordinatewiseLSTM.with_step_prior`` (and ``with_size_prior``)
 # added, by input.
 PRIOR_KEYS = {"log_num_params": "size_prior", "log_num_params_capped": "size_prior_capped",
               "p_log_rms": "p_log_rms_prior", "log_fan_in": "log_fan_in_prior", "is_vector": "vector_prior",
-              "adam_log_rms": "adam_log_rms_prior", "is_vector_large": "large_vector_prior"}
+              "adam_log_rms": "adam_log_rms_prior", "is_vector_large": "large_vector_prior",
+              "grad_log_ratio": "grad_log_ratio_prior"}
 
 # The meta-parameters of a CoordinatewiseLSTM, by attribute name, in the one order used everywhere:
 # flat meta-parameter vectors, safetensors files, checkpoints, and the mapping lstm_rule accepts.
@@ -171,6 +182,11 @@ class LSTMOptimizerConfig:
     def reads_moments(self) -> bool:
         """Whether a context input reads the moments before the step (``MOMENT_FEATURES``)."""
         return any(name in MOMENT_FEATURES for name in self.context_features)
+
+    @property
+    def reads_grads(self) -> bool:
+        """Whether a context input reads this step's gradients (``GRAD_FEATURES``)."""
+        return any(name in GRAD_FEATURES for name in self.context_features)
 
     @property
     def format_version(self) -> int:

@@ -60,7 +60,8 @@ Format version 2 (``network.LSTMOptimizerConfig``) adds two options to the same 
 * ``context_features``: per-tensor values :math:`z \in \mathbb{R}^K` (``tensor_context``: the
   tensor's log RMS, log fan-in, whether it is a vector, the log size of the whole model, the log
   RMS of Adam's step from the moments before the step, whether it is a vector of a model above
-  1e4 values; ``network.CONTEXT_FEATURES`` defines each) enter as
+  1e4 values, the log ratio of this step's gradient RMS to that of :math:`\sqrt{\hat v}` before
+  it; ``network.CONTEXT_FEATURES`` defines each) enter as
   biases of the gates and the head, :math:`b + W_z z` and :math:`b_y + W_{yz} z`: the rule can
   size its steps per layer and per model.
 """
@@ -214,7 +215,8 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
                    dtype: torch.dtype | None = None, num_params: int | None = None,
                    exp_avgs: Sequence[Tensor] | None = None, exp_avg_sqs: Sequence[Tensor] | None = None,
                    state_steps: Sequence[Tensor | float] | None = None,
-                   betas: tuple[float, float] | None = None, sharding: Sharding | None = None) -> Tensor:
+                   betas: tuple[float, float] | None = None, sharding: Sharding | None = None,
+                   grads: Sequence[Tensor] | None = None) -> Tensor:
     """The per-tensor context inputs of ``config.context_features`` (see ``network.CONTEXT_FEATURES``)
     for each tensor of ``params``: ``[len(params), K]``, computed without autograd in ``dtype``
     (default ``None``: fp64) on the tensors' device, with one foreach norm for all of them (in
@@ -222,7 +224,8 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
     needs no more precision). ``num_params`` is the model size the ``MODEL_SIZE_FEATURES`` read
     (default ``None``: the number of values in ``params``). ``exp_avgs``, ``exp_avg_sqs`` and
     ``state_steps`` (the moments and step counts before this step) and ``betas`` (default
-    ``None``: the config's) are read by the ``MOMENT_FEATURES`` only, and needed by them.
+    ``None``: the config's) are read by the ``MOMENT_FEATURES`` only, and needed by them;
+    ``grads`` (default ``None``), this step's gradients, by the ``GRAD_FEATURES`` only.
     ``sharding`` (default ``None``: the tensors are whole): the tensors are shards, and the
     statistics are summed over all of them (``Sharding``)."""
     params = list(params)
@@ -232,38 +235,70 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
         return torch.zeros(0, config.num_context, dtype=dtype)
     if sharding is not None and len(sharding.shapes) != len(params):
         raise ValueError(f"sharding has {len(sharding.shapes)} shapes for {len(params)} tensors: one per tensor")
+    reads_adam = "adam_log_rms" in config.context_features
     with torch.no_grad():
-        norms = torch._foreach_norm(params, 2)
-        norms = torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms]).to(dtype)
-        adam = None
+        norms = _stacked_norms(params, 2, dtype)
+        adam = grad_ratio = None
         key = tuple(tuple(p.shape) for p in params)
-        if config.reads_moments:  # per tensor: sum of squares of m / (sqrt(v_hat) + eps), and 1 / (1 - beta1^t)
-            adam_sq, inv_bc1 = _adam_sums(exp_avgs, exp_avg_sqs, state_steps, config, betas, len(params))
+        sums = []  # per-tensor sums, over every rank's shard when sharded
+        if config.reads_moments:
+            _check_moments(exp_avgs, exp_avg_sqs, state_steps, config, len(params))
+        if reads_adam:  # per tensor: sum of squares of m / (sqrt(v_hat) + eps), and 1 / (1 - beta1^t)
+            adam_sq, inv_bc1 = _adam_sums(exp_avgs, exp_avg_sqs, state_steps, config, betas)
+            sums.append(adam_sq.to(norms.device, dtype))
+        if config.reads_grads:  # per tensor: sum of g^2 and sum of v (v >= 0: its L1 norm)
+            if grads is None or len(grads) != len(params):
+                raise ValueError(f"context_features {config.context_features} read this step's gradients: pass "
+                                 f"grads to tensor_context, one per parameter")
+            sums += [_stacked_norms(grads, 2, dtype) ** 2, _stacked_norms(exp_avg_sqs, 1, dtype)]
+            steps = torch.stack([torch.as_tensor(s, dtype=torch.float64).to(norms.device) for s in state_steps])
         if sharding is not None:  # sums of squares over every rank's shard, then the global sizes
             key = tuple(tuple(s) for s in sharding.shapes)
-            sums = sharding.sum_over_shards(torch.stack([norms * norms] + ([adam_sq.to(dtype)] if config.reads_moments
-                                                                           else []), dim=1))
-            norms = sums[:, 0].sqrt()
-            adam_sq = sums[:, 1] if config.reads_moments else None
-        if config.reads_moments:  # -1 marks "before the first step" (an rms is never negative)
+            total = sharding.sum_over_shards(torch.stack([norms * norms] + sums, dim=1))
+            norms, sums = total[:, 0].sqrt(), list(total[:, 1:].unbind(1))
+        if reads_adam:  # -1 marks "before the first step" (an rms is never negative)
             n = torch.tensor([max(math.prod(s), 1) for s in key], dtype=torch.float64, device=norms.device)
-            rms = (adam_sq.double().to(norms.device) / n).sqrt() * inv_bc1.to(norms.device)
+            rms = (sums.pop(0).double() / n).sqrt() * inv_bc1.to(norms.device)
             adam = torch.where(inv_bc1.to(norms.device).isfinite(), rms, -1.0).to(dtype)
+        if config.reads_grads:
+            b2 = config.beta2 if betas is None else float(betas[1])
+            grad_ratio = _grad_log_ratio(sums[0], sums[1], steps, b2, config.feature_clip).to(dtype)
     sqrt_n, _ = _static_context(key, str(norms.device), dtype)
-    return _context_columns(norms / sqrt_n, key, config, num_params, adam)
+    return _context_columns(norms / sqrt_n, key, config, num_params, adam, grad_ratio)
 
 
-def _adam_sums(exp_avgs, exp_avg_sqs, state_steps, config: LSTMOptimizerConfig,
-               betas: tuple[float, float] | None, count: int) -> tuple[Tensor, Tensor]:
-    """Per tensor, the sum of squares of m / (sqrt(v_hat) + eps) over the moments before the step
-    and 1 / (1 - beta1^t) (inf before the first step, t = 0): rms(m_hat / (sqrt(v_hat) + eps)) is
-    sqrt(sum / numel) times it, the sum taken over all shards of a sharded tensor first."""
+def _stacked_norms(tensors: Sequence[Tensor], order: int, dtype: torch.dtype) -> Tensor:
+    """One foreach norm of every tensor (each in its own dtype), stacked in ``dtype``."""
+    norms = torch._foreach_norm(list(tensors), order)
+    return torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms]).to(dtype)
+
+
+def _grad_log_ratio(g_sq: Tensor, v_sum: Tensor, steps: Tensor, beta2: float, clip: float) -> Tensor:
+    """log10(rms(g) / rms(sqrt(v_hat))) per tensor from the sums of g^2 and of v over each tensor
+    (the sizes cancel) and the steps done t (v_hat = v / (1 - beta2^t)): 0 before the first step
+    (t = 0) and for a tensor whose gradients were all 0 so far (both sums 0), clipped to
+    [-clip, clip] (a first non-zero gradient after zeros reads +clip)."""
+    g_sq, v_sum, steps = g_sq.double(), v_sum.double().to(g_sq.device), steps.double().to(g_sq.device)
+    tiny = torch.finfo(torch.float64).tiny
+    num = (g_sq * (1 - beta2 ** steps)).clamp_min(tiny)
+    value = (0.5 * (num.log10() - v_sum.clamp_min(tiny).log10())).clamp(-clip, clip)
+    return torch.where(steps > 0, value, 0.0)
+
+
+def _check_moments(exp_avgs, exp_avg_sqs, state_steps, config: LSTMOptimizerConfig, count: int) -> None:
     if exp_avgs is None or exp_avg_sqs is None or state_steps is None:
         raise ValueError(f"context_features {config.context_features} read the moments before the step: pass "
                          "exp_avgs, exp_avg_sqs and state_steps to tensor_context")
     if not len(exp_avgs) == len(exp_avg_sqs) == len(state_steps) == count:
         raise ValueError(f"tensor_context needs one exp_avg, exp_avg_sq and step per parameter: got "
                          f"{len(exp_avgs)}, {len(exp_avg_sqs)}, {len(state_steps)} for {count} parameters")
+
+
+def _adam_sums(exp_avgs, exp_avg_sqs, state_steps, config: LSTMOptimizerConfig,
+               betas: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
+    """Per tensor, the sum of squares of m / (sqrt(v_hat) + eps) over the moments before the step
+    and 1 / (1 - beta1^t) (inf before the first step, t = 0): rms(m_hat / (sqrt(v_hat) + eps)) is
+    sqrt(sum / numel) times it, the sum taken over all shards of a sharded tensor first."""
     b1, b2 = (config.beta1, config.beta2) if betas is None else betas
     sums, inv_bc1 = [], []
     for m, v, s in zip(exp_avgs, exp_avg_sqs, state_steps):
@@ -295,13 +330,14 @@ def _static_context(shapes: tuple[tuple[int, ...], ...], device: str, dtype: tor
 
 
 def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig,
-                        moments: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
+                        moments: tuple[Tensor, Tensor, int] | None = None, grads: Tensor | None = None) -> Tensor:
     """``tensor_context`` for a flat vector of the tensors of ``shapes``, one row per tensor:
     ``[len(shapes), K]`` in ``params``' dtype. Differentiable in ``params``; a handful of ops
     whatever the number of tensors (it runs at every inner step of meta-training). ``moments``
     (``exp_avg``, ``exp_avg_sq``, the steps done), the flat moments before this step, are read by
-    the ``MOMENT_FEATURES`` only and needed by them; those features are statistics of the state,
-    computed without autograd (the rule's inputs g and m already carry the moments' gradient)."""
+    the ``MOMENT_FEATURES`` only and needed by them, and ``grads`` (default ``None``), this step's
+    flat gradient, by the ``GRAD_FEATURES``; those features are statistics of the state and the
+    gradient, computed without autograd (the rule's inputs g and m already carry their gradient)."""
     key = tuple(tuple(s) for s in shapes)
     seg, numels = _segments(key, str(params.device))
     if seg.numel() != params.numel():
@@ -309,29 +345,39 @@ def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LS
     sq = torch.zeros(len(key), dtype=params.dtype, device=params.device).index_add(0, seg, params * params)
     # clamped: sqrt's derivative at 0 (a zero-initialised bias) is infinite
     rms = (sq / numels.to(params.dtype)).clamp_min(1e-30).sqrt()
-    adam_rms = None
+    adam_rms = grad_ratio = None
     if config.reads_moments:
         if moments is None:
             raise ValueError(f"context_features {config.context_features} read the moments before the step: pass "
                              "moments=(exp_avg, exp_avg_sq, steps done)")
         m, v, step = moments
         with torch.no_grad():
-            if step <= 0:
-                adam_rms = torch.full((len(key),), -1.0, dtype=params.dtype, device=params.device)
-            else:
-                bc1, bc2 = 1 - config.beta1 ** step, 1 - config.beta2 ** step
-                a = m / (v.sqrt() / math.sqrt(bc2) + config.eps)
-                asq = torch.zeros(len(key), dtype=a.dtype, device=a.device).index_add(0, seg, a * a)
-                adam_rms = ((asq / numels.to(a.dtype)).sqrt() / bc1).to(params.dtype)
-    return _context_columns(rms, key, config, params.numel(), adam_rms)
+            if "adam_log_rms" in config.context_features:
+                if step <= 0:
+                    adam_rms = torch.full((len(key),), -1.0, dtype=params.dtype, device=params.device)
+                else:
+                    bc1, bc2 = 1 - config.beta1 ** step, 1 - config.beta2 ** step
+                    a = m / (v.sqrt() / math.sqrt(bc2) + config.eps)
+                    asq = torch.zeros(len(key), dtype=a.dtype, device=a.device).index_add(0, seg, a * a)
+                    adam_rms = ((asq / numels.to(a.dtype)).sqrt() / bc1).to(params.dtype)
+            if config.reads_grads:
+                if grads is None or grads.shape != params.shape:
+                    raise ValueError(f"context_features {config.context_features} read this step's gradient: pass "
+                                     f"grads, the flat gradient of params' shape {tuple(params.shape)}")
+                g = grads.detach()
+                g_sq = torch.zeros(len(key), dtype=g.dtype, device=g.device).index_add(0, seg, g * g)
+                v_sum = torch.zeros(len(key), dtype=v.dtype, device=v.device).index_add(0, seg, v)
+                steps = torch.full((len(key),), float(step), dtype=torch.float64, device=params.device)
+                grad_ratio = _grad_log_ratio(g_sq, v_sum, steps, config.beta2, config.feature_clip).to(params.dtype)
+    return _context_columns(rms, key, config, params.numel(), adam_rms, grad_ratio)
 
 
 def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig,
-                 moments: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
+                 moments: tuple[Tensor, Tensor, int] | None = None, grads: Tensor | None = None) -> Tensor:
     """``flat_tensor_context`` per coordinate: ``[K, N]``, column j the context of the tensor that
     holds coordinate j. Differentiable in ``params``."""
     seg, _ = _segments(tuple(tuple(s) for s in shapes), str(params.device))
-    return flat_tensor_context(params, shapes, config, moments).T[:, seg]
+    return flat_tensor_context(params, shapes, config, moments, grads).T[:, seg]
 
 
 @functools.lru_cache(maxsize=64)
@@ -343,7 +389,7 @@ def _segments(shapes: tuple[tuple[int, ...], ...], device: str) -> tuple[Tensor,
 
 
 def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: LSTMOptimizerConfig,
-                     num_params: int, adam_rms: Tensor | None = None) -> Tensor:
+                     num_params: int, adam_rms: Tensor | None = None, grad_ratio: Tensor | None = None) -> Tensor:
     clip = config.feature_clip
     _, static = _static_context(shapes, str(rms.device), rms.dtype)
     cols = []
@@ -353,6 +399,8 @@ def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: L
         elif name == "adam_log_rms":  # -1 marks "before the first step": 0 there (log10 1, the first step's rms)
             value = torch.log10(adam_rms.clamp_min(0) + 1e-8).clamp(-clip, clip)
             cols.append(torch.where(adam_rms < 0, 0.0, value))
+        elif name == "grad_log_ratio":  # already clipped, 0 before the first step
+            cols.append(grad_ratio)
         elif name in ("log_num_params", "log_num_params_capped"):
             value = min(max(math.log10(max(num_params, 1)) - 5.0, -clip), clip)
             value = min(value, 0.0) if name == "log_num_params_capped" else value
@@ -444,7 +492,7 @@ def learned_update(
         if config.context_features:
             context = tensor_context(params, config, num_params=num_params, exp_avgs=exp_avgs,
                                      exp_avg_sqs=exp_avg_sqs, state_steps=state_steps, betas=betas,
-                                     sharding=sharding)
+                                     sharding=sharding, grads=grads)
         torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
             _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, context=context,

@@ -24,7 +24,7 @@ def _net(version: int, dtype=torch.float64) -> CoordinatewiseLSTM:
     cfg = (LSTMOptimizerConfig(hidden_size=4) if version == 1 else
            LSTMOptimizerConfig(hidden_size=4, sign_equivariant=True, direction_bound=0.5,
                                context_features=("p_log_rms", "log_fan_in", "is_vector", "log_num_params",
-                                                 "adam_log_rms")))
+                                                 "adam_log_rms", "grad_log_ratio")))
     net = CoordinatewiseLSTM(cfg, seed=3).to(dtype)
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():  # a non-zero head, so the LSTM and the context change the step

@@ -95,7 +95,7 @@ def test_lstm_rule_is_exactly_sign_equivariant(name, dtype):
     m = torch.zeros(n, dtype=dtype)
     v, h, c = torch.zeros(n, dtype=dtype), torch.zeros(hs, n, dtype=dtype), torch.zeros(hs, n, dtype=dtype)
     state_pos, state_neg = (m, v, h, c), (m.clone(), v.clone(), h.clone(), c.clone())
-    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5, -1.5, 0.7][: cfg.num_context], dtype=dtype)
+    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5, -1.5, 0.7, 0.3][: cfg.num_context], dtype=dtype)
     for t in range(1, 6):
         g = torch.randn(n, generator=gen, dtype=dtype)
         g[:5] = 0.0
@@ -141,6 +141,12 @@ def _adam_log_rms_by_hand(m, v, step, cfg):
     return math.log10(float(a.pow(2).mean().sqrt()) + 1e-8)
 
 
+def _grad_log_ratio_by_hand(g, v, step, cfg):
+    """log10(rms(g) / rms(sqrt(v_hat))) from the second moment after ``step`` steps, as documented."""
+    v_hat = v.double() / (1 - cfg.beta2 ** step)
+    return math.log10(float(g.double().pow(2).mean().sqrt()) / float(v_hat.sqrt().pow(2).mean().sqrt()))
+
+
 def test_context_values_and_flat_context():
     cfg = LSTMOptimizerConfig(context_features=CONTEXT_FEATURES)
     params = [torch.full((4, 25), 0.1), torch.zeros(3), torch.full((2, 3, 2, 2), 2.0)]
@@ -149,19 +155,23 @@ def test_context_values_and_flat_context():
     vs = [torch.rand(p.shape, generator=gen) * 0.01 for p in params]
     ms[1].zero_()
     vs[1].zero_()  # a tensor whose gradients were all 0: Adam's direction is 0, the input the clip's -5
+    gs = [torch.randn(p.shape, generator=gen) * 0.05 for p in params]
+    gs[1].zero_()  # no gradient ever (v = 0): the ratio input is 0
     steps = [torch.tensor(3.0)] * 3
-    ctx = tensor_context(params, cfg, exp_avgs=ms, exp_avg_sqs=vs, state_steps=steps)
+    ctx = tensor_context(params, cfg, exp_avgs=ms, exp_avg_sqs=vs, state_steps=steps, grads=gs)
     size = math.log10(127) - 5  # 100 + 3 + 24 values, centred at 1e5
     adam = [_adam_log_rms_by_hand(ms[0], vs[0], 3, cfg), -5.0, _adam_log_rms_by_hand(ms[2], vs[2], 3, cfg)]
-    assert -5 < adam[0] < 5 and -5 < adam[2] < 5
-    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size, adam[0], 0.0],
-                             [-5.0, 0.0, 1.0, size, size, -5.0, 0.0],  # 127 values: no large vectors
-                             [0.30103, 1.0791812460476249, 0.0, size, size, adam[2], 0.0]], dtype=torch.float64)
+    ratio = [_grad_log_ratio_by_hand(gs[0], vs[0], 3, cfg), 0.0, _grad_log_ratio_by_hand(gs[2], vs[2], 3, cfg)]
+    assert -5 < adam[0] < 5 and -5 < adam[2] < 5 and ratio[0] != 0 and ratio[2] != 0
+    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size, adam[0], 0.0, ratio[0]],
+                             [-5.0, 0.0, 1.0, size, size, -5.0, 0.0, 0.0],  # 127 values: no large vectors
+                             [0.30103, 1.0791812460476249, 0.0, size, size, adam[2], 0.0, ratio[2]]],
+                            dtype=torch.float64)
     torch.testing.assert_close(ctx, expected, atol=1e-5, rtol=0)
     flat = torch.cat([p.reshape(-1) for p in params])
     moments = (torch.cat([m.reshape(-1) for m in ms]), torch.cat([v.reshape(-1) for v in vs]), 3)
-    per_coord = flat_context(flat, [p.shape for p in params], cfg, moments)
-    assert per_coord.shape == (7, flat.numel())
+    per_coord = flat_context(flat, [p.shape for p in params], cfg, moments, torch.cat([g.reshape(-1) for g in gs]))
+    assert per_coord.shape == (8, flat.numel())
     torch.testing.assert_close(per_coord.T.double(), ctx.repeat_interleave(torch.tensor([100, 3, 24]), dim=0),
                                atol=1e-5, rtol=0)
 
@@ -184,6 +194,40 @@ def test_adam_log_rms_is_zero_before_the_first_step_and_needs_the_moments():
         tensor_context(params, cfg)
     with pytest.raises(ValueError, match="moments"):
         flat_context(flat, [p.shape for p in params], cfg)
+
+
+def test_grad_log_ratio_reads_the_gradient_against_the_second_moment():
+    """0 before the first step; log10 of rms(g) / rms(sqrt(v_hat)) after it, by hand; a constant
+    gradient reads 0 at every step (its v_hat is g^2); clipped; the same from the flat vector;
+    without the gradients the error names them."""
+    cfg = LSTMOptimizerConfig(context_features=("grad_log_ratio",))
+    params = [torch.ones(4, 5), torch.ones(3)]
+    gs = [torch.full((4, 5), 0.3), torch.tensor([1.0, -2.0, 0.5])]
+    zeros = [torch.zeros_like(p) for p in params]
+    ctx = tensor_context(params, cfg, exp_avgs=zeros, exp_avg_sqs=zeros, state_steps=[0.0, torch.tensor(0.0)],
+                         grads=gs)
+    assert ctx[:, 0].tolist() == [0.0, 0.0]
+    # v after 5 steps of the same gradient: (1 - beta2^5) g^2, so v_hat = g^2 and the input is 0
+    vs = [(1 - cfg.beta2 ** 5) * g * g for g in gs]
+    ctx = tensor_context(params, cfg, exp_avgs=zeros, exp_avg_sqs=vs, state_steps=[5.0, 5.0], grads=gs)
+    torch.testing.assert_close(ctx[:, 0], torch.zeros(2, dtype=torch.float64), atol=1e-7, rtol=0)
+    ctx = tensor_context(params, cfg, exp_avgs=zeros, exp_avg_sqs=vs, state_steps=[5.0, 5.0],
+                         grads=[10 * gs[0], 1e-9 * gs[1]])
+    torch.testing.assert_close(ctx[:, 0], torch.tensor([1.0, -5.0], dtype=torch.float64), atol=1e-6, rtol=0)
+    gen = torch.Generator().manual_seed(1)
+    v_rand = [torch.rand(p.shape, generator=gen) * 0.01 for p in params]
+    ctx = tensor_context(params, cfg, exp_avgs=zeros, exp_avg_sqs=v_rand, state_steps=[7.0, 7.0], grads=gs)
+    by_hand = [_grad_log_ratio_by_hand(g, v, 7, cfg) for g, v in zip(gs, v_rand)]
+    torch.testing.assert_close(ctx[:, 0], torch.tensor(by_hand, dtype=torch.float64), atol=1e-6, rtol=0)
+    flat = torch.cat([p.reshape(-1) for p in params])
+    flat_v, flat_g = torch.cat([v.reshape(-1) for v in v_rand]), torch.cat([g.reshape(-1) for g in gs])
+    per_coord = flat_context(flat, [p.shape for p in params], cfg, (torch.zeros(23), flat_v, 7), flat_g)
+    torch.testing.assert_close(per_coord[0].double(), ctx[:, 0].repeat_interleave(torch.tensor([20, 3])),
+                               atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="gradients: pass grads"):
+        tensor_context(params, cfg, exp_avgs=zeros, exp_avg_sqs=vs, state_steps=[5.0, 5.0])
+    with pytest.raises(ValueError, match="gradient: pass grads"):
+        flat_context(flat, [p.shape for p in params], cfg, (flat, flat_v, 7))
 
 
 def test_model_size_feature_counts_the_given_size_clipped():

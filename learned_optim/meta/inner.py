@@ -187,7 +187,7 @@ def inner_step(
     if impl != "reference":
         return _batched_step(state, grads, weights, config, lr, shapes, weight_decay, impl)
     if config.context_features:
-        context = flat_context(state.params, shapes, config, (state.exp_avg, state.exp_avg_sq, state.step))
+        context = flat_context(state.params, shapes, config, (state.exp_avg, state.exp_avg_sq, state.step), grads)
     out = lstm_rule(grads, state.exp_avg, state.exp_avg_sq, state.h, state.c, float(state.step + 1), weights, config,
                     context)
     params = state.params
@@ -213,7 +213,7 @@ def _batched_step(state: InnerState, grads: Tensor, weights, config: LSTMOptimiz
         if sum(numels) != p.numel():
             raise ValueError(f"shapes {list(shapes)} hold {sum(numels)} values, params has {p.numel()}")
         # of the parameters (and moments) before this step
-        context = flat_tensor_context(p, shapes, config, (state.exp_avg, state.exp_avg_sq, state.step))
+        context = flat_tensor_context(p, shapes, config, (state.exp_avg, state.exp_avg_sq, state.step), grads)
     else:
         numels, context = [p.numel()], None
     wd = 0.0
