@@ -364,9 +364,10 @@ def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LS
                 if grads is None or grads.shape != params.shape:
                     raise ValueError(f"context_features {config.context_features} read this step's gradient: pass "
                                      f"grads, the flat gradient of params' shape {tuple(params.shape)}")
-                g = grads.detach()
-                g_sq = torch.zeros(len(key), dtype=g.dtype, device=g.device).index_add(0, seg, g * g)
-                v_sum = torch.zeros(len(key), dtype=v.dtype, device=v.device).index_add(0, seg, v)
+                # one foreach norm per sum, as tensor_context: a third of the time of index_add's scatter
+                sizes = [math.prod(s) for s in key]
+                g_sq = _stacked_norms(grads.detach().split(sizes), 2, grads.dtype) ** 2
+                v_sum = _stacked_norms(v.split(sizes), 1, v.dtype)
                 steps = torch.full((len(key),), float(step), dtype=torch.float64, device=params.device)
                 grad_ratio = _grad_log_ratio(g_sq, v_sum, steps, config.beta2, config.feature_clip).to(params.dtype)
     return _context_columns(rms, key, config, params.numel(), adam_rms, grad_ratio)
