@@ -72,18 +72,31 @@ def _task(model: str = "validation"):
     return HeldoutScored(**kw)
 
 
-def _job(args: tuple[str, str | None, float, int, int, str]) -> tuple[str, list[float]]:
-    """(key, weights dir or None for Adam, lr, horizon, seeds, model) -> held-out final losses, one
-    per seed (NaN for a diverged run)."""
-    key, weights, lr, horizon, seeds, model = args
+def _cache_file(cache: Path, key: str) -> Path:
+    return cache / (key.replace(" ", "-").replace("/", "_") + ".json")
+
+
+def _job(args: tuple[str, str | None, float, int, int, str, str]) -> tuple[str, list[float]]:
+    """(key, weights dir or None for Adam, lr, horizon, seeds, model, cache dir) -> held-out final
+    losses, one per seed (NaN for a diverged run). Each job's losses are written to the cache dir as
+    it finishes and read back instead of rerun, so an interrupted probe resumes where it stopped."""
+    key, weights, lr, horizon, seeds, model, cache = args
+    done = _cache_file(Path(cache), key)
+    if done.is_file():
+        record = json.loads(done.read_text(encoding="utf-8"))
+        if record["regime"] == [weights, lr, horizon, seeds, model]:
+            return key, record["losses"]
     torch.set_num_threads(1)
     from learned_optim import from_pretrained
     from learned_optim.meta.validation import _seed, run_inner
 
     net = from_pretrained(weights) if weights else None
     task = _task(model)
-    return key, [run_inner(task, horizon, _seed(0, s), weights=net, lr=lr, impl="auto", recipe="scheduled",
-                           clip_norm=1.0)["final_loss"] for s in range(seeds)]
+    losses = [run_inner(task, horizon, _seed(0, s), weights=net, lr=lr, impl="auto", recipe="scheduled",
+                        clip_norm=1.0)["final_loss"] for s in range(seeds)]
+    done.write_text(json.dumps({"regime": [weights, lr, horizon, seeds, model], "losses": losses}) + "\n",
+                    encoding="utf-8")
+    return key, losses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         points[name] = {"weights": str(weights.relative_to(HERE.parent)),
                         "gpt": statistics.mean(c[-1] for c in run["curve"]),
                         "val_train_ratio": study.eval_record(study.ROOT / log, step)[0][VAL_TASK]}
-    regime = (args.horizon, args.seeds, args.model)
+    cache = out / f"jobs-{args.model}"
+    cache.mkdir(exist_ok=True)
+    regime = (args.horizon, args.seeds, args.model, str(cache))
     jobs = ([(f"adam {lr:g}", None, lr, *regime) for lr in args.adam_lrs]
             + [(n, p["weights"], 1e-3, *regime) for n, p in points.items()])
     with ProcessPoolExecutor(args.workers) as pool:

@@ -83,22 +83,28 @@ FEATURES = ("g_norm", "m_norm")
 #                 0.1 in the last third of the ViT's (benchmarks/results/lr-by-tensor-class/README.md):
 #                 a rule can take larger steps where gradients hold up against their history and
 #                 smaller ones where they have shrunk to noise around a memorised training set.
+#   "grad_log_ratio_large": grad_log_ratio times the ramp of is_vector_large, clip(log10(P / 1e4), 0, 1):
+#                 0 for every tensor of a model of 1e4 values or fewer, the full ratio from 1e5 values.
+#                 A prior on grad_log_ratio shrinks the steps of late training wherever gradients fall
+#                 against their history: what the benchmark ViT's held-out accuracy wants, and what the
+#                 small training-loss tasks that converge do not (benchmarks/results/grad-log-ratio/README.md);
+#                 on this input it moves large models alone.
 CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "log_num_params_capped",
-                    "adam_log_rms", "is_vector_large", "grad_log_ratio")
+                    "adam_log_rms", "is_vector_large", "grad_log_ratio", "grad_log_ratio_large")
 # The size inputs a size prior acts on (``CoordinatewiseLSTM.with_size_prior``).
 SIZE_FEATURES = ("log_num_params", "log_num_params_capped")
 # The context inputs that read the model's size P (the optimizer counts it only for rules that do).
-MODEL_SIZE_FEATURES = SIZE_FEATURES + ("is_vector_large",)
+MODEL_SIZE_FEATURES = SIZE_FEATURES + ("is_vector_large", "grad_log_ratio_large")
 # The context inputs that read the moments m, v and the step count before the step.
-MOMENT_FEATURES = ("adam_log_rms", "grad_log_ratio")
+MOMENT_FEATURES = ("adam_log_rms", "grad_log_ratio", "grad_log_ratio_large")
 # The context inputs that also read this step's gradients.
-GRAD_FEATURES = ("grad_log_ratio",)
+GRAD_FEATURES = ("grad_log_ratio", "grad_log_ratio_large")
 # The provenance key recording the weight ``CoordinatewiseLSTM.with_step_prior`` (and ``with_size_prior``)
 # added, by input.
 PRIOR_KEYS = {"log_num_params": "size_prior", "log_num_params_capped": "size_prior_capped",
               "p_log_rms": "p_log_rms_prior", "log_fan_in": "log_fan_in_prior", "is_vector": "vector_prior",
               "adam_log_rms": "adam_log_rms_prior", "is_vector_large": "large_vector_prior",
-              "grad_log_ratio": "grad_log_ratio_prior"}
+              "grad_log_ratio": "grad_log_ratio_prior", "grad_log_ratio_large": "large_grad_log_ratio_prior"}
 
 # The meta-parameters of a CoordinatewiseLSTM, by attribute name, in the one order used everywhere:
 # flat meta-parameter vectors, safetensors files, checkpoints, and the mapping lstm_rule accepts.

@@ -402,16 +402,22 @@ def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: L
             cols.append(torch.where(adam_rms < 0, 0.0, value))
         elif name == "grad_log_ratio":  # already clipped, 0 before the first step
             cols.append(grad_ratio)
+        elif name == "grad_log_ratio_large":  # the ratio of models above 1e4 values, in full from 1e5
+            cols.append(grad_ratio * _large_model_ramp(num_params))
         elif name in ("log_num_params", "log_num_params_capped"):
             value = min(max(math.log10(max(num_params, 1)) - 5.0, -clip), clip)
             value = min(value, 0.0) if name == "log_num_params_capped" else value
             cols.append(torch.full((len(shapes),), value, dtype=rms.dtype, device=rms.device))
         elif name == "is_vector_large":  # the vectors of models above 1e4 values, all of them from 1e5
-            ramp = min(max(math.log10(max(num_params, 1)) - 4.0, 0.0), 1.0)
-            cols.append(static["is_vector"] * ramp)
+            cols.append(static["is_vector"] * _large_model_ramp(num_params))
         else:  # shape features: clipped like every input
             cols.append(static[name].clamp(-clip, clip))
     return torch.stack(cols, dim=1)
+
+
+def _large_model_ramp(num_params: int) -> float:
+    """clip(log10(P / 1e4), 0, 1): 0 for a model of 1e4 values or fewer, 1 from 1e5 values."""
+    return min(max(math.log10(max(num_params, 1)) - 4.0, 0.0), 1.0)
 
 
 def learned_update(

@@ -856,6 +856,18 @@ def test_heldout_lm_probe_scores_held_out_text(tmp_path):
         tail = bytes(_corpus("validation:tail").tolist())
         assert all(bytes(w.tolist()) in tail for w in scored[:8])
         assert task.sample_batch(torch.Generator().manual_seed(0)).shape == (task.batch_size, ctx + 1)
+    # each job's losses are cached as it finishes and read back instead of rerun, for its own regime only
+    cache = tmp_path / "jobs"
+    cache.mkdir()
+    job = ("adam 0.001", None, 1e-3, 3, 1, "validation", str(cache))
+    key, losses = probe._job(job)
+    assert key == "adam 0.001" and len(losses) == 1 and math.isfinite(losses[0])
+    record = json.loads(probe._cache_file(cache, key).read_text())
+    assert record == {"regime": [None, 1e-3, 3, 1, "validation"], "losses": losses}
+    record["losses"] = [123.0]
+    probe._cache_file(cache, key).write_text(json.dumps(record))
+    assert probe._job(job) == (key, [123.0])
+    assert probe._job(job[:3] + (4,) + job[4:])[1] != [123.0]  # another horizon: rerun
     for bad in (["--adam-lrs", "1e-3,x"], ["--seeds", "0"], ["--model", "wide"]):
         proc = _run_script("heldout_lm_probe", "--out", str(tmp_path / "x"), *bad, cwd=tmp_path)
         assert proc.returncode == 2 and bad[0] in proc.stderr, proc.stderr

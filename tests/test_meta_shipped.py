@@ -39,6 +39,9 @@ def test_shipped_weights_come_from_their_preset(name, preset):
     if config.vector_prior:  # then the vector prior's input (MetaTrainConfig.vector_prior)
         network["context_features"] = [*network["context_features"], "is_vector_large"]
         assert prov[PRIOR_KEYS["is_vector_large"]] == config.vector_prior
+    if config.ratio_prior:  # then the ratio prior's input (MetaTrainConfig.ratio_prior)
+        network["context_features"] = [*network["context_features"], "grad_log_ratio_large"]
+        assert prov[PRIOR_KEYS["grad_log_ratio_large"]] == config.ratio_prior
     assert net.config.to_dict() == network
     card = (resolve(name) / "README.md").read_text(encoding="utf-8")
     assert f"learned-optim meta-train --config {preset}" in card

@@ -311,6 +311,17 @@ def test_size_prior_is_added_to_the_written_weights_only(tmp_path):
     assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
     with pytest.raises(ValueError, match="vector_prior"):
         meta_train("tiny", out=tmp_path / "bad", progress=False, vector_prior=float("inf"))
+    # the ratio prior, after both: the same plain weights with all three, in that order
+    meta_train("tiny", out=tmp_path / "r", progress=False, size_prior=-0.3, size_prior_feature="log_num_params_capped",
+               vector_prior=0.35, ratio_prior=0.38)
+    want = want.with_step_prior(0.38, "grad_log_ratio_large")
+    got = from_pretrained(tmp_path / "r")
+    assert got.config == want.config and got.config.context_features[-2:] == ("is_vector_large", "grad_log_ratio_large")
+    assert got.provenance["large_grad_log_ratio_prior"] == 0.38
+    assert got.provenance["meta_train_config"]["ratio_prior"] == 0.38
+    assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
+    with pytest.raises(ValueError, match="ratio_prior"):
+        meta_train("tiny", out=tmp_path / "bad", progress=False, ratio_prior="0.38")
 
 
 def test_prior_in_training_holds_the_priors_fixed_while_the_rest_learns(tmp_path):
@@ -340,7 +351,7 @@ def test_prior_in_training_holds_the_priors_fixed_while_the_rest_learns(tmp_path
         meta_train("tiny", out=tmp_path / "bad", progress=False, prior_in_training="yes")
     # fine-tuning weights that carry the priors with a config that adds them again: said, with the fix
     with pytest.warns(UserWarning, match=r"already carry a prior \(size_prior_capped=-0.3, large_vector_prior=0.35\)"
-                      r".*--set size_prior=0 --set vector_prior=0"):
+                      r".*--set size_prior=0 --set vector_prior=0 --set ratio_prior=0"):
         meta_train("tiny", out=tmp_path / "twice", progress=False, init=tmp_path / "in", meta_steps=1, **kw)
     # interrupted and resumed: the same last network, priors still in place
     from learned_optim.meta.trainer import MetaTrainer

@@ -11,7 +11,7 @@ from learned_optim import LearnedOptimizer
 from learned_optim.hub import WeightsError, load_directory, save_pretrained
 from learned_optim.meta.inner import init_inner, inner_step
 from learned_optim.network import CONTEXT_FEATURES, CoordinatewiseLSTM, LSTMOptimizerConfig
-from learned_optim.update import flat_context, learned_update, lstm_rule, tensor_context
+from learned_optim.update import flat_context, flat_tensor_context, learned_update, lstm_rule, tensor_context
 
 CONFIGS = {
     "sign": LSTMOptimizerConfig(sign_equivariant=True),
@@ -95,7 +95,7 @@ def test_lstm_rule_is_exactly_sign_equivariant(name, dtype):
     m = torch.zeros(n, dtype=dtype)
     v, h, c = torch.zeros(n, dtype=dtype), torch.zeros(hs, n, dtype=dtype), torch.zeros(hs, n, dtype=dtype)
     state_pos, state_neg = (m, v, h, c), (m.clone(), v.clone(), h.clone(), c.clone())
-    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5, -1.5, 0.7, 0.3][: cfg.num_context], dtype=dtype)
+    ctx = torch.tensor([0.5, -1.0, 1.0, -2.0, -0.5, -1.5, 0.7, 0.3, 0.2][: cfg.num_context], dtype=dtype)
     for t in range(1, 6):
         g = torch.randn(n, generator=gen, dtype=dtype)
         g[:5] = 0.0
@@ -163,15 +163,16 @@ def test_context_values_and_flat_context():
     adam = [_adam_log_rms_by_hand(ms[0], vs[0], 3, cfg), -5.0, _adam_log_rms_by_hand(ms[2], vs[2], 3, cfg)]
     ratio = [_grad_log_ratio_by_hand(gs[0], vs[0], 3, cfg), 0.0, _grad_log_ratio_by_hand(gs[2], vs[2], 3, cfg)]
     assert -5 < adam[0] < 5 and -5 < adam[2] < 5 and ratio[0] != 0 and ratio[2] != 0
-    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size, adam[0], 0.0, ratio[0]],
-                             [-5.0, 0.0, 1.0, size, size, -5.0, 0.0, 0.0],  # 127 values: no large vectors
-                             [0.30103, 1.0791812460476249, 0.0, size, size, adam[2], 0.0, ratio[2]]],
+    # 127 values: no large vectors, no large-model ratio
+    expected = torch.tensor([[-1.0, 1.3979400086720377, 0.0, size, size, adam[0], 0.0, ratio[0], 0.0],
+                             [-5.0, 0.0, 1.0, size, size, -5.0, 0.0, 0.0, 0.0],
+                             [0.30103, 1.0791812460476249, 0.0, size, size, adam[2], 0.0, ratio[2], 0.0]],
                             dtype=torch.float64)
     torch.testing.assert_close(ctx, expected, atol=1e-5, rtol=0)
     flat = torch.cat([p.reshape(-1) for p in params])
     moments = (torch.cat([m.reshape(-1) for m in ms]), torch.cat([v.reshape(-1) for v in vs]), 3)
     per_coord = flat_context(flat, [p.shape for p in params], cfg, moments, torch.cat([g.reshape(-1) for g in gs]))
-    assert per_coord.shape == (8, flat.numel())
+    assert per_coord.shape == (9, flat.numel())
     torch.testing.assert_close(per_coord.T.double(), ctx.repeat_interleave(torch.tensor([100, 3, 24]), dim=0),
                                atol=1e-5, rtol=0)
 
@@ -259,6 +260,36 @@ def test_large_vector_feature_ramps_from_1e4_to_1e5_values_on_vectors_only():
         ctx = tensor_context(params, cfg, num_params=round(num_params))
         assert ctx[:, 1].tolist() == [0.0, 1.0, 0.0]
         assert ctx[:, 0].tolist() == pytest.approx([0.0, ramp, 0.0], abs=1e-5), num_params
+
+
+def test_large_model_grad_log_ratio_is_the_ratio_times_the_size_ramp():
+    """grad_log_ratio_large: grad_log_ratio times clip(log10(P / 1e4), 0, 1), from the per-tensor
+    context and from the flat context of meta-training alike; it reads the size, the moments and
+    the gradient."""
+    cfg = LSTMOptimizerConfig(context_features=("grad_log_ratio_large", "grad_log_ratio"))
+    assert cfg.reads_model_size and cfg.reads_moments and cfg.reads_grads
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.randn(10, 10, generator=gen), torch.randn(5, generator=gen)]
+    vs = [torch.rand(p.shape, generator=gen) * 0.01 for p in params]
+    gs = [torch.randn(p.shape, generator=gen) * 0.05 for p in params]
+    steps = [torch.tensor(4.0)] * 2
+    flat_g = torch.cat([g.reshape(-1) for g in gs])
+    moments = (torch.zeros(105), torch.cat([v.reshape(-1) for v in vs]), 4)
+    for num_params, ramp in ((105, 0.0), (10**4, 0.0), (31_623, 0.5), (10**5, 1.0), (834_000, 1.0)):
+        ctx = tensor_context(params, cfg, num_params=num_params, exp_avgs=vs, exp_avg_sqs=vs,
+                             state_steps=steps, grads=gs)
+        assert ctx[:, 1].abs().min() > 0.1  # the ratio itself
+        torch.testing.assert_close(ctx[:, 0], ctx[:, 1] * ramp, atol=1e-5, rtol=0)
+    # the flat context of meta-training takes the size from the flat vector: 105 values, no ratio
+    flat = flat_tensor_context(torch.cat([p.reshape(-1) for p in params]), [p.shape for p in params], cfg, moments,
+                               flat_g)
+    assert flat[:, 0].tolist() == [0.0, 0.0] and flat[:, 1].abs().min() > 0.1
+    big = [torch.randn(400, 300, generator=gen)]  # 120k values: the whole ratio
+    big_v, big_g = [torch.rand(400, 300, generator=gen)], [torch.randn(400, 300, generator=gen)]
+    flat = flat_tensor_context(big[0].reshape(-1), [big[0].shape], cfg, (big_v[0].reshape(-1) * 0,
+                               big_v[0].reshape(-1), 2), big_g[0].reshape(-1))
+    torch.testing.assert_close(flat[:, 0], flat[:, 1], atol=0, rtol=0)
+    assert float(flat[0, 1]) != 0
 
 
 def test_model_size_feature_sees_every_group_and_gradless_parameter():

@@ -196,7 +196,13 @@ class MetaTrainConfig:
             the log step scale (``CoordinatewiseLSTM.with_step_prior``, which adds the input if
             the rule lacks it); meta-training and its validation run without it. Positive values
             give the biases and LayerNorm gains of large models larger steps. Default 0: none.
-        prior_in_training: when True, ``size_prior`` and ``vector_prior`` are added to the network
+        ratio_prior: a slope added, like ``vector_prior`` and after it, to the saved weights' head
+            weight from the ``"grad_log_ratio_large"`` input (the gradient against its own history,
+            on models above 1e4 values) to the log step scale; meta-training and its validation run
+            without it. Positive values shrink the steps of a large model's tensors whose gradients
+            have fallen against their history (noise around a memorised training set) and raise
+            those whose gradients hold up. Default 0: none.
+        prior_in_training: when True, ``size_prior``, ``vector_prior`` and ``ratio_prior`` are added to the network
             before meta-training instead of on saving, and the head weights they set are held fixed
             (their meta-gradient is zeroed), so the rest of the rule learns with them in place;
             training, validation and the written weights all use the rule with the priors. Default
@@ -274,6 +280,7 @@ class MetaTrainConfig:
     size_prior: float = 0.0
     size_prior_feature: str = "log_num_params"
     vector_prior: float = 0.0
+    ratio_prior: float = 0.0
     prior_in_training: bool = False
     objective_split: str = "train"
     train_tasks: str = "default"
@@ -305,6 +312,7 @@ class MetaTrainConfig:
         check_number(self, "rise_penalty", ge=0)
         check_number(self, "size_prior")
         check_number(self, "vector_prior")
+        check_number(self, "ratio_prior")
         check_choice(self, "size_prior_feature", SIZE_FEATURES)
         for name in ("second_order", "slot_rng", "prior_in_training"):
             check_bool(self, name)

@@ -343,11 +343,11 @@ class MetaTrainer:
         return self._with_prior(net)
 
     def _priors(self) -> list[tuple[str, float]]:
-        """The (context input, slope) pairs of ``config.size_prior`` and ``config.vector_prior``, in
-        the order they are added; those that are 0 are left out."""
+        """The (context input, slope) pairs of ``config.size_prior``, ``config.vector_prior`` and
+        ``config.ratio_prior``, in the order they are added; those that are 0 are left out."""
         c = self.config
-        return [(f, s) for f, s in ((c.size_prior_feature, c.size_prior), ("is_vector_large", c.vector_prior))
-                if s != 0]
+        return [(f, s) for f, s in ((c.size_prior_feature, c.size_prior), ("is_vector_large", c.vector_prior),
+                                    ("grad_log_ratio_large", c.ratio_prior)) if s != 0]
 
     def _warn_prior_twice(self, init_provenance: dict[str, Any]) -> None:
         # e.g. --init lstm-h4-v2-vec with --config default: the preset would add its priors on top
@@ -355,9 +355,11 @@ class MetaTrainer:
         again = [f"{PRIOR_KEYS[f]}={init_provenance[PRIOR_KEYS[f]]:g}" for f, _ in self._priors()
                  if init_provenance.get(PRIOR_KEYS[f])]
         if again:
-            fields = " ".join(f"--set {k}=0" for k in ("size_prior", "vector_prior"))
+            names = ("size_prior", "vector_prior", "ratio_prior")
+            fields = " ".join(f"--set {k}=0" for k in names)
+            given = ", ".join(f"{k}={getattr(self.config, k):g}" for k in names)
             warnings.warn(f"the init weights already carry a prior ({', '.join(again)}) that the config adds "
-                          f"again (size_prior={self.config.size_prior:g}, vector_prior={self.config.vector_prior:g}); "
+                          f"again ({given}); "
                           f"to keep the init's priors as they are, set them to 0 ({fields})", UserWarning,
                           stacklevel=3)
 
@@ -368,7 +370,8 @@ class MetaTrainer:
 
     def _with_prior(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
         """``net`` as written out: with ``config.size_prior`` added on ``config.size_prior_feature``,
-        then ``config.vector_prior`` on ``"is_vector_large"`` (no change where they are 0). With
+        then ``config.vector_prior`` on ``"is_vector_large"``, then ``config.ratio_prior`` on
+        ``"grad_log_ratio_large"`` (no change where they are 0). With
         ``config.prior_in_training`` they are in ``net`` already: only its provenance records them."""
         if not self.config.prior_in_training:
             return self._add_priors(net)
