@@ -87,7 +87,7 @@ FEATURES = ("g_norm", "m_norm")
 #                 0 for every tensor of a model of 1e4 values or fewer, the full ratio from 1e5 values.
 #                 A prior on grad_log_ratio shrinks the steps of late training wherever gradients fall
 #                 against their history: what the benchmark ViT's held-out accuracy wants, and what the
-#                 small training-loss tasks that converge do not (benchmarks/results/grad-log-ratio/README.md);
+#                 small training-loss tasks that converge do not (benchmarks/results/grad-log-ratio/large/README.md);
 #                 on this input it moves large models alone.
 CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "log_num_params_capped",
                     "adam_log_rms", "is_vector_large", "grad_log_ratio", "grad_log_ratio_large")
