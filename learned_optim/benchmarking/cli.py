@@ -8,11 +8,13 @@ Run::
     learned-optim benchmark few-shot [--quick] [--weights NAME_OR_DIR] [--out DIR] [--init fresh|learned]
     learned-optim benchmark transformer [--quick] [--weights NAME_OR_DIR] [--out DIR] [--learned-lrs 1e-3,3e-4]
     learned-optim benchmark quality|speed --rerender DIR/<which>.json   # tables and figure again, no runs
+    learned-optim benchmark compare REFERENCE.json CANDIDATE.json [--out DIR]  # two results, seed by seed
 
 ``learned-optim benchmark <which> --help`` lists every option. ``learned_optim.cli`` calls
 ``add_arguments(parser)`` and ``run(args)``; the few-shot options and run are
 ``few_shot.add_cli_arguments`` and ``few_shot.run_cli``, and the transformer benchmark's
-``transformer.add_cli_arguments`` and ``transformer.run_cli``.
+``transformer.add_cli_arguments`` and ``transformer.run_cli``, the comparison's ``compare.add_cli_arguments``
+and ``compare.run_cli``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..hub import WeightsError, WeightsNotFoundError, resolve
-from . import few_shot, quality, speed, tasks, transformer
+from . import compare, few_shot, quality, speed, tasks, transformer
 from .common import DEFAULT_OUT, check_no_overwrite, check_out_dir, parse_learned_kwargs
 
 __all__ = ["add_arguments", "run"]
@@ -88,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = sub.add_parser("transformer", help="the learned optimizer at its default lr against tuned AdamW on a small GPT "
                        "and a small ViT", description=transformer.__doc__.splitlines()[0])
     transformer.add_cli_arguments(t)
+    c = sub.add_parser("compare", help="two saved results of one benchmark, seed by seed (which weights is better, "
+                       "or within noise)", description=compare.__doc__.splitlines()[0])
+    compare.add_cli_arguments(c)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -156,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         return few_shot.run_cli(args)
     if args.which == "transformer":
         return transformer.run_cli(args)
+    if args.which == "compare":
+        return compare.run_cli(args)
     if args.rerender is not None:
         return _rerender(args)
     try:

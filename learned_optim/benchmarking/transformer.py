@@ -61,6 +61,7 @@ from ..common.text import corpus_id
 from ..hub import DEFAULT_WEIGHTS, WeightsError, WeightsNotFoundError, from_pretrained, resolve
 from ..optimizer import LearnedOptimizer
 from .common import DEFAULT_OUT, check_no_overwrite, check_out_dir
+from .compare import paired_test
 from .transformer_models import WORKLOADS, count_params, param_groups
 from .transformer_report import write_transformer_report
 
@@ -203,9 +204,14 @@ def summarize(wl: dict[str, Any]) -> dict[str, Any]:
         deltas = [a - b for a, b in pairs if math.isfinite(a - b)]
         accd = [a - base_acc[s] for s, a in zip(r["seeds"], r["test_acc"])
                 if s in base_acc and a is not None and base_acc[s] is not None]
+        complete = len(deltas) == len(pairs)
+        # The seed-paired test of a zero mean delta (AdamW's lr was chosen on these same seeds, so a
+        # small p for AdamW is a little optimistic for it); None when a run diverged.
+        test = paired_test(deltas) if complete and len(deltas) >= 2 else None
         out["vs_tuned"][key] = {
             "lr": r["lr"], "seeds": len(pairs), "better": sum(a < b for a, b in pairs),
-            "mean_delta": _mean(deltas) if len(deltas) == len(pairs) else math.inf,
+            "mean_delta": _mean(deltas) if complete else math.inf,
+            "delta_se": test["se"] if test else None, "delta_p": test["p"] if test else None,
             "mean_rel_delta": _mean([(a - b) / b for a, b in pairs]) if len(deltas) == len(pairs) else math.inf,
             "mean_acc_delta": _mean(accd) if accd else None,
         }

@@ -72,7 +72,9 @@ def _workload_lines(name: str, wl: dict[str, Any]) -> list[str]:
                else "")
         lines.append(f"- {which} (lr {v['lr']:g}) vs tuned AdamW (lr {s['adamw_tuned_lr']:g}): {v['better']}/"
                      f"{v['seeds']} seeds better, mean delta {_num(v['mean_delta'], 3)} "
-                     f"({'nan' if not math.isfinite(rel) else f'{100 * rel:+.2f}%'}){acc}")
+                     + (f"± {_num(v['delta_se'], 2)} (standard error; sign-flip p {v['delta_p']:.3g}) "
+                        if v.get("delta_se") is not None else "")
+                     + f"({'nan' if not math.isfinite(rel) else f'{100 * rel:+.2f}%'}){acc}")
     if "learned_best" in s and len(s["vs_tuned"]) > 1:
         tried = ", ".join(f"{m['lr']:g}" for m in methods.values() if m["optimizer"] == "learned" and m["seeds"])
         lines += ["", f"Best learned lr here (lowest mean final loss of {tried}): {methods[s['learned_best']]['lr']:g}"
@@ -105,7 +107,9 @@ def transformer_markdown(res: dict[str, Any]) -> str:
         f"{tuple(st['adamw_betas'])}. Per seed, every method starts from the same initialisation and sees the same "
         "minibatches. **tuned** AdamW = the grid lr with the lowest mean final validation loss on these same seeds "
         "(optimistic for AdamW). \"Better\" = lower final validation loss at the same seed; delta = learned − "
-        "tuned AdamW (negative: learned better). final / min: the final validation loss over the run's own lowest "
+        "tuned AdamW (negative: learned better), its standard error over the seed pairs and the two-sided exact "
+        "sign-flip p-value (5 seeds cannot go below 0.0625; `learned-optim benchmark compare` pairs two results the "
+        "same way). final / min: the final validation loss over the run's own lowest "
         f"(⚠: some seed above {FINAL_OVER_MIN_FLAG:g}). A run with a NaN/inf loss is diverged and loses every "
         "comparison.",
         "",

@@ -1,0 +1,411 @@
+"""``learned-optim benchmark compare``: two results of one benchmark, seed by seed.
+
+Two weights (or two code versions) benchmarked under the same settings see the same
+initialisations and minibatches at each seed, so their difference is best read per seed. For
+each task (quality benchmark) or workload (transformer benchmark) this pairs the learned
+optimizer's runs of a *reference* and a *candidate* result at their common seeds and reports
+
+* the paired differences ``d_i``: ``log(candidate / reference)`` of the final training loss and,
+  where both have it, of the held-out loss (quality); ``candidate - reference`` of the final
+  validation loss and of the test accuracy (transformer);
+* their mean and standard error ``sd(d) / sqrt(n)``, and the seeds on each side;
+* the two-sided p-value of the exact sign-flip (paired permutation) test of a zero mean: the
+  share of the ``2^n`` sign patterns ``s`` with ``|mean(s * d)| >= |mean(d)|`` (sampled, with a
+  fixed seed, above ``EXACT_MAX_SEEDS`` seeds). With 5 seeds the smallest possible p is
+  ``2 / 32 = 0.0625``: 5 seeds can never call a difference; 10 seeds can (``2 / 1024``);
+* a verdict: the side with the lower loss (higher accuracy) when ``p < ALPHA``, else "within
+  noise". A run that diverged (non-finite loss) loses its pair; pairs where both diverged are
+  left out, and the counts are reported.
+
+It answers "is B better than A on this benchmark", which two tables' means cannot when the seeds'
+spread is as large as the difference, and when a chaotic task amplifies the last bit of a change
+(a different CPU, one more context column) into a different suite summary.
+
+Example::
+
+    learned-optim benchmark compare OLD/quality/quality.json NEW/quality/quality.json --out cmp
+    learned-optim benchmark compare OLD/gpt-byte/transformer.json NEW/gpt-byte/transformer.json --out cmp
+
+Writes ``compare.json``, ``compare.md`` and ``compare.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import random
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..common.files import atomic_write_text
+from ..common.machine import machine_line
+from .common import DEFAULT_OUT, check_no_overwrite, check_out_dir, save_figure
+from .quality_stats import _log_ratio
+
+__all__ = ["ALPHA", "EXACT_MAX_SEEDS", "OUTPUT_FILES", "paired_test", "compare_results", "compare_markdown",
+           "run_compare", "add_cli_arguments", "run_cli"]
+
+_PROG = "learned-optim benchmark compare"
+OUTPUT_FILES = ("compare.json", "compare.md", "compare.png")
+
+# The two-sided level below which a paired difference is called (the usual 5%).
+ALPHA = 0.05
+
+# Up to this many seeds the sign-flip test enumerates all 2^n patterns (65,536 at 16); above it,
+# SAMPLED_PATTERNS random patterns from a fixed seed estimate the p-value.
+EXACT_MAX_SEEDS = 16
+SAMPLED_PATTERNS = 65536
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def paired_test(diffs: Sequence[float]) -> dict[str, Any]:
+    """Mean, standard error and sign-flip p-value of paired differences.
+
+    Args:
+        diffs: finite per-seed differences (candidate minus reference, or a log ratio).
+
+    Returns:
+        ``{"n", "mean", "se", "lower" (seeds with d < 0), "higher" (d > 0), "equal", "p"}``;
+        ``se`` is NaN below 2 seeds and ``p`` is 1 with no seeds or all differences 0.
+
+    Example::
+
+        >>> paired_test([-0.1, -0.2, -0.15, -0.12, -0.3])["p"]
+        0.0625
+    """
+    d = [float(x) for x in diffs]
+    if not all(math.isfinite(x) for x in d):
+        raise ValueError(f"diffs must be finite, got {d}; leave diverged pairs out before the test")
+    n = len(d)
+    out = {"n": n, "mean": _mean(d) if n else math.nan, "lower": sum(x < 0 for x in d),
+           "higher": sum(x > 0 for x in d), "equal": sum(x == 0 for x in d)}
+    out["se"] = (math.sqrt(sum((x - out["mean"]) ** 2 for x in d) / (n - 1) / n) if n >= 2 else math.nan)
+    observed = abs(sum(d))
+    if n == 0 or observed == 0:
+        out["p"] = 1.0
+        return out
+    # Sums instead of means (same order); a relative slack so that the observed pattern itself
+    # and its mirror always count despite rounding.
+    tol = 1e-12 * sum(abs(x) for x in d)
+    if n <= EXACT_MAX_SEEDS:
+        hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed - tol
+                   for signs in itertools.product((1, -1), repeat=n))
+        out["p"] = hits / 2 ** n
+    else:
+        rng = random.Random(0)
+        hits = sum(abs(sum(x if rng.random() < 0.5 else -x for x in d)) >= observed - tol
+                   for _ in range(SAMPLED_PATTERNS))
+        out["p"] = (hits + 1) / (SAMPLED_PATTERNS + 1)
+    return out
+
+
+def _paired(ref: Sequence[float | None], cand: Sequence[float | None], diff, higher_is_better: bool = False) -> dict:
+    """The test over the pairs where both ran finite, plus the diverged pairs' counts and a verdict."""
+    def ok(x):
+        return x is not None and math.isfinite(x)
+
+    pairs = [(r, c) for r, c in zip(ref, cand)]
+    diffs = [diff(r, c) for r, c in pairs if ok(r) and ok(c)]
+    # A log ratio is infinite where one loss is exactly 0: no size to average, so counted apart.
+    test = paired_test([x for x in diffs if math.isfinite(x)])
+    test["infinite_ratio"] = sum(not math.isfinite(x) for x in diffs)
+    test["reference_only_diverged"] = sum(ok(c) and not ok(r) for r, c in pairs)
+    test["candidate_only_diverged"] = sum(ok(r) and not ok(c) for r, c in pairs)
+    test["both_diverged"] = sum(not ok(r) and not ok(c) for r, c in pairs)
+    better_sign = 1 if higher_is_better else -1
+    if test["candidate_only_diverged"] != test["reference_only_diverged"]:
+        # A divergence loses outright: the side that diverged on more seeds is worse.
+        test["verdict"] = ("candidate" if test["reference_only_diverged"] > test["candidate_only_diverged"]
+                           else "reference")
+    elif test["p"] < ALPHA:
+        test["verdict"] = "candidate" if test["mean"] * better_sign > 0 else "reference"
+    else:
+        test["verdict"] = "within noise"
+    return test
+
+
+def _check_results(res: Any, which: str) -> str:
+    if not isinstance(res, dict) or res.get("benchmark") not in ("quality", "transformer"):
+        raise ValueError(f"{which} is not a quality.json or transformer.json written by `learned-optim benchmark`; "
+                         f"pass the JSON file of a quality or transformer benchmark run")
+    return res["benchmark"]
+
+
+def _common_seeds(ref_seeds: Sequence[int], cand_seeds: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+    """Indices into each run's seed list for the seeds both have, and those seeds."""
+    common = [s for s in ref_seeds if s in set(cand_seeds)]
+    return [list(ref_seeds).index(s) for s in common], [list(cand_seeds).index(s) for s in common], common
+
+
+def _pick(values: Sequence[Any], idx: Sequence[int]) -> list[Any]:
+    return [values[i] for i in idx]
+
+
+def _quality_rows(ref: dict, cand: dict) -> tuple[list[dict], list[str]]:
+    rows, skipped = [], []
+    for task, rt in ref["tasks"].items():
+        ct = cand["tasks"].get(task)
+        if ct is None:
+            skipped.append(f"{task} (only in the reference)")
+            continue
+        if rt["steps"] != ct["steps"]:
+            raise ValueError(f"task {task!r} ran {rt['steps']} steps in the reference and {ct['steps']} in the "
+                             f"candidate; compare results made with the same settings (both --quick or neither)")
+        rl, cl = rt["runs"]["learned"], ct["runs"]["learned"]
+        ri, ci, seeds = _common_seeds(ref["settings"]["seeds"], cand["settings"]["seeds"])
+        row = {"name": task, "steps": rt["steps"], "seeds": seeds,
+               "reference_mean": _mean(_pick(rl["final"], ri)) if seeds else math.nan,
+               "candidate_mean": _mean(_pick(cl["final"], ci)) if seeds else math.nan,
+               "final": _paired(_pick(rl["final"], ri), _pick(cl["final"], ci), lambda r, c: _log_ratio(c, r))}
+        if "heldout_final" in rl and "heldout_final" in cl:
+            row["heldout"] = _paired(_pick(rl["heldout_final"], ri), _pick(cl["heldout_final"], ci),
+                                     lambda r, c: _log_ratio(c, r))
+        rows.append(row)
+    skipped += [f"{t} (only in the candidate)" for t in cand["tasks"] if t not in ref["tasks"]]
+    return rows, skipped
+
+
+def _transformer_rows(ref: dict, cand: dict) -> tuple[list[dict], list[str]]:
+    rows, skipped = [], []
+    for name, rw in ref["workloads"].items():
+        cw = cand["workloads"].get(name)
+        if cw is None:
+            skipped.append(f"{name} (only in the reference)")
+            continue
+        if rw["steps"] != cw["steps"]:
+            raise ValueError(f"workload {name!r} ran {rw['steps']} steps in the reference and {cw['steps']} in "
+                             f"the candidate; compare results made with the same --steps")
+        for key, rr in rw["runs"].items():
+            cr = cw["runs"].get(key)
+            if rr["optimizer"] != "learned" or cr is None:
+                continue
+            ri, ci, seeds = _common_seeds(rr["seeds"], cr["seeds"])
+            row = {"name": f"{name}, lr {rr['lr']:g}", "steps": rw["steps"], "seeds": seeds,
+                   "reference_mean": _mean(_pick(rr["final"], ri)) if seeds else math.nan,
+                   "candidate_mean": _mean(_pick(cr["final"], ci)) if seeds else math.nan,
+                   "final": _paired(_pick(rr["final"], ri), _pick(cr["final"], ci), lambda r, c: c - r)}
+            if rr.get("test_acc") and cr.get("test_acc"):
+                row["test_acc"] = _paired(_pick(rr["test_acc"], ri), _pick(cr["test_acc"], ci),
+                                          lambda r, c: 100.0 * (c - r), higher_is_better=True)
+            rows.append(row)
+    skipped += [f"{w} (only in the candidate)" for w in cand["workloads"] if w not in ref["workloads"]]
+    return rows, skipped
+
+
+def _weights_name(res: dict) -> str:
+    w = res.get("weights") or {}
+    return str(w.get("name") or w.get("path") or "?")
+
+
+def compare_results(reference: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+    """Pair the learned runs of two results of the same benchmark (see the module docstring).
+
+    Args:
+        reference: a quality.json or transformer.json dict (the baseline of the comparison).
+        candidate: a dict of the same benchmark, made with the same settings.
+
+    Returns:
+        ``{"benchmark", "rows": [{"name", "steps", "seeds", "reference_mean", "candidate_mean",
+        "final": test, ["heldout" | "test_acc"]: test}], "skipped", "counts", "reference",
+        "candidate"}``, each test as ``paired_test`` plus divergence counts and ``"verdict"``
+        ("candidate", "reference" or "within noise").
+
+    Raises:
+        ValueError: not benchmark results, two different benchmarks, or different step counts.
+    """
+    kind = _check_results(reference, "reference")
+    if _check_results(candidate, "candidate") != kind:
+        raise ValueError(f"reference is a {kind} result and candidate a {candidate['benchmark']} result; "
+                         f"compare two results of the same benchmark")
+    rows, skipped = (_quality_rows if kind == "quality" else _transformer_rows)(reference, candidate)
+    if not rows:
+        raise ValueError("reference and candidate share no task or workload with learned-optimizer runs; "
+                         "compare results of the same tasks")
+    counts = {}
+    for metric in ("final", "heldout", "test_acc"):
+        tests = [r[metric] for r in rows if metric in r]
+        if tests:
+            counts[metric] = {v: sum(t["verdict"] == v for t in tests) for v in ("candidate", "within noise",
+                                                                                  "reference")}
+    side = {}
+    for label, res in (("reference", reference), ("candidate", candidate)):
+        side[label] = {"weights": _weights_name(res), "command": res.get("command", ""),
+                       "machine": res.get("machine") or {}}
+        if kind == "quality" and "totals" in res:
+            t = res["totals"]
+            side[label]["suite"] = {"wins_vs_adam_suite": t["adam_suite"]["tasks_won"],
+                                    "median_ratio_to_adam_tuned": t["adam_tuned"]["median_loss_ratio"],
+                                    "geomean_ratio_to_adam_tuned": t["geomean_ratio_to_adam_tuned"]["learned"],
+                                    "tasks": len(res["tasks"])}
+    return {"benchmark": kind, "alpha": ALPHA, "rows": rows, "skipped": skipped, "counts": counts, **side}
+
+
+def _num(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}g}" if math.isfinite(x) else "nan"
+
+
+def _test_cell(t: dict, unit: str) -> str:
+    if not t["n"]:
+        return "no finite pairs"
+    cell = f"{t['mean']:+.3g} ± {_num(t['se'], 2)}{unit} (p {t['p']:.3g}; {t['lower']} lower, {t['higher']} higher)"
+    div = [f"{t[k]} {k.split('_')[0]}" for k in ("candidate_only_diverged", "reference_only_diverged",
+                                                  "both_diverged") if t[k]]
+    return (cell + (f"; diverged: {', '.join(div)}" if div else "")
+            + (f"; {t['infinite_ratio']} pairs with a loss of exactly 0 left out" if t["infinite_ratio"] else ""))
+
+
+def _machine(m: dict) -> str:
+    try:
+        return machine_line(m)
+    except KeyError:  # a result written before every machine field was recorded
+        return str(m.get("cpu", "unknown CPU"))
+
+
+def _verdict(t: dict) -> str:
+    return {"candidate": "**candidate**", "reference": "**reference**"}.get(t["verdict"], "within noise")
+
+
+def compare_markdown(comp: dict[str, Any]) -> str:
+    """The comparison as Markdown: what was compared, one row per task or workload, the counts."""
+    quality = comp["benchmark"] == "quality"
+    lines = ["# Paired comparison of two benchmark results", ""]
+    for label in ("reference", "candidate"):
+        s = comp[label]
+        lines.append(f"- **{label}**: weights `{s['weights']}`; command `{s['command']}`"
+                     + (f"; machine: {_machine(s['machine'])}" if s["machine"] else ""))
+    rm, cm = comp["reference"]["machine"], comp["candidate"]["machine"]
+    if rm.get("cpu_id", rm.get("cpu")) != cm.get("cpu_id", cm.get("cpu")):
+        lines.append("- ⚠ the two results come from different CPUs: float rounding differs, and chaotic tasks "
+                     "may differ by more than the weights do")
+    lines += ["", f"Per seed, the candidate against the reference (same initialisation and minibatches); mean ± "
+              f"standard error over the seeds both ran; p: two-sided exact sign-flip test; a side is named when p < "
+              f"{comp['alpha']:g} (with 5 seeds p cannot fall below 0.0625), and a side that diverged on more seeds "
+              f"loses. "
+              + ("Differences are log(candidate / reference) of the final loss: negative = the candidate lower."
+                 if quality else "Differences are candidate − reference: validation loss in nats (negative = the "
+                 "candidate lower), test accuracy in points (positive = the candidate higher)."), ""]
+    second, unit2 = ("heldout", "") if quality else ("test_acc", " pt")
+    head = ["task" if quality else "workload", "seeds", "reference mean", "candidate mean",
+            "final loss: paired difference", "verdict"]
+    head += ["held-out loss: paired difference", "verdict"] if quality else ["test accuracy: paired difference",
+                                                                         "verdict"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in comp["rows"]:
+        cells = [r["name"], str(len(r["seeds"])), _num(r["reference_mean"], 4), _num(r["candidate_mean"], 4),
+                 _test_cell(r["final"], ""), _verdict(r["final"])]
+        cells += ([_test_cell(r[second], unit2), _verdict(r[second])] if second in r else ["", ""])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""]
+    names = {"final": "final loss", "heldout": "held-out loss", "test_acc": "test accuracy"}
+    for metric, c in comp["counts"].items():
+        lines.append(f"- {names[metric]}: candidate better on {c['candidate']}, within noise on "
+                     f"{c['within noise']}, reference better on {c['reference']}")
+    if quality and "suite" in comp["reference"] and "suite" in comp["candidate"]:
+        lines += ["", "Each result's own suite summary (each against the baselines in its own file):", "",
+                  "| | wins vs Adam, best single lr | median ratio to Adam tuned | geometric mean ratio |",
+                  "|---|---|---|---|"]
+        for label in ("reference", "candidate"):
+            s = comp[label]["suite"]
+            lines.append(f"| {label} | {s['wins_vs_adam_suite']}/{s['tasks']} | "
+                         f"{_num(s['median_ratio_to_adam_tuned'])} | {_num(s['geomean_ratio_to_adam_tuned'])} |")
+    if comp["skipped"]:
+        lines += ["", f"Not compared: {', '.join(comp['skipped'])}."]
+    lines += ["", "Figure: `compare.png` (mean ± 2 standard errors per row); every pair: `compare.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(comp: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality = comp["benchmark"] == "quality"
+    panels = [("final", "final loss: log(candidate / reference)" if quality else "final validation loss: "
+               "candidate − reference (nats)")]
+    second = "heldout" if quality else "test_acc"
+    if any(second in r for r in comp["rows"]):
+        panels.append((second, "held-out loss: log(candidate / reference)" if quality else
+                       "test accuracy: candidate − reference (points)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.45 * len(comp["rows"]) + 1.6),
+                             squeeze=False)
+    colors = {"candidate": "tab:green", "reference": "tab:red", "within noise": "tab:gray"}
+    for ax, (metric, title) in zip(axes[0], panels):
+        for y, r in enumerate(comp["rows"]):
+            t = r.get(metric)
+            if not t or not t["n"]:
+                continue
+            err = 2 * t["se"] if math.isfinite(t["se"]) else 0.0
+            ax.errorbar(t["mean"], y, xerr=err, fmt="o", color=colors[t["verdict"]], capsize=3)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_yticks(range(len(comp["rows"])), [r["name"] for r in comp["rows"]])
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{comp['candidate']['weights']} vs {comp['reference']['weights']} "
+                 "(green: candidate better, red: reference better, grey: within noise)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _read(path: str | Path, which: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{which} {str(path)!r} is not a readable JSON file ({type(e).__name__}: {e}); pass the "
+                         f"quality.json or transformer.json of a benchmark run") from None
+
+
+def run_compare(reference: str | Path, candidate: str | Path, out: str | Path = DEFAULT_OUT, *,
+                force: bool = False, command: str = "") -> dict[str, Any]:
+    """Compare two saved results and write ``compare.json``, ``compare.md`` and ``compare.png``.
+
+    Args:
+        reference: path of the reference quality.json or transformer.json.
+        candidate: path of the candidate result of the same benchmark.
+        out: output directory (default ``benchmark-results``), created if needed.
+        force: replace compare.* already in ``out`` (default False).
+        command: the command line recorded in the JSON (default "").
+
+    Returns:
+        The ``compare_results`` dict, with ``"command"`` and the two paths.
+    """
+    ref, cand = _read(reference, "reference"), _read(candidate, "candidate")
+    comp = compare_results(ref, cand)
+    path = check_out_dir(out)
+    check_no_overwrite(path, OUTPUT_FILES, force)
+    comp = {"command": command, "reference_path": str(reference), "candidate_path": str(candidate), **comp}
+    atomic_write_text(path / "compare.json", json.dumps(comp, indent=1, allow_nan=True) + "\n")
+    atomic_write_text(path / "compare.md", compare_markdown(comp))
+    _plot(comp, path / "compare.png")
+    return comp
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``learned-optim benchmark compare`` to ``parser`` (read by ``run_cli``)."""
+    parser.add_argument("reference", help="the reference result: a quality.json or transformer.json")
+    parser.add_argument("candidate", help="the candidate result of the same benchmark and settings")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help=f"output directory (default ./{DEFAULT_OUT}); writes {', '.join(OUTPUT_FILES)}")
+    parser.add_argument("--force", action="store_true", help="replace compare.json/.md/.png already in --out")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run from the arguments of ``add_cli_arguments``. Returns 0, or 2 (message on stderr) on bad input."""
+    command = shlex.join([*_PROG.split(), args.reference, args.candidate, "--out", str(args.out)]
+                         + ["--force"] * args.force)
+    try:
+        comp = run_compare(args.reference, args.candidate, args.out, force=args.force, command=command)
+    except (ValueError, TypeError) as e:
+        print(f"{_PROG}: error: {e}", file=sys.stderr)
+        return 2
+    c = comp["counts"]["final"]
+    print(f"wrote {args.out}/compare.json, compare.md, compare.png: final loss, candidate better on "
+          f"{c['candidate']}, within noise on {c['within noise']}, reference better on {c['reference']}")
+    return 0
