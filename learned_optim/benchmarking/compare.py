@@ -39,7 +39,7 @@ import random
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..common.files import atomic_write_text
 from ..common.machine import machine_line
@@ -148,54 +148,59 @@ def _pick(values: Sequence[Any], idx: Sequence[int]) -> list[Any]:
     return [values[i] for i in idx]
 
 
-def _quality_rows(ref: dict, cand: dict) -> tuple[list[dict], list[str]]:
-    rows, skipped = [], []
-    for task, rt in ref["tasks"].items():
-        ct = cand["tasks"].get(task)
-        if ct is None:
-            skipped.append(f"{task} (only in the reference)")
+def _matched(ref_units: dict, cand_units: dict, kind: str, skipped: list[str]) -> Iterator[tuple[str, dict, dict]]:
+    """The (name, reference, candidate) tasks or workloads both results have; the others go to
+    ``skipped``. Raises ValueError where the two ran a different number of steps."""
+    for name, r in ref_units.items():
+        c = cand_units.get(name)
+        if c is None:
+            skipped.append(f"{name} (only in the reference)")
             continue
-        if rt["steps"] != ct["steps"]:
-            raise ValueError(f"task {task!r} ran {rt['steps']} steps in the reference and {ct['steps']} in the "
-                             f"candidate; compare results made with the same settings (both --quick or neither)")
-        rl, cl = rt["runs"]["learned"], ct["runs"]["learned"]
-        ri, ci, seeds = _common_seeds(ref["settings"]["seeds"], cand["settings"]["seeds"])
-        row = {"name": task, "steps": rt["steps"], "seeds": seeds,
-               "reference_mean": _mean(_pick(rl["final"], ri)) if seeds else math.nan,
-               "candidate_mean": _mean(_pick(cl["final"], ci)) if seeds else math.nan,
-               "final": _paired(_pick(rl["final"], ri), _pick(cl["final"], ci), lambda r, c: _log_ratio(c, r))}
-        if "heldout_final" in rl and "heldout_final" in cl:
-            row["heldout"] = _paired(_pick(rl["heldout_final"], ri), _pick(cl["heldout_final"], ci),
-                                     lambda r, c: _log_ratio(c, r))
-        rows.append(row)
-    skipped += [f"{t} (only in the candidate)" for t in cand["tasks"] if t not in ref["tasks"]]
+        if r["steps"] != c["steps"]:
+            raise ValueError(f"{kind} {name!r} ran {r['steps']} steps in the reference and {c['steps']} in the "
+                             f"candidate; compare results made with the same settings (the same --steps, both "
+                             f"--quick or neither)")
+        yield name, r, c
+    skipped += [f"{n} (only in the candidate)" for n in cand_units if n not in ref_units]
+
+
+def _row(name: str, steps: int, ref_run: dict, cand_run: dict, ref_seeds: Sequence[int], cand_seeds: Sequence[int],
+         second: str, diff, second_diff, second_higher_is_better: bool) -> dict[str, Any]:
+    """One compared row: the final loss (``diff``) and, where both runs have it, ``second``."""
+    ri, ci, seeds = _common_seeds(ref_seeds, cand_seeds)
+    row = {"name": name, "steps": steps, "seeds": seeds,
+           "reference_mean": _mean(_pick(ref_run["final"], ri)) if seeds else math.nan,
+           "candidate_mean": _mean(_pick(cand_run["final"], ci)) if seeds else math.nan,
+           "final": _paired(_pick(ref_run["final"], ri), _pick(cand_run["final"], ci), diff)}
+    key = {"heldout": "heldout_final", "test_acc": "test_acc"}[second]
+    if ref_run.get(key) and cand_run.get(key):
+        row[second] = _paired(_pick(ref_run[key], ri), _pick(cand_run[key], ci), second_diff,
+                              higher_is_better=second_higher_is_better)
+    return row
+
+
+def _log_diff(r: float, c: float) -> float:
+    return _log_ratio(c, r)
+
+
+def _quality_rows(ref: dict, cand: dict) -> tuple[list[dict], list[str]]:
+    rows: list[dict] = []
+    skipped: list[str] = []
+    for task, rt, ct in _matched(ref["tasks"], cand["tasks"], "task", skipped):
+        rows.append(_row(task, rt["steps"], rt["runs"]["learned"], ct["runs"]["learned"], ref["settings"]["seeds"],
+                         cand["settings"]["seeds"], "heldout", _log_diff, _log_diff, False))
     return rows, skipped
 
 
 def _transformer_rows(ref: dict, cand: dict) -> tuple[list[dict], list[str]]:
-    rows, skipped = [], []
-    for name, rw in ref["workloads"].items():
-        cw = cand["workloads"].get(name)
-        if cw is None:
-            skipped.append(f"{name} (only in the reference)")
-            continue
-        if rw["steps"] != cw["steps"]:
-            raise ValueError(f"workload {name!r} ran {rw['steps']} steps in the reference and {cw['steps']} in "
-                             f"the candidate; compare results made with the same --steps")
+    rows: list[dict] = []
+    skipped: list[str] = []
+    for name, rw, cw in _matched(ref["workloads"], cand["workloads"], "workload", skipped):
         for key, rr in rw["runs"].items():
             cr = cw["runs"].get(key)
-            if rr["optimizer"] != "learned" or cr is None:
-                continue
-            ri, ci, seeds = _common_seeds(rr["seeds"], cr["seeds"])
-            row = {"name": f"{name}, lr {rr['lr']:g}", "steps": rw["steps"], "seeds": seeds,
-                   "reference_mean": _mean(_pick(rr["final"], ri)) if seeds else math.nan,
-                   "candidate_mean": _mean(_pick(cr["final"], ci)) if seeds else math.nan,
-                   "final": _paired(_pick(rr["final"], ri), _pick(cr["final"], ci), lambda r, c: c - r)}
-            if rr.get("test_acc") and cr.get("test_acc"):
-                row["test_acc"] = _paired(_pick(rr["test_acc"], ri), _pick(cr["test_acc"], ci),
-                                          lambda r, c: 100.0 * (c - r), higher_is_better=True)
-            rows.append(row)
-    skipped += [f"{w} (only in the candidate)" for w in cand["workloads"] if w not in ref["workloads"]]
+            if rr["optimizer"] == "learned" and cr is not None:
+                rows.append(_row(f"{name}, lr {rr['lr']:g}", rw["steps"], rr, cr, rr["seeds"], cr["seeds"],
+                                 "test_acc", lambda r, c: c - r, lambda r, c: 100.0 * (c - r), True))
     return rows, skipped
 
 
