@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a checkout that is not pip-installed
 
-from learned_optim.benchmarking import compare  # noqa: E402
+from learned_optim.benchmarking import compare, paired  # noqa: E402
 from learned_optim.cli import main  # noqa: E402
 
 
@@ -45,39 +45,39 @@ def _transformer(finals, acc=None, seeds=None, steps=300, weights="ref"):
 
 def test_sign_flip_p_values_match_hand_counts():
     # All n differences on one side: only the observed pattern and its mirror reach |sum|: 2 / 2^n.
-    assert compare.paired_test([-0.1, -0.2, -0.15, -0.12, -0.3])["p"] == pytest.approx(2 / 32)
-    assert compare.paired_test([-1.0] * 10)["p"] == pytest.approx(2 / 1024)
+    assert paired.paired_test([-0.1, -0.2, -0.15, -0.12, -0.3])["p"] == pytest.approx(2 / 32)
+    assert paired.paired_test([-1.0] * 10)["p"] == pytest.approx(2 / 1024)
     # d = (1, 2, 3): the sign patterns' |sums| are 6, 4, 2, 0, 0, 2, 4, 6; two reach 6.
-    assert compare.paired_test([1.0, 2.0, 3.0])["p"] == pytest.approx(2 / 8)
+    assert paired.paired_test([1.0, 2.0, 3.0])["p"] == pytest.approx(2 / 8)
     # d = (3, -1): |sums| 2, 4, 4, 2: all four reach 2.
-    assert compare.paired_test([3.0, -1.0])["p"] == pytest.approx(1.0)
+    assert paired.paired_test([3.0, -1.0])["p"] == pytest.approx(1.0)
     # One large difference against small ones of the other sign: the mean is dominated by it and
     # no pattern has a smaller |sum| than the observed one.
-    assert compare.paired_test([1.0, -0.01, -0.01, -0.01, -0.01])["p"] == pytest.approx(1.0)
+    assert paired.paired_test([1.0, -0.01, -0.01, -0.01, -0.01])["p"] == pytest.approx(1.0)
 
 
 def test_paired_test_mean_se_counts():
     d = [-0.3, 0.1, -0.2, 0.0, -0.4]
-    t = compare.paired_test(d)
+    t = paired.paired_test(d)
     assert t["n"] == 5 and (t["lower"], t["higher"], t["equal"]) == (3, 1, 1)
     assert t["mean"] == pytest.approx(statistics.mean(d))
     assert t["se"] == pytest.approx(statistics.stdev(d) / math.sqrt(5))
-    one = compare.paired_test([0.5])
+    one = paired.paired_test([0.5])
     assert math.isnan(one["se"]) and one["p"] == 1.0
-    assert compare.paired_test([])["p"] == 1.0 and compare.paired_test([0.0, 0.0])["p"] == 1.0
+    assert paired.paired_test([])["p"] == 1.0 and paired.paired_test([0.0, 0.0])["p"] == 1.0
 
 
 def test_sampled_p_value_above_the_exact_limit():
-    n = compare.EXACT_MAX_SEEDS + 4
-    p = compare.paired_test([-1.0] * n)["p"]
+    n = paired.EXACT_MAX_SEEDS + 4
+    p = paired.paired_test([-1.0] * n)["p"]
     assert 0 < p < 1e-3  # the exact value is 2 / 2^20; sampling cannot return 0
-    balanced = compare.paired_test([(-1.0) ** i * (1 + 0.01 * i) for i in range(n)])["p"]
+    balanced = paired.paired_test([(-1.0) ** i * (1 + 0.01 * i) for i in range(n)])["p"]
     assert balanced > 0.5
 
 
 def test_paired_test_refuses_non_finite():
     with pytest.raises(ValueError, match="diffs must be finite"):
-        compare.paired_test([0.1, math.nan])
+        paired.paired_test([0.1, math.nan])
 
 
 # --- pairing two results --------------------------------------------------------------------------
@@ -207,3 +207,20 @@ def test_transformer_summary_reports_the_paired_test_against_tuned_adamw():
     wl["runs"]["learned_lr=0.001"]["final"][0] = math.nan  # a diverged seed: no test
     v = transformer.summarize(wl)["vs_tuned"]["learned_lr=0.001"]
     assert v["delta_se"] is None and v["delta_p"] is None and v["mean_delta"] == math.inf
+
+
+def test_quality_tasks_count_as_decided_only_when_the_seeds_agree():
+    from learned_optim.benchmarking import quality_stats
+
+    base = [1.0 + 0.1 * i for i in range(10)]
+    lower = quality_stats._versus([0.8 * x for x in base], base, 0.8, 1.0)
+    assert lower["paired_verdict"] == -1 and lower["paired_p"] == pytest.approx(2 / 1024)
+    # One chaotic seed 3x worse among nine slightly better ones: the mean-based verdict loses,
+    # the paired test calls neither side.
+    chaotic = [0.99 * x for x in base[:9]] + [3 * base[9]]
+    mixed = quality_stats._versus(chaotic, base, statistics.mean(chaotic), statistics.mean(base))
+    assert mixed["task_verdict"] == 1 and mixed["paired_verdict"] == 0
+    tot = quality_stats._won_tied_lost([lower, mixed])
+    assert (tot["tasks_won_paired"], tot["tasks_lost_paired"]) == (1, 0)
+    del mixed["paired_verdict"]  # a result saved before the test was recorded
+    assert quality_stats._won_tied_lost([lower, mixed])["tasks_won_paired"] is None

@@ -9,10 +9,8 @@ optimizer's runs of a *reference* and a *candidate* result at their common seeds
   where both have it, of the held-out loss (quality); ``candidate - reference`` of the final
   validation loss and of the test accuracy (transformer);
 * their mean and standard error ``sd(d) / sqrt(n)``, and the seeds on each side;
-* the two-sided p-value of the exact sign-flip (paired permutation) test of a zero mean: the
-  share of the ``2^n`` sign patterns ``s`` with ``|mean(s * d)| >= |mean(d)|`` (sampled, with a
-  fixed seed, above ``EXACT_MAX_SEEDS`` seeds). With 5 seeds the smallest possible p is
-  ``2 / 32 = 0.0625``: 5 seeds can never call a difference; 10 seeds can (``2 / 1024``);
+* the two-sided p-value of the exact sign-flip test of a zero mean (``paired.paired_test``; with
+  5 seeds it cannot fall below 0.0625, so 5 seeds never call a difference; 10 seeds can);
 * a verdict: the side with the lower loss (higher accuracy) when ``p < ALPHA``, else "within
   noise". A run that diverged (non-finite loss) loses its pair; pairs where both diverged are
   left out, and the counts are reported.
@@ -32,10 +30,8 @@ Writes ``compare.json``, ``compare.md`` and ``compare.png`` in ``--out``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
-import random
 import shlex
 import sys
 from pathlib import Path
@@ -44,91 +40,16 @@ from typing import Any, Iterator, Sequence
 from ..common.files import atomic_write_text
 from ..common.machine import machine_line
 from .common import DEFAULT_OUT, check_no_overwrite, check_out_dir, save_figure
+from .paired import ALPHA, paired_outcome
 from .quality_stats import _log_ratio
 
-__all__ = ["ALPHA", "EXACT_MAX_SEEDS", "OUTPUT_FILES", "paired_test", "compare_results", "compare_markdown",
-           "run_compare", "add_cli_arguments", "run_cli"]
+__all__ = ["OUTPUT_FILES", "compare_results", "compare_markdown", "run_compare", "add_cli_arguments", "run_cli"]
 
 _PROG = "learned-optim benchmark compare"
 OUTPUT_FILES = ("compare.json", "compare.md", "compare.png")
 
-# The two-sided level below which a paired difference is called (the usual 5%).
-ALPHA = 0.05
-
-# Up to this many seeds the sign-flip test enumerates all 2^n patterns (65,536 at 16); above it,
-# SAMPLED_PATTERNS random patterns from a fixed seed estimate the p-value.
-EXACT_MAX_SEEDS = 16
-SAMPLED_PATTERNS = 65536
-
-
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs)
-
-
-def paired_test(diffs: Sequence[float]) -> dict[str, Any]:
-    """Mean, standard error and sign-flip p-value of paired differences.
-
-    Args:
-        diffs: finite per-seed differences (candidate minus reference, or a log ratio).
-
-    Returns:
-        ``{"n", "mean", "se", "lower" (seeds with d < 0), "higher" (d > 0), "equal", "p"}``;
-        ``se`` is NaN below 2 seeds and ``p`` is 1 with no seeds or all differences 0.
-
-    Example::
-
-        >>> paired_test([-0.1, -0.2, -0.15, -0.12, -0.3])["p"]
-        0.0625
-    """
-    d = [float(x) for x in diffs]
-    if not all(math.isfinite(x) for x in d):
-        raise ValueError(f"diffs must be finite, got {d}; leave diverged pairs out before the test")
-    n = len(d)
-    out = {"n": n, "mean": _mean(d) if n else math.nan, "lower": sum(x < 0 for x in d),
-           "higher": sum(x > 0 for x in d), "equal": sum(x == 0 for x in d)}
-    out["se"] = (math.sqrt(sum((x - out["mean"]) ** 2 for x in d) / (n - 1) / n) if n >= 2 else math.nan)
-    observed = abs(sum(d))
-    if n == 0 or observed == 0:
-        out["p"] = 1.0
-        return out
-    # Sums instead of means (same order); a relative slack so that the observed pattern itself
-    # and its mirror always count despite rounding.
-    tol = 1e-12 * sum(abs(x) for x in d)
-    if n <= EXACT_MAX_SEEDS:
-        hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed - tol
-                   for signs in itertools.product((1, -1), repeat=n))
-        out["p"] = hits / 2 ** n
-    else:
-        rng = random.Random(0)
-        hits = sum(abs(sum(x if rng.random() < 0.5 else -x for x in d)) >= observed - tol
-                   for _ in range(SAMPLED_PATTERNS))
-        out["p"] = (hits + 1) / (SAMPLED_PATTERNS + 1)
-    return out
-
-
-def _paired(ref: Sequence[float | None], cand: Sequence[float | None], diff, higher_is_better: bool = False) -> dict:
-    """The test over the pairs where both ran finite, plus the diverged pairs' counts and a verdict."""
-    def ok(x):
-        return x is not None and math.isfinite(x)
-
-    pairs = [(r, c) for r, c in zip(ref, cand)]
-    diffs = [diff(r, c) for r, c in pairs if ok(r) and ok(c)]
-    # A log ratio is infinite where one loss is exactly 0: no size to average, so counted apart.
-    test = paired_test([x for x in diffs if math.isfinite(x)])
-    test["infinite_ratio"] = sum(not math.isfinite(x) for x in diffs)
-    test["reference_only_diverged"] = sum(ok(c) and not ok(r) for r, c in pairs)
-    test["candidate_only_diverged"] = sum(ok(r) and not ok(c) for r, c in pairs)
-    test["both_diverged"] = sum(not ok(r) and not ok(c) for r, c in pairs)
-    better_sign = 1 if higher_is_better else -1
-    if test["candidate_only_diverged"] != test["reference_only_diverged"]:
-        # A divergence loses outright: the side that diverged on more seeds is worse.
-        test["verdict"] = ("candidate" if test["reference_only_diverged"] > test["candidate_only_diverged"]
-                           else "reference")
-    elif test["p"] < ALPHA:
-        test["verdict"] = "candidate" if test["mean"] * better_sign > 0 else "reference"
-    else:
-        test["verdict"] = "within noise"
-    return test
 
 
 def _check_results(res: Any, which: str) -> str:
@@ -171,10 +92,10 @@ def _row(name: str, steps: int, ref_run: dict, cand_run: dict, ref_seeds: Sequen
     row = {"name": name, "steps": steps, "seeds": seeds,
            "reference_mean": _mean(_pick(ref_run["final"], ri)) if seeds else math.nan,
            "candidate_mean": _mean(_pick(cand_run["final"], ci)) if seeds else math.nan,
-           "final": _paired(_pick(ref_run["final"], ri), _pick(cand_run["final"], ci), diff)}
+           "final": paired_outcome(_pick(ref_run["final"], ri), _pick(cand_run["final"], ci), diff)}
     key = {"heldout": "heldout_final", "test_acc": "test_acc"}[second]
     if ref_run.get(key) and cand_run.get(key):
-        row[second] = _paired(_pick(ref_run[key], ri), _pick(cand_run[key], ci), second_diff,
+        row[second] = paired_outcome(_pick(ref_run[key], ri), _pick(cand_run[key], ci), second_diff,
                               higher_is_better=second_higher_is_better)
     return row
 

@@ -14,6 +14,7 @@ from typing import Any
 from ..common.files import atomic_write_text
 from ..common.machine import machine_line
 from .common import save_figure
+from .paired import ALPHA
 
 __all__ = ["quality_markdown", "write_quality_report"]
 
@@ -83,12 +84,25 @@ def _heldout_section(res: dict[str, Any], labels: dict[str, str], baselines: lis
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Learned optimizer against each baseline on held-out loss ({tot['tasks']} tasks): tasks (by mean "
               "held-out loss) and seed pairs won / tied / lost, and the median over tasks of learned held-out loss / "
-              "baseline held-out loss.", "",
-              "| baseline | tasks won / tied / lost | seed pairs won / tied / lost | median held-out loss ratio |",
-              "|---|---|---|---|"]
+              "baseline held-out loss.", ""]
+    return lines + _versus_table(tot, baselines, labels, "median held-out loss ratio", len(res["settings"]["seeds"]))
+
+
+def _versus_table(tot: dict[str, Any], baselines: list[str], labels: dict[str, str], ratio_head: str,
+                  seeds: int) -> list[str]:
+    """The learned optimizer against each baseline over the tasks: won / tied / lost by mean, the
+    tasks decided by the seed-paired test, seed pairs, the median ratio."""
+    # The smallest sign-flip p-value n seeds can give is 2 / 2^n (every seed on one side).
+    reachable = 2.0 / 2 ** seeds < ALPHA
+    lines = [f"| baseline | tasks won / tied / lost | tasks won / lost at paired p < {ALPHA:g} | seed pairs won / "
+             f"tied / lost | {ratio_head} |", "|---|---|---|---|---|"]
     for base in baselines:
         tt = tot[base]
-        lines.append(f"| {labels[base]} | {tt['tasks_won']} / {tt['tasks_tied']} / {tt['tasks_lost']} | "
+        paired = (f"{tt['tasks_won_paired']} / {tt['tasks_lost_paired']}" if tt.get("tasks_won_paired") is not None
+                  else "not recorded")
+        if not reachable:
+            paired = f"none decidable ({seeds} seeds)"
+        lines.append(f"| {labels[base]} | {tt['tasks_won']} / {tt['tasks_tied']} / {tt['tasks_lost']} | {paired} | "
                      f"{tt['seed_wins']} / {tt['seed_ties']} / {tt['seed_losses']} | "
                      f"{_num(tt['median_loss_ratio'], 3)} |")
     return lines
@@ -181,14 +195,11 @@ def quality_markdown(res: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", "Learned optimizer against each baseline: tasks (by mean final loss) and seed pairs won / tied / "
-              "lost, and the median over tasks of learned final loss / baseline final loss.", "",
-              "| baseline | tasks won / tied / lost | seed pairs won / tied / lost | median loss ratio |",
-              "|---|---|---|---|"]
-    for base in baselines:
-        tt = res["totals"][base]
-        lines.append(f"| {labels[base]} | {tt['tasks_won']} / {tt['tasks_tied']} / {tt['tasks_lost']} | "
-                     f"{tt['seed_wins']} / {tt['seed_ties']} / {tt['seed_losses']} | "
-                     f"{_num(tt['median_loss_ratio'], 3)} |")
+              "lost, and the median over tasks of learned final loss / baseline final loss. A task is won or lost at "
+              f"paired p < {ALPHA:g} when the two-sided exact sign-flip test of its per-seed log(learned / baseline) "
+              "says so (`learned_optim.benchmarking.paired`; 5 seeds can never reach it, 10 can): a count that one "
+              "chaotic seed cannot flip.", ""]
+    lines += _versus_table(res["totals"], baselines, labels, "median loss ratio", len(res["settings"]["seeds"]))
     suite = res.get("suite_adam")
     geo = res["totals"].get("geomean_ratio_to_adam_tuned")
     if suite or geo:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from .paired import paired_outcome
+
 __all__ = ["TIE_RTOL", "SPIKE_RATIO", "suite_lr", "speedup_vs", "tuned_run_key", "summarize_columns",
            "final_over_min", "run_minima", "totals"]
 
@@ -163,7 +165,12 @@ def _has_heldout(run: dict[str, Any]) -> bool:
 
 def _versus(learned: Sequence[float], base: Sequence[float], learned_mean: float, base_mean: float) -> dict:
     per_seed = [_compare(x, y) for x, y in zip(learned, base)]
+    # The seed-paired sign-flip test of log(learned / baseline): a task counts as decided only when
+    # its seeds agree beyond chance, so a chaotic task's last-bit flip does not move the count.
+    paired = paired_outcome(base, learned, lambda b, x: _log_ratio(x, b))
     return {
+        "paired_p": paired["p"],
+        "paired_verdict": {"candidate": -1, "reference": 1}.get(paired["verdict"], 0),
         "task_verdict": _compare(learned_mean, base_mean),
         "seed_wins": per_seed.count(-1),
         "seed_ties": per_seed.count(0),
@@ -235,6 +242,11 @@ def _won_tied_lost(verdicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "tasks_won": sum(v["task_verdict"] == -1 for v in verdicts),
         "tasks_tied": sum(v["task_verdict"] == 0 for v in verdicts),
         "tasks_lost": sum(v["task_verdict"] == 1 for v in verdicts),
+        # Results saved before the paired test was recorded have no "paired_verdict": None there.
+        "tasks_won_paired": (sum(v["paired_verdict"] == -1 for v in verdicts)
+                             if all("paired_verdict" in v for v in verdicts) else None),
+        "tasks_lost_paired": (sum(v["paired_verdict"] == 1 for v in verdicts)
+                              if all("paired_verdict" in v for v in verdicts) else None),
         "seed_wins": sum(v["seed_wins"] for v in verdicts),
         "seed_ties": sum(v["seed_ties"] for v in verdicts),
         "seed_losses": sum(v["seed_losses"] for v in verdicts),

@@ -61,7 +61,7 @@ from ..common.text import corpus_id
 from ..hub import DEFAULT_WEIGHTS, WeightsError, WeightsNotFoundError, from_pretrained, resolve
 from ..optimizer import LearnedOptimizer
 from .common import DEFAULT_OUT, check_no_overwrite, check_out_dir
-from .compare import paired_test
+from .paired import paired_test
 from .transformer_models import WORKLOADS, count_params, param_groups
 from .transformer_report import write_transformer_report
 
