@@ -224,3 +224,13 @@ def test_quality_tasks_count_as_decided_only_when_the_seeds_agree():
     assert (tot["tasks_won_paired"], tot["tasks_lost_paired"]) == (1, 0)
     del mixed["paired_verdict"]  # a result saved before the test was recorded
     assert quality_stats._won_tied_lost([lower, mixed])["tasks_won_paired"] is None
+
+
+def test_learned_lrs_in_one_result_only_are_listed_as_skipped():
+    ref, cand = _transformer([1.7, 1.8]), _transformer([1.6, 1.7])
+    extra = dict(cand["workloads"]["gpt-byte"]["runs"]["learned_lr=0.001"], lr=1e-4)
+    cand["workloads"]["gpt-byte"]["runs"]["learned_lr=0.0001"] = extra
+    comp = compare.compare_results(ref, cand)
+    assert [r["name"] for r in comp["rows"]] == ["gpt-byte, lr 0.001"]
+    assert comp["skipped"] == ["gpt-byte, learned lr 0.0001 (only in the candidate)"]
+    assert "Not compared: gpt-byte, learned lr 0.0001 (only in the candidate)." in compare.compare_markdown(comp)

@@ -119,9 +119,13 @@ def _transformer_rows(ref: dict, cand: dict) -> tuple[list[dict], list[str]]:
     for name, rw, cw in _matched(ref["workloads"], cand["workloads"], "workload", skipped):
         for key, rr in rw["runs"].items():
             cr = cw["runs"].get(key)
-            if rr["optimizer"] == "learned" and cr is not None:
+            if rr["optimizer"] == "learned" and cr is None:
+                skipped.append(f"{name}, learned lr {rr['lr']:g} (only in the reference)")
+            elif rr["optimizer"] == "learned":
                 rows.append(_row(f"{name}, lr {rr['lr']:g}", rw["steps"], rr, cr, rr["seeds"], cr["seeds"],
                                  "test_acc", lambda r, c: c - r, lambda r, c: 100.0 * (c - r), True))
+        skipped += [f"{name}, learned lr {cr['lr']:g} (only in the candidate)" for key, cr in cw["runs"].items()
+                    if cr["optimizer"] == "learned" and key not in rw["runs"]]
     return rows, skipped
 
 
@@ -243,7 +247,8 @@ def compare_markdown(comp: dict[str, Any]) -> str:
                          f"{_num(s['median_ratio_to_adam_tuned'])} | {_num(s['geomean_ratio_to_adam_tuned'])} |")
     if comp["skipped"]:
         lines += ["", f"Not compared: {', '.join(comp['skipped'])}."]
-    lines += ["", "Figure: `compare.png` (mean ± 2 standard errors per row); every pair: `compare.json`."]
+    lines += ["", "Figure: `compare.png` (mean ± 2 standard errors per row, coloured by the sign-flip verdict); every "
+              "pair: `compare.json`."]
     return "\n".join(lines) + "\n"
 
 
