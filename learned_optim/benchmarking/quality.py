@@ -21,7 +21,10 @@ optimizer (mean curve) needs to reach that loss; there is none ("not reached") w
 optimizer ends above the baseline. The loss is the training objective on the task's whole
 training split, evaluated ``EVAL_POINTS`` times along the run. A run diverges when its loss becomes
 NaN/inf or ends above where it started (``common.adam_baseline.diverged``); it is flagged, and it
-loses every comparison.
+loses every comparison. Besides the verdict by mean final loss, each task is tested seed by seed
+against each baseline (``paired``: the exact sign-flip test of the per-seed log ratio); the totals
+count the tasks won and lost at p < 0.05, which one chaotic seed cannot flip (5 seeds can never
+reach it; run ``--seeds 10`` for it, and ``learned-optim benchmark compare`` for two weights).
 
 Held-out loss. Every task has a held-out split (``tasks``: a fixed 80/20 split of the real data,
 a separately generated test set, held-out source files); training sees only the training split,
