@@ -136,6 +136,10 @@ def test_transformer_loss_and_accuracy():
     assert row["test_acc"]["lower"] == 1 and row["test_acc"]["higher"] == 9
     md = compare.compare_markdown(comp)
     assert "| gpt-byte, lr 0.001 | 10 |" in md and "test accuracy" in md
+    # A workload without accuracies (the GPT records None) gets no accuracy test.
+    no_acc = compare.compare_results(_transformer([1.7, 1.8], acc=[None, None]), _transformer([1.6, 1.7],
+                                                                                        acc=[None, None]))
+    assert "test_acc" not in no_acc["rows"][0] and "test_acc" not in no_acc["counts"]
 
 
 def test_errors_name_the_problem():

@@ -94,7 +94,8 @@ def _row(name: str, steps: int, ref_run: dict, cand_run: dict, ref_seeds: Sequen
            "candidate_mean": _mean(_pick(cand_run["final"], ci)) if seeds else math.nan,
            "final": paired_outcome(_pick(ref_run["final"], ri), _pick(cand_run["final"], ci), diff)}
     key = {"heldout": "heldout_final", "test_acc": "test_acc"}[second]
-    if ref_run.get(key) and cand_run.get(key):
+    # The GPT records no accuracy (a list of None): no such row then.
+    if any(v is not None for v in ref_run.get(key) or ()) and any(v is not None for v in cand_run.get(key) or ()):
         row[second] = paired_outcome(_pick(ref_run[key], ri), _pick(cand_run[key], ci), second_diff,
                               higher_is_better=second_higher_is_better)
     return row
@@ -224,13 +225,15 @@ def compare_markdown(comp: dict[str, Any]) -> str:
     second, unit2 = ("heldout", "") if quality else ("test_acc", " pt")
     head = ["task" if quality else "workload", "seeds", "reference mean", "candidate mean",
             "final loss: paired difference", "verdict"]
-    head += ["held-out loss: paired difference", "verdict"] if quality else ["test accuracy: paired difference",
-                                                                         "verdict"]
+    has_second = any(second in r for r in comp["rows"])
+    if has_second:
+        head += [f"{'held-out loss' if quality else 'test accuracy'}: paired difference", "verdict"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in comp["rows"]:
         cells = [r["name"], str(len(r["seeds"])), _num(r["reference_mean"], 4), _num(r["candidate_mean"], 4),
                  _test_cell(r["final"], ""), _verdict(r["final"])]
-        cells += ([_test_cell(r[second], unit2), _verdict(r[second])] if second in r else ["", ""])
+        if has_second:
+            cells += [_test_cell(r[second], unit2), _verdict(r[second])] if second in r else ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""]
     names = {"final": "final loss", "heldout": "held-out loss", "test_acc": "test accuracy"}
