@@ -149,6 +149,10 @@ def test_errors_name_the_problem():
         compare.compare_results(_quality([1.0]), _quality([1.0], steps=5))
     with pytest.raises(ValueError, match="reference is not a quality.json or transformer.json"):
         compare.compare_results({"benchmark": "speed"}, _quality([1.0]))
+    broken = _quality([1.0])
+    del broken["tasks"]["task_a"]["runs"]["learned"]
+    with pytest.raises(ValueError, match="not a well-formed quality.json"):
+        compare.compare_results(_quality([1.0]), broken)
     other = _quality([1.0])
     other["tasks"] = {"task_b": other["tasks"]["task_a"]}
     with pytest.raises(ValueError, match="share no task"):

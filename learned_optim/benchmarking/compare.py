@@ -48,6 +48,7 @@ __all__ = ["OUTPUT_FILES", "compare_results", "compare_markdown", "run_compare",
 _PROG = "learned-optim benchmark compare"
 OUTPUT_FILES = ("compare.json", "compare.md", "compare.png")
 
+
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -97,7 +98,7 @@ def _row(name: str, steps: int, ref_run: dict, cand_run: dict, ref_seeds: Sequen
     # The GPT records no accuracy (a list of None): no such row then.
     if any(v is not None for v in ref_run.get(key) or ()) and any(v is not None for v in cand_run.get(key) or ()):
         row[second] = paired_outcome(_pick(ref_run[key], ri), _pick(cand_run[key], ci), second_diff,
-                              higher_is_better=second_higher_is_better)
+                                     higher_is_better=second_higher_is_better)
     return row
 
 
@@ -149,13 +150,18 @@ def compare_results(reference: dict[str, Any], candidate: dict[str, Any]) -> dic
         ("candidate", "reference" or "within noise").
 
     Raises:
-        ValueError: not benchmark results, two different benchmarks, or different step counts.
+        ValueError: not benchmark results, two different benchmarks, different step counts, or a file missing
+            the fields its benchmark writes.
     """
     kind = _check_results(reference, "reference")
     if _check_results(candidate, "candidate") != kind:
         raise ValueError(f"reference is a {kind} result and candidate a {candidate['benchmark']} result; "
                          f"compare two results of the same benchmark")
-    rows, skipped = (_quality_rows if kind == "quality" else _transformer_rows)(reference, candidate)
+    try:
+        rows, skipped = (_quality_rows if kind == "quality" else _transformer_rows)(reference, candidate)
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"reference or candidate is not a well-formed {kind}.json ({type(e).__name__}: {e}); pass "
+                         f"files written by `learned-optim benchmark {kind}`") from None
     if not rows:
         raise ValueError("reference and candidate share no task or workload with learned-optimizer runs; "
                          "compare results of the same tasks")
