@@ -41,16 +41,12 @@ from ..common.files import atomic_write_text
 from ..common.machine import machine_line
 from .common import DEFAULT_OUT, check_no_overwrite, check_out_dir, save_figure
 from .paired import ALPHA, paired_outcome
-from .quality_stats import _log_ratio
+from .quality_stats import _log_ratio, _mean
 
 __all__ = ["OUTPUT_FILES", "compare_results", "compare_markdown", "run_compare", "add_cli_arguments", "run_cli"]
 
 _PROG = "learned-optim benchmark compare"
 OUTPUT_FILES = ("compare.json", "compare.md", "compare.png")
-
-
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs)
 
 
 def _check_results(res: Any, which: str) -> str:

@@ -14,12 +14,11 @@ benchmark's per-task verdicts and the transformer benchmark's learned-vs-tuned l
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from typing import Any, Callable, Sequence
 
-__all__ = ["ALPHA", "EXACT_MAX_SEEDS", "SAMPLED_PATTERNS", "paired_test", "paired_outcome"]
+__all__ = ["ALPHA", "EXACT_MAX_SEEDS", "SAMPLED_PATTERNS", "paired_test", "paired_outcome", "smallest_p"]
 
 # The two-sided level below which a paired difference is called (the usual 5%).
 ALPHA = 0.05
@@ -60,15 +59,22 @@ def paired_test(diffs: Sequence[float]) -> dict[str, Any]:
     # and its mirror always count despite rounding.
     tol = 1e-12 * sum(abs(x) for x in d)
     if n <= EXACT_MAX_SEEDS:
-        hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed - tol
-                   for signs in itertools.product((1, -1), repeat=n))
-        out["p"] = hits / 2 ** n
+        sums = [0.0]
+        for x in d:  # the 2^n signed sums, one doubling per seed
+            sums = [t + x for t in sums] + [t - x for t in sums]
+        out["p"] = sum(abs(t) >= observed - tol for t in sums) / 2 ** n
     else:
         rng = random.Random(0)
         hits = sum(abs(sum(x if rng.random() < 0.5 else -x for x in d)) >= observed - tol
                    for _ in range(SAMPLED_PATTERNS))
         out["p"] = (hits + 1) / (SAMPLED_PATTERNS + 1)
     return out
+
+
+def smallest_p(n: int) -> float:
+    """The smallest sign-flip p-value ``n`` seeds can give, ``2 / 2^n`` (every seed on one side);
+    the test can call a difference only where it is below ``ALPHA`` (from 6 seeds)."""
+    return 2.0 / 2 ** n if n else 1.0
 
 
 def paired_outcome(ref: Sequence[float | None], cand: Sequence[float | None], diff: Callable[[float, float], float],
@@ -90,7 +96,7 @@ def paired_outcome(ref: Sequence[float | None], cand: Sequence[float | None], di
     def ok(x):
         return x is not None and math.isfinite(x)
 
-    pairs = [(r, c) for r, c in zip(ref, cand)]
+    pairs = list(zip(ref, cand))
     diffs = [diff(r, c) for r, c in pairs if ok(r) and ok(c)]
     # A log ratio is infinite where one loss is exactly 0: no size to average, so counted apart.
     test = paired_test([x for x in diffs if math.isfinite(x)])

@@ -14,7 +14,7 @@ from typing import Any
 from ..common.files import atomic_write_text
 from ..common.machine import machine_line
 from .common import save_figure
-from .paired import ALPHA
+from .paired import ALPHA, smallest_p
 
 __all__ = ["quality_markdown", "write_quality_report"]
 
@@ -92,8 +92,7 @@ def _versus_table(tot: dict[str, Any], baselines: list[str], labels: dict[str, s
                   seeds: int) -> list[str]:
     """The learned optimizer against each baseline over the tasks: won / tied / lost by mean, the
     tasks decided by the seed-paired test, seed pairs, the median ratio."""
-    # The smallest sign-flip p-value n seeds can give is 2 / 2^n (every seed on one side).
-    reachable = 2.0 / 2 ** seeds < ALPHA
+    reachable = smallest_p(seeds) < ALPHA
     lines = [f"| baseline | tasks won / tied / lost | tasks won / lost at paired p < {ALPHA:g} | seed pairs won / "
              f"tied / lost | {ratio_head} |", "|---|---|---|---|---|"]
     for base in baselines:

@@ -212,7 +212,7 @@ def summarize(wl: dict[str, Any]) -> dict[str, Any]:
             "lr": r["lr"], "seeds": len(pairs), "better": sum(a < b for a, b in pairs),
             "mean_delta": _mean(deltas) if complete else math.inf,
             "delta_se": test["se"] if test else None, "delta_p": test["p"] if test else None,
-            "mean_rel_delta": _mean([(a - b) / b for a, b in pairs]) if len(deltas) == len(pairs) else math.inf,
+            "mean_rel_delta": _mean([(a - b) / b for a, b in pairs]) if complete else math.inf,
             "mean_acc_delta": _mean(accd) if accd else None,
         }
     if learned:
