@@ -13,6 +13,12 @@
 #define U 2
 #define UB 8
 #define LO_UNROLL_B _Pragma("GCC unroll 1")
+/* Each hidden unit's step split in two passes over the block (lo_simd_loop.h): first every
+   vector's gates and new cell, then every vector's tanh(cell), h and head sums. The loop over
+   vectors is not unrolled, so in one pass each vector's long dependent chain (gate inputs, four
+   exps, the cell) overlaps with the next vector's only if that pass is short; on a Zen 3 EPYC this
+   took a 1e6-parameter step from 18 to 14 ms, the same bits (benchmarks/results/speed-v2/zen3/README.md). */
+#define LO_SPLIT_PASSES 1
 #define VL 8
 typedef __m256 V;
 typedef __m256i M;

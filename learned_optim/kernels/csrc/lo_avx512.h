@@ -7,6 +7,9 @@
 /* a block is the U vectors (lo_simd_loop.h), its loops unrolled: 32 registers hold them */
 #define UB U
 #define LO_UNROLL_B _Pragma("GCC unroll 32")
+/* one pass per hidden unit: unrolled, the block's vectors already interleave, and splitting the
+   pass only adds spills (lo_avx2.h splits it) */
+#define LO_SPLIT_PASSES 0
 typedef __m512 V;
 typedef __mmask16 M;
 #define SET1 _mm512_set1_ps

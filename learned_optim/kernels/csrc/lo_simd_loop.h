@@ -66,7 +66,8 @@ static inline __attribute__((always_inline)) void LO_CAT(LO_NAME, _body)(
         LO_ST* c = (LO_ST*)ptrs[5 * T + tid];
         for (int64_t j0 = begin; j0 < end; j0 += UB * VL) {
             /* A block of UB vectors in three passes (moments and features; the LSTM, one hidden
-               unit at a time for U vectors side by side; the head and the write), each vector's
+               unit at a time for U vectors side by side, its second half in a pass of its own
+               with LO_SPLIT_PASSES; the head and the write), each vector's
                values kept between passes in these arrays: a pass then needs few registers
                (lo_avx2.h says why that matters). The last block takes only the vectors its
                coordinates need, in whole groups of U (the rest are masked off). */
@@ -106,39 +107,58 @@ static inline __attribute__((always_inline)) void LO_CAT(LO_NAME, _body)(
                 y0[u] = hb0;
                 y1[u] = hb1;
             }
+            /* hidden unit q of vector u in two parts: its gates and new cell (from the gate inputs
+               zb), then the cell's tanh, h and the head's sums */
+#define LO_GATES(u) do { \
+                const V ig = v_rcp1p(LO_EXP2B(zb[0][u])); \
+                const V fg = v_rcp1p(LO_EXP2B(zb[1][u])); \
+                const V cg = v_fmsub(two, v_rcp1p(LO_EXP2B(zb[2][u])), one); \
+                og[u] = v_rcp1p(LO_EXP2B(zb[3][u])); \
+                cn[u] = v_fmadd(fg, LO_LDS(c + q * n + j0 + (u) * VL, km[u]), v_mul(ig, cg)); \
+            } while (0)
+#define LO_OUT(u) do { \
+                const V th = v_fmsub(two, v_rcp1p(v_exp2(v_mul(ctanh, cn[u]))), one); \
+                const V hv = v_mul(og[u], th); \
+                LO_STS(c + q * n + j0 + (u) * VL, km[u], cn[u]); \
+                LO_STS(h + q * n + j0 + (u) * VL, km[u], hv); \
+                y0[u] = v_fmadd(HW0[q], hv, y0[u]); \
+                y1[u] = v_fmadd(HW1[q], hv, y1[u]); \
+            } while (0)
             #pragma GCC unroll 32
             for (int q = 0; q < HIDDEN; q++) {
+                V zb[4][UB], og[UB], cn[UB];
                 LO_UNROLL_B
                 for (int u0 = 0; u0 < ub; u0 += U) {
-                    V z[4][U];
                     #pragma GCC unroll 32
                     for (int r = 0; r < 4; r++)
                         #pragma GCC unroll 32
-                        for (int s = 0; s < U; s++) z[r][s] = B[r * HIDDEN + q];
+                        for (int s = 0; s < U; s++) zb[r][u0 + s] = B[r * HIDDEN + q];
                     #pragma GCC unroll 32
                     for (int i = 0; i < FEATURES + HIDDEN; i++)
                         #pragma GCC unroll 32
                         for (int r = 0; r < 4; r++)
                             #pragma GCC unroll 32
-                            for (int s = 0; s < U; s++) z[r][s] = v_fmadd(W[r * HIDDEN + q][i], x[u0 + s][i], z[r][s]);
+                            for (int s = 0; s < U; s++)
+                                zb[r][u0 + s] = v_fmadd(W[r * HIDDEN + q][i], x[u0 + s][i], zb[r][u0 + s]);
+#if !LO_SPLIT_PASSES
                     #pragma GCC unroll 32
                     for (int s = 0; s < U; s++) {
-                        const int u = u0 + s;
-                        const int64_t j = j0 + u * VL;
-                        const V ig = v_rcp1p(LO_EXP2B(z[0][s]));
-                        const V fg = v_rcp1p(LO_EXP2B(z[1][s]));
-                        const V cg = v_fmsub(two, v_rcp1p(LO_EXP2B(z[2][s])), one);
-                        const V og = v_rcp1p(LO_EXP2B(z[3][s]));
-                        const V cn = v_fmadd(fg, LO_LDS(c + q * n + j, km[u]), v_mul(ig, cg));
-                        const V th = v_fmsub(two, v_rcp1p(v_exp2(v_mul(ctanh, cn))), one);
-                        const V hv = v_mul(og, th);
-                        LO_STS(c + q * n + j, km[u], cn);
-                        LO_STS(h + q * n + j, km[u], hv);
-                        y0[u] = v_fmadd(HW0[q], hv, y0[u]);
-                        y1[u] = v_fmadd(HW1[q], hv, y1[u]);
+                        LO_GATES(u0 + s);
+                        LO_OUT(u0 + s);
                     }
+#endif
                 }
+#if LO_SPLIT_PASSES
+                /* each part over the whole block: every vector's long chain (gate inputs, exps,
+                   cell, its tanh) then overlaps with the next vectors' (lo_avx2.h) */
+                LO_UNROLL_B
+                for (int u = 0; u < ub; u++) LO_GATES(u);
+                LO_UNROLL_B
+                for (int u = 0; u < ub; u++) LO_OUT(u);
+#endif
             }
+#undef LO_GATES
+#undef LO_OUT
             LO_UNROLL_B
             for (int u = 0; u < ub; u++) {
                 const int64_t j = j0 + u * VL;
