@@ -3,21 +3,21 @@
    the bf16 state's tails go through a small buffer. */
 #include <immintrin.h>
 #define LO_SIMD 256
-/* U vectors side by side in the LSTM pass, UB vectors per block (lo_simd_loop.h), the block's
-   loops over vectors not unrolled. With 16 vector registers, three vectors' gate inputs and
-   accumulators spill (on a Zen 2 EPYC, where this is the native build, U = 2 took 19.0 ms for a
-   1e6-parameter step against 20.9 with U = 3 when the whole block was U vectors:
-   benchmarks/results/speed-v2/zen2/README.md); a block of 8 vectors, each pass looping over them
-   with its values in L1 between passes, keeps the four hidden units' gates from holding every
-   vector's inputs in registers at once (timings: benchmarks/results/speed-v2/avx2-block/README.md). */
-#define U 2
+/* UB vectors per block (lo_simd_loop.h), the block's loops over vectors not unrolled: a block of
+   8 vectors, each pass looping over them with its values in L1 between passes, keeps the four
+   hidden units' gates from holding every vector's inputs in 16 registers at once (timings:
+   benchmarks/results/speed-v2/avx2-block/README.md). Each hidden unit's step is split in two
+   passes over the block (LO_SPLIT_PASSES): every vector's gate inputs, gates and new cell, then
+   every vector's tanh(cell), h and head sums. A vector's dependent chain in each pass is then half
+   as long, so the core's out-of-order window can hold more vectors' chains at once (the likely
+   reason; no counters were available). U vectors side by side in the gate inputs: with the split,
+   U = 1. On a Zen 3 EPYC (native AVX2) the split took a 1e6-parameter step from 19.0-19.4 ms to
+   14.0-14.7 and U = 1 from U = 2 a further ~7%, every result bit the same
+   (benchmarks/results/speed-v2/zen3/README.md); before the split, U = 2 was best (Zen 2:
+   benchmarks/results/speed-v2/zen2/README.md). */
+#define U 1
 #define UB 8
 #define LO_UNROLL_B _Pragma("GCC unroll 1")
-/* Each hidden unit's step split in two passes over the block (lo_simd_loop.h): first every
-   vector's gates and new cell, then every vector's tanh(cell), h and head sums. The loop over
-   vectors is not unrolled, so in one pass each vector's long dependent chain (gate inputs, four
-   exps, the cell) overlaps with the next vector's only if that pass is short; on a Zen 3 EPYC this
-   took a 1e6-parameter step from 18 to 14 ms, the same bits (benchmarks/results/speed-v2/zen3/README.md). */
 #define LO_SPLIT_PASSES 1
 #define VL 8
 typedef __m256 V;

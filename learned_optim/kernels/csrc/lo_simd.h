@@ -13,8 +13,9 @@
        a division on AVX2;
      - every statement is done for U independent vectors side by side (the unrolled u loops),
        so the long dependent chain of one vector (moments -> gates -> exps -> cell -> head)
-       overlaps with the next one's; on AVX2 in blocks of UB vectors whose values wait in L1
-       between the loop's passes (lo_simd_loop.h, lo_avx2.h).
+       overlaps with the next one's; on AVX2 (U = 1) the overlap comes instead from blocks of
+       UB vectors taken through short passes, their values waiting in L1 between passes
+       (lo_simd_loop.h, lo_avx2.h).
    Measured on 20k coordinates in cache (AMD EPYC, Zen 4): portable loop 10.8 ns/coordinate;
    this one on AVX-512 with U = 1 and base-e exps 9.0, U = 3 with them 8.3, U = 3 as below 7.5.
    Built for AVX2 on the same CPU: portable 21.3, this one 11.7 (U = 3; U = 2: 12.7); on a CPU
