@@ -12,7 +12,7 @@
    as long, so the core's out-of-order window can hold more vectors' chains at once (the likely
    reason; no counters were available). U vectors side by side in the gate inputs: with the split,
    U = 1. On a Zen 3 EPYC (native AVX2) the split took a 1e6-parameter step from 19.0-19.4 ms to
-   14.0-14.7 and U = 1 from U = 2 a further ~7%, every result bit the same
+   14.0-15.7, and U = 1 (was 2) to 13.4-13.5, every result bit the same
    (benchmarks/results/speed-v2/zen3/README.md); before the split, U = 2 was best (Zen 2:
    benchmarks/results/speed-v2/zen2/README.md). */
 #define U 1
