@@ -1254,3 +1254,55 @@ def test_grad_ratio_probe_scales_each_tensor_step_by_its_gradient_ratio(tmp_path
     for bad in (["--exponents", "a"], ["--exponents", "-1"], ["--seeds", "0"], ["--steps", "0"]):
         proc = _run_script("grad_ratio_probe", "--out", str(tmp_path / "x"), *bad, cwd=tmp_path)
         assert proc.returncode != 0 and bad[0] in proc.stderr, proc.stderr
+
+
+def test_memoryless_weights_cut_the_head_off_the_lstm_state(tmp_path):
+    """benchmarks/memoryless_weights.py: with --rows 0,1 the step no longer depends on the LSTM
+    state (scrambling lstm_h/lstm_c before every step leaves every parameter bit-identical), with
+    --rows 0 it still does (row 1 reads h); --drop-rows zeroes a row's bias too; the provenance
+    records both; bad rows are refused naming the option."""
+    import importlib.util
+
+    import pytest
+    import torch
+
+    from learned_optim import LearnedOptimizer, from_pretrained
+
+    spec = importlib.util.spec_from_file_location("mw", ROOT / "benchmarks" / "memoryless_weights.py")
+    mw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mw)
+
+    def run(weights, scramble):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
+        opt = LearnedOptimizer(ps, weights=weights, impl="reference")
+        gen, noise = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+        for _ in range(4):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen)
+                if scramble and opt.state[p]:
+                    opt.state[p]["lstm_h"].uniform_(-1, 1, generator=noise)
+                    opt.state[p]["lstm_c"].normal_(generator=noise)
+            opt.step()
+        return [p.detach().clone() for p in ps]
+
+    src = from_pretrained(None)
+    h = src.config.hidden_size
+    for rows, drop, memoryless in (("0,1", None, True), ("0", None, False), ("0", "1", True)):
+        out = tmp_path / f"{rows}-{drop}"
+        assert mw.main(["lstm-h4-v2-vec", "--rows", rows, "--out", str(out)]
+                       + (["--drop-rows", drop] if drop else [])) == 0
+        net = from_pretrained(str(out))
+        zeroed = [int(r) for r in rows.split(",")]
+        for r in range(2):
+            dropped = drop is not None and r == int(drop)
+            assert torch.equal(net.head_weight[r, :h] == 0, torch.full((h,), r in zeroed or dropped))
+        assert torch.equal(net.head_weight[0, h:], src.head_weight[0, h:])
+        assert net.provenance["hidden_head_columns_zeroed"] == {"source": "lstm-h4-v2-vec", "rows": zeroed}
+        if drop:
+            assert net.head_bias[1] == 0 and not net.head_weight[1].any() and net.provenance["head_rows_zeroed"] == [1]
+        same = all(torch.equal(a, b) for a, b in zip(run(net, False), run(net, True)))
+        assert same is memoryless, (rows, drop)
+    for bad in (["--rows", "2"], ["--rows", "x"], ["--rows", "0", "--drop-rows", "3"]):
+        with pytest.raises(SystemExit, match="--rows|--drop-rows"):
+            mw.main(["lstm-h4-v2-vec", *bad, "--out", str(tmp_path / "bad")])
