@@ -28,13 +28,10 @@ from learned_optim import from_pretrained, save_pretrained
 
 
 def parse_rows(text: str, flag: str) -> list[int]:
-    try:
-        rows = sorted({int(r) for r in text.split(",")})
-    except ValueError:
-        raise SystemExit(f"{flag} must be a comma-separated list of 0 and/or 1, got {text!r}") from None
-    if not rows or any(r not in (0, 1) for r in rows):
+    parts = [r.strip() for r in text.split(",")]
+    if not all(r in ("0", "1") for r in parts):
         raise SystemExit(f"{flag} must be a comma-separated list of 0 and/or 1, got {text!r}")
-    return rows
+    return sorted({int(r) for r in parts})
 
 
 def main(argv: list[str] | None = None) -> int:
