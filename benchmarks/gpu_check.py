@@ -5,11 +5,14 @@
     python benchmarks/gpu_check.py --sizes 1e6 --no-train --json /tmp/gpu_check.json
 
 Prints one table: each row is a check (PASS/FAIL with its worst error) or a timing; ``--json``
-also writes the rows and the machine to a file. Timings use CUDA events, medians over --reps steps
-(``learned_optim.benchmarking.measure``). The bytes floor is the bytes the update must read and
-write per coordinate (the speed benchmark's ``step_floor``: p, g, m, v, h, c in; p, m, v, h, c
-out) over the copy bandwidth measured here with a 1 GiB device-to-device copy. The target: the
-learned step at 1e8 parameters within 1.5x that floor.
+also writes the rows and the machine to a file, rewritten after every row, so a run stopped early
+keeps what it measured. Parity covers three rules with random heads: a format-version-1 rule, the
+shipped default's config (format version 2: sign equivariance and its per-tensor context) and a
+version-2 rule with every context input. The timings use the shipped default's weights, CUDA
+events and medians over --reps steps (``learned_optim.benchmarking.measure``). The bytes floor is
+the bytes the update must read and write per coordinate (the speed benchmark's ``step_floor``:
+p, g, m, v, h, c in; p, m, v, h, c out) over the copy bandwidth measured here with a 1 GiB
+device-to-device copy. The target: the learned step at 1e8 parameters within 1.5x that floor.
 
 Without CUDA it says so and exits 0 after a CPU smoke run of the eager path (the parity tests for
 CPU live in tests/test_fastpath.py and tests/test_kernels.py).
@@ -34,20 +37,31 @@ from learned_optim.benchmarking.measure import copy_bandwidth, median_time  # no
 from learned_optim.benchmarking.speed import step_floor  # noqa: E402
 from learned_optim.common.files import write_json  # noqa: E402
 from learned_optim.common.machine import machine_info, machine_line  # noqa: E402
-from learned_optim.network import CoordinatewiseLSTM  # noqa: E402
+from learned_optim.hub import DEFAULT_WEIGHTS, from_pretrained  # noqa: E402
+from learned_optim.network import CONTEXT_FEATURES, CoordinatewiseLSTM, LSTMOptimizerConfig  # noqa: E402
 from learned_optim.update import learned_update  # noqa: E402
 
 ROWS: list[tuple[str, str, str]] = []
+# Where row() rewrites the JSON report (main sets it from --json), and what the report holds besides the rows.
+REPORT: dict = {"path": None, "head": {}}
+# Sizes a dry run on CPU makes small: the parity shapes, the block sweep's parameter count and the
+# training step's transformer (layers, width, batch, sequence length).
+PARITY_SHAPES = [(), (1,), (7,), (3, 5, 2, 2), (64, 3, 3, 3), (1025,), (333, 517), (4097,)]
+SWEEP_N = 10**8
+TRAIN_SHAPE = (12, 768, 8, 512)
 
 
 def row(check: str, result: str, detail: str = "") -> None:
     ROWS.append((check, result, detail))
     print(f"  {check:58s} {result:>10s}  {detail}", flush=True)
+    if REPORT["path"]:
+        write_json(REPORT["path"], {**REPORT["head"], "rows": [{"check": c, "result": r, "detail": d}
+                                                                  for c, r, d in ROWS]})
 
 
-def random_net(seed: int) -> CoordinatewiseLSTM:
+def random_net(seed: int, config: LSTMOptimizerConfig | None = None) -> CoordinatewiseLSTM:
     gen = torch.Generator().manual_seed(seed)
-    net = CoordinatewiseLSTM(seed=seed)
+    net = CoordinatewiseLSTM(config, seed=seed)
     with torch.no_grad():
         net.head_weight.copy_(torch.randn(net.head_weight.shape, generator=gen) * 0.5)
         net.head_bias.copy_(torch.randn(net.head_bias.shape, generator=gen) * 0.3)
@@ -91,9 +105,20 @@ def worst_rel(got, want) -> float:
     return worst
 
 
+def rules() -> list[tuple[str, CoordinatewiseLSTM]]:
+    """The rules parity runs: version 1, the shipped default's config, every version-2 input."""
+    default = from_pretrained(DEFAULT_WEIGHTS).config
+    every = LSTMOptimizerConfig(sign_equivariant=True, context_features=CONTEXT_FEATURES)
+    return [("v1", random_net(0)), ("default-config", random_net(7, default)), ("v2-every-input", random_net(8, every))]
+
+
 def parity(device) -> None:
-    shapes = [(), (1,), (7,), (3, 5, 2, 2), (64, 3, 3, 3), (1025,), (333, 517), (4097,)]
-    net = random_net(0)
+    for name, net in rules():
+        parity_one(device, name, net)
+
+
+def parity_one(device, rule_name: str, net: CoordinatewiseLSTM) -> None:
+    shapes = PARITY_SHAPES
     # "fused" is the Triton kernel on CUDA; "eager" the torch chunk loop
     paths = ["eager"] + (["fused"] if kernels.triton_available(device) else [])
     if "fused" not in paths:
@@ -113,7 +138,7 @@ def parity(device) -> None:
             want = apply(case, grads_seq, net, "reference", **kw)
             for impl in paths:
                 err = worst_rel(apply(case, grads_seq, net, impl, **kw), want)
-                name = f"parity {impl} {str(dtype)[6:]} state={str(sdt)[6:] if sdt else 'default'}" \
+                name = f"parity {rule_name} {impl} {str(dtype)[6:]} state={str(sdt)[6:] if sdt else 'default'}" \
                        f"{' noncontig' if noncontig else ''} {steps} steps"
                 row(name, "PASS" if err <= tol else "FAIL", f"max err/(1+|ref|) {err:.2e} (tol {tol:.0e})")
 
@@ -146,7 +171,7 @@ def cuda_ms(fn, reps: int) -> float:
 
 
 def speed(device, sizes, reps) -> None:
-    net = random_net(4)
+    net = from_pretrained(DEFAULT_WEIGHTS)
     bw = copy_bandwidth(device, 2**30, reps)  # 1 GiB: far beyond L2
     row("copy bandwidth (read+write)", f"{bw / 1e9:.0f} GB/s", "1 GiB device-to-device copy_, fastest of --reps")
     bytes_per = step_floor(net.config)["bytes"]  # fp32: p g m v h c in, p m v h c out
@@ -205,8 +230,8 @@ def block_sweep(device, reps) -> None:
 def _sweep_one(device, reps, p_dtype, s_dtype) -> None:
     from learned_optim.kernels import _triton_update as kt
 
-    net = random_net(6)
-    n = 10**8
+    net = from_pretrained(DEFAULT_WEIGHTS)
+    n = SWEEP_N
     ps = [torch.randn(n // 2, device=device).to(p_dtype), torch.randn(n - n // 2, device=device).to(p_dtype)]
     gs = [torch.randn_like(p) for p in ps]
     state = [[torch.zeros_like(p, dtype=torch.float32) for p in ps] for _ in range(2)]
@@ -222,7 +247,7 @@ def _sweep_one(device, reps, p_dtype, s_dtype) -> None:
         for block, warps in [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8), (1024, 8)]:
             kt.LAUNCH_OVERRIDE = (block, warps)
             ms = cuda_ms(step, reps)
-            row(f"fused {str(p_dtype)[6:]}/{str(s_dtype)[6:]} BLOCK={block} num_warps={warps}, 1e8",
+            row(f"fused {str(p_dtype)[6:]}/{str(s_dtype)[6:]} BLOCK={block} num_warps={warps}, {n:.0e}",
                 f"{ms:.3f} ms", "(default)" if (block, warps) == default else "")
     finally:
         kt.LAUNCH_OVERRIDE = None
@@ -239,18 +264,19 @@ def train_step(device, reps) -> None:
     """Whole training step (forward, backward, step) of a GPT-2-small-sized transformer encoder
     (12 layers, d=768, ~85M parameters; batch 8 x 512 tokens, bf16 autocast)."""
     torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True, norm_first=True)
-    base = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).to(device)
-    x = torch.randn(8, 512, 768, device=device)
+    layers, d, batch, seq = TRAIN_SHAPE
+    layer = torch.nn.TransformerEncoderLayer(d, 12, 4 * d, batch_first=True, norm_first=True)
+    base = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).to(device)
+    x = torch.randn(batch, seq, d, device=device)
     results = {}
     for name in ("AdamW fused", "learned fused"):
         model = copy.deepcopy(base)
         opt = (torch.optim.AdamW(model.parameters(), fused=True) if name.startswith("AdamW")
-               else LearnedOptimizer(model.parameters(), weights=random_net(5), impl="fused"))
+               else LearnedOptimizer(model.parameters(), impl="fused"))
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 loss = model(x).float().square().mean()
             loss.backward()
             opt.step()
@@ -282,6 +308,11 @@ def main() -> int:
 
     device = torch.device("cuda")
     machine = machine_info(torch.get_num_threads())
+    if args.json:
+        REPORT["path"] = args.json
+        command = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:])
+        REPORT["head"] = {"benchmark": "gpu_check", "command": command, "machine": machine,
+                          "weights_timed": DEFAULT_WEIGHTS, "complete": False}
     print(f"gpu_check on {machine_line(machine)}; triton available: {kernels.triton_available(device)}")
     print(f"  {'check':58s} {'result':>10s}  detail")
     parity(device)
@@ -295,9 +326,8 @@ def main() -> int:
     failed = [r for r in ROWS if r[1] == "FAIL"]
     print(f"{len(ROWS)} rows, {len(failed)} FAIL")
     if args.json:
-        write_json(args.json, {"benchmark": "gpu_check", "command": "python benchmarks/gpu_check.py "
-                               + " ".join(sys.argv[1:]), "machine": machine,
-                               "rows": [{"check": c, "result": r, "detail": d} for c, r, d in ROWS]})
+        REPORT["head"]["complete"] = True
+        write_json(args.json, {**REPORT["head"], "rows": [{"check": c, "result": r, "detail": d} for c, r, d in ROWS]})
     return 1 if failed else 0
 
 
