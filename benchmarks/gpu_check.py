@@ -114,7 +114,7 @@ def rules() -> list[tuple[str, CoordinatewiseLSTM]]:
 
 def parity(device) -> None:
     for name, net in rules():
-        parity_one(device, name, net)
+        parity_one(device, name, net.to(device))
 
 
 def parity_one(device, rule_name: str, net: CoordinatewiseLSTM) -> None:
@@ -147,7 +147,7 @@ def int64_check(device) -> None:
     """One fp32 tensor of 2^31 + 4099 elements, bf16 LSTM state (~70 GB): the kernel's last
     coordinates against the reference rule applied to the same slice."""
     n = 2**31 + 4099
-    net = random_net(2)
+    net = random_net(2).to(device)
     gen = torch.Generator(device=device).manual_seed(3)
     p = torch.randn(n, device=device, generator=gen)
     g = torch.randn(n, device=device, generator=gen)
@@ -230,7 +230,7 @@ def block_sweep(device, reps) -> None:
 def _sweep_one(device, reps, p_dtype, s_dtype) -> None:
     from learned_optim.kernels import _triton_update as kt
 
-    net = from_pretrained(DEFAULT_WEIGHTS)
+    net = from_pretrained(DEFAULT_WEIGHTS).to(device)
     n = SWEEP_N
     ps = [torch.randn(n // 2, device=device).to(p_dtype), torch.randn(n - n // 2, device=device).to(p_dtype)]
     gs = [torch.randn_like(p) for p in ps]
