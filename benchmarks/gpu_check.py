@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -166,8 +167,23 @@ def int64_check(device) -> None:
 
 
 def cuda_ms(fn, reps: int) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` calls after 3 warm-up calls (CUDA events)."""
+    """Median milliseconds of ``fn`` over ``reps`` calls after 3 warm-up calls (CUDA events).
+    Each call starts on an idle GPU, so this is the host's time up to the call's last launch plus
+    the device's time after it: a step's latency, not its cost inside a training loop."""
     return median_time(fn, "cuda", reps, warmup=3) * 1e3
+
+
+def steady_ms(fn, reps: int) -> float:
+    """Wall milliseconds per call over ``reps`` back-to-back calls after one warm-up call,
+    synchronised only at both ends: the host's work of one call overlaps the device's work of
+    the previous one, as in a training loop, so this is max(host time, device time) per call."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e3
 
 
 def speed(device, sizes, reps) -> None:
@@ -191,7 +207,8 @@ def speed(device, sizes, reps) -> None:
                 p.grad = g
             opt = torch.optim.AdamW(ps, **{kind: True})
             ms = cuda_ms(opt.step, reps)
-            row(f"AdamW {kind} step, {n_f:.0e} params", f"{ms:.3f} ms")
+            row(f"AdamW {kind} step, {n_f:.0e} params", f"{ms:.3f} ms",
+                f"back-to-back {steady_ms(opt.step, reps):.3f} ms")
             del opt, ps
         for impl in ["fused", "eager"] if kernels.triton_available(device) else ["eager"]:
             ps = [p.clone().requires_grad_() for p in params]
@@ -211,10 +228,12 @@ def speed(device, sizes, reps) -> None:
                     row(f"no host sync in LearnedOptimizer.step() (fused), {n_f:.0e}", "FAIL", str(e)[:60])
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
-            ms = cuda_ms(opt.step, reps)
+            # the eager loop takes seconds per step at 1e8 on a GPU: a few calls say enough
+            r = reps if impl == "fused" else min(reps, 3)
+            ms, steady = cuda_ms(opt.step, r), steady_ms(opt.step, r)
             floor = total * bytes_per / bw * 1e3
             row(f"learned {impl} step, {n_f:.0e} params", f"{ms:.3f} ms",
-                f"{ms / floor:.2f}x bytes floor ({floor:.3f} ms)")
+                f"back-to-back {steady:.3f} ms = {steady / floor:.2f}x bytes floor ({floor:.3f} ms)")
             del opt, ps
 
 
@@ -251,6 +270,24 @@ def _sweep_one(device, reps, p_dtype, s_dtype) -> None:
                 f"{ms:.3f} ms", "(default)" if (block, warps) == default else "")
     finally:
         kt.LAUNCH_OVERRIDE = None
+
+
+def eager_chunks(device, reps) -> None:
+    """The eager loop's step at SWEEP_N parameters (gpu_check's layout) by chunk_size: on a GPU
+    each chunk costs ~30 launches, so the CPU-sized default chunk is far too small there."""
+    n = SWEEP_N
+    rest = n - n // 2
+    shapes = [(n // 2,)] + [(1 << 20,)] * (rest >> 20) + [(rest % (1 << 20),), (7,), (3, 3)]
+    params = [torch.randn(s, device=device).requires_grad_() for s in shapes if s[0] > 0]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    for chunk in (2**13, 2**16, 2**18, 2**20, 2**22):
+        opt = LearnedOptimizer(params, impl="eager", chunk_size=chunk)
+        opt.step()
+        row(f"learned eager step, chunk_size 2^{chunk.bit_length() - 1}, {n:.0e} params",
+            f"{steady_ms(opt.step, min(reps, 3)):.3f} ms", "back-to-back")
+        del opt
+        torch.cuda.empty_cache()
 
 
 def _lists(opt):
@@ -293,6 +330,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--int64", action="store_true", help="also check a > 2^31-element tensor (~70 GB)")
     ap.add_argument("--no-train", action="store_true", help="skip the whole-training-step comparison")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the Triton kernel's (BLOCK, num_warps) sweep")
+    ap.add_argument("--eager-chunks", action="store_true",
+                    help="also time the eager loop at 1e8 parameters by chunk_size")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows and the machine to this file")
     args = ap.parse_args()
 
@@ -319,8 +359,10 @@ def main() -> int:
     if args.int64:
         int64_check(device)
     speed(device, args.sizes, args.reps)
-    if kernels.triton_available(device):
+    if kernels.triton_available(device) and not args.no_sweep:
         block_sweep(device, args.reps)
+    if args.eager_chunks:
+        eager_chunks(device, args.reps)
     if not args.no_train:
         train_step(device, args.reps)
     failed = [r for r in ROWS if r[1] == "FAIL"]

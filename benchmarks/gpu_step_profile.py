@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -56,17 +55,6 @@ def optimizer_for(device, n: int, weights: str) -> LearnedOptimizer:
     return opt
 
 
-def host_ms(fn, steps: int) -> float:
-    """Wall milliseconds per call over ``steps`` back-to-back calls, synchronised at both ends."""
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps * 1e3
-
-
 def tensors(opt: LearnedOptimizer):
     """The parameters and (grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, steps) of the optimizer's one group."""
     ps = list(opt.param_groups[0]["params"])
@@ -79,7 +67,7 @@ def split(device, n: int, weights: str, reps: int) -> None:
     opt = optimizer_for(device, n, weights)
     tag = f"{weights}, {n:.0e} params"
     gc.row(f"step (events) {tag}", f"{gc.cuda_ms(opt.step, reps):.3f} ms")
-    gc.row(f"step (host wall, back-to-back) {tag}", f"{host_ms(opt.step, reps):.3f} ms")
+    gc.row(f"step (host wall, back-to-back) {tag}", f"{gc.steady_ms(opt.step, reps):.3f} ms")
     net = from_pretrained(weights).to(device)
     ps, (gs, ms, vs, hs, cs, steps) = tensors(opt)
     if net.config.context_features:
@@ -91,7 +79,7 @@ def split(device, n: int, weights: str, reps: int) -> None:
         learned_update(ps, gs, ms, vs, hs, cs, steps, weights=net, config=net.config, lr=1e-3, weight_decay=0.0,
                        maximize=False, impl="fused", num_params=n)
     gc.row(f"  learned_update alone (context included) {tag}", f"{gc.cuda_ms(update, reps):.3f} ms")
-    gc.row(f"  learned_update host wall {tag}", f"{host_ms(update, reps):.3f} ms")
+    gc.row(f"  learned_update host wall {tag}", f"{gc.steady_ms(update, reps):.3f} ms")
     profile(opt, tag)
 
 

@@ -48,19 +48,20 @@ from .rule import host_to
 #       (spills): at 128, 2 blocks of 256 threads per SM (65536 registers), 25% occupancy;
 #   2 per thread (512/8, 256/4): 71-80 (fp32), fp64 254 plus a 16-48 B stack;
 #   1 per thread (256/8): 48 (fp32 maths; 64 with bf16 state on sm_80), fp64 242-244, no stack.
-# This kernel is mostly loads, stores and ~25 exps per coordinate, and the loads cannot be
-# vectorized anyway (tensor addresses come from a table, so alignment is unknown), so one
-# coordinate per thread loses nothing in load width and gives the most resident warps: 256 / 8
-# everywhere, the only launch with no spills for fp64. Not timed on a GPU yet:
-# benchmarks/gpu_check.py sweeps BLOCK / num_warps (LAUNCH_OVERRIDE, when set, replaces this
-# table at each launch).
+# Timed on an H200 (sm_90; benchmarks/results/gpu-h200/README.md, the shipped default's weights,
+# 1e8 parameters): 256 coordinates over 4 warps (2 per thread) took 10-16% less time per call
+# than over 8 (1 per thread) in every pass: fp32 and fp32 with bf16 state three passes each, bf16
+# parameters one. 4 per thread was no faster than 2, and 512 over 2 warps (8 per thread) 2.4x
+# slower. fp64 stays at 1 per thread, the only launch without spills there (not timed); fp16 was
+# not timed (it compiles to bf16's registers). LAUNCH_OVERRIDE, when set, replaces this table at
+# each launch (benchmarks/gpu_check.py sweeps with it).
 LAUNCH = {  # (param dtype, state dtype): (BLOCK, num_warps)  # registers on sm_80 / sm_90
-    (torch.float32, torch.float32): (256, 8),  # 48 / 48
-    (torch.bfloat16, torch.float32): (256, 8),  # 48 / 48
-    (torch.float16, torch.float32): (256, 8),  # 48 / 48
-    (torch.float32, torch.bfloat16): (256, 8),  # 64 / 48
-    (torch.bfloat16, torch.bfloat16): (256, 8),  # 48 / 48
-    (torch.float16, torch.bfloat16): (256, 8),  # 48 / 48
+    (torch.float32, torch.float32): (256, 4),  # 72 / 72
+    (torch.bfloat16, torch.float32): (256, 4),  # 72 / 72
+    (torch.float16, torch.float32): (256, 4),  # 72 / 72
+    (torch.float32, torch.bfloat16): (256, 4),  # 72 / 72
+    (torch.bfloat16, torch.bfloat16): (256, 4),  # 72 / 72
+    (torch.float16, torch.bfloat16): (256, 4),  # 72 / 72
     (torch.float64, torch.float64): (256, 8),  # 242 / 244
 }
 DEFAULT_LAUNCH = (256, 8)
