@@ -22,12 +22,12 @@ from .hub import DEFAULT_WEIGHTS, from_pretrained
 from .kernels.rule import compute_dtype
 from .network import WEIGHT_NAMES, CoordinatewiseLSTM
 from .update import (
-    DEFAULT_CHUNK_SIZE,
     IMPLS,
     LEGACY_IMPLS,
     DeferredSkips,
     Sharding,
     all_ranks_min,
+    check_chunk_size,
     finite_flags,
     finite_flags_on_device,
     learned_update,
@@ -178,7 +178,9 @@ class LearnedOptimizer(Optimizer):
             CUDA), ``"eager"`` (the batched torch chunk loop only) or ``"reference"`` (one tensor
             at a time; for testing). See ``learned_optim.update``; the earlier names ``"torch"``
             and ``"triton"`` still work, with a ``FutureWarning``.
-        chunk_size (int, keyword-only): coordinates per chunk of the eager loop. Default 8192.
+        chunk_size (int, keyword-only): coordinates per chunk of the eager loop. Default ``None``:
+            8192 on CPU (cache-sized), 2^20 on other devices, where each chunk costs ~30 kernel
+            launches (``learned_optim.kernels.eager.default_chunk_size``).
         state_dtype (keyword-only): dtype of the LSTM state ``lstm_h``/``lstm_c``: ``None``
             (default: S above) or ``torch.float32``, or ``torch.bfloat16`` to halve its memory
             (maths stays fp32; one rounding per step). The moments stay in S: a bf16 ``exp_avg_sq``
@@ -224,7 +226,7 @@ class LearnedOptimizer(Optimizer):
         maximize: bool = False,
         revision: str | None = None,
         impl: str = "auto",
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
         lr = _check_number("lr", lr, hint="pass e.g. lr=1e-3")
@@ -236,9 +238,7 @@ class LearnedOptimizer(Optimizer):
         if impl in LEGACY_IMPLS:
             warnings.warn(f"LearnedOptimizer: impl={impl!r} is deprecated, use impl={LEGACY_IMPLS[impl]!r} "
                           f"(see the learned_optim.update docstring)", FutureWarning, stacklevel=2)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}; "
-                             f"the default is {DEFAULT_CHUNK_SIZE}")
+        check_chunk_size(chunk_size)
         if state_dtype not in (None, torch.float32, torch.bfloat16):
             raise ValueError(f"state_dtype must be None, torch.float32 or torch.bfloat16, got {state_dtype!r}")
         if isinstance(weights, CoordinatewiseLSTM):

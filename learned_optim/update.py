@@ -79,7 +79,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .kernels.eager import DEFAULT_CHUNK_SIZE
+from .kernels.eager import DEFAULT_CHUNK_SIZE, GPU_CHUNK_SIZE
 from .kernels.rule import Batch, PreparedRule, compute_dtype, prepare_batch, prepare_rule, weights_dict
 from .network import LSTMOptimizerConfig, lstm_cell
 
@@ -435,7 +435,7 @@ def learned_update(
     weight_decay: float,
     maximize: bool,
     impl: str = "auto",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     betas: tuple[float, float] | None = None,
     finite: Tensor | None = None,
     num_params: int | None = None,
@@ -478,8 +478,8 @@ def learned_update(
         )
     device = params[0].device
     impl, fused = _resolve(impl, device)
-    if impl != "reference" and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}; the default is {DEFAULT_CHUNK_SIZE}")
+    if impl != "reference":
+        check_chunk_size(chunk_size)
     if finite is not None and not _device_flags(impl, fused, device):
         # a path that needs the flags on the host: read them, drop the skipped tensors
         keep = finite.bool().tolist()
@@ -518,7 +518,7 @@ def learned_update(
         update_batch(rule, batch, impl=impl, fused=fused, chunk_size=chunk_size)
 
 
-def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chunk_size: int = DEFAULT_CHUNK_SIZE
+def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chunk_size: int | None = None
                  ) -> None:
     """Apply a prepared rule in place to a prepared batch (``kernels.rule``), steps already
     counted: ``learned_update`` after its checks and preparation, for callers that hold flat
@@ -552,6 +552,13 @@ def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chu
         if todo:
             kernels.eager.update(rule, batch, todo, chunk_size)
         batch.finish()
+
+
+def check_chunk_size(chunk_size) -> None:
+    """A ``ValueError`` naming the fix unless ``chunk_size`` is ``None`` or a positive int."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}; the default None takes "
+                         f"{DEFAULT_CHUNK_SIZE} on CPU and {GPU_CHUNK_SIZE} on other devices")
 
 
 def _resolve(impl: str, device: torch.device):

@@ -411,6 +411,25 @@ def test_argument_errors_name_the_fix():
         learned_update(p32, p32, m + m, v + v, h + h, c + c, [torch.tensor(0.0)] * 2, impl="auto", **kw)
 
 
+def test_chunk_size_default_is_per_device(monkeypatch):
+    """chunk_size None takes eager.default_chunk_size of the tensors' device: the cache-sized
+    8192 on CPU, 2^20 elsewhere (each chunk is ~30 kernel launches on a GPU)."""
+    assert eager.default_chunk_size("cpu") == eager.DEFAULT_CHUNK_SIZE == 8192
+    assert eager.default_chunk_size(torch.device("cuda")) == eager.default_chunk_size("meta") == 2**20
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = random_net(gen)
+    case = make_case([(40,), (3, 5), ()], gen)
+    grads_seq = [grads_for(case, gen) for _ in range(3)]
+    want = run(case, grads_seq, net, impl="eager", chunk_size=7)
+    seen = []
+    monkeypatch.setattr(eager, "default_chunk_size", lambda device: seen.append(torch.device(device)) or 7)
+    got = run(case, grads_seq, net, impl="eager", chunk_size=None)
+    assert seen and all(d.type == "cpu" for d in seen)
+    for a, b in zip(got, want):
+        for k in ("p", "m", "v", "h", "c"):
+            assert torch.equal(a[k], b[k]), k
+
+
 def test_auto_does_not_use_triton_on_cpu(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the Triton path must not be chosen for CPU tensors by impl='auto'")

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .rule import Batch, PreparedRule, chunk_plan
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "update", "buffers"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "GPU_CHUNK_SIZE", "default_chunk_size", "update", "buffers"]
 
 # Coordinates per chunk. The chunk's work space is about 42 floats per coordinate for H=4
 # (~1.3 MiB at 8192), of which one op touches a few MiB-fractions at a time; `lscpu` here: 1 MiB
@@ -36,6 +36,18 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "update", "buffers"]
 # in cache. Kept at 8192 (documented in LearnedOptimizer) since this loop only runs for what the
 # fused loops do not cover (bf16/fp16 parameters, CUDA without Triton, no compiler).
 DEFAULT_CHUNK_SIZE = 8192
+# Coordinates per chunk on any other device (CUDA without Triton). Each chunk costs ~30 kernel
+# launches, so there the chunk count, not the cache, sets the time: the shipped default's step at
+# 1e8 parameters on an H200 took 4.6 s at 2^13, 0.67 s at 2^16, 0.16 s at 2^18, 42 ms at 2^20 and
+# 57 ms at 2^22 (benchmarks/results/gpu-h200/README.md). The work space at 2^20 is ~170 MiB, and
+# never more than 42 floats per coordinate of the tensors the loop updates.
+GPU_CHUNK_SIZE = 2**20
+
+
+def default_chunk_size(device: torch.device | str) -> int:
+    """The eager loop's chunk size when none is given: ``DEFAULT_CHUNK_SIZE`` on CPU,
+    ``GPU_CHUNK_SIZE`` on any other device."""
+    return DEFAULT_CHUNK_SIZE if torch.device(device).type == "cpu" else GPU_CHUNK_SIZE
 
 
 @dataclass
@@ -192,10 +204,13 @@ def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p,
     return a
 
 
-def update(rule: PreparedRule, batch: Batch, todo: Sequence[int], chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
-    """The eager chunk loop over the tensors ``todo`` (indices into the batch), in place."""
+def update(rule: PreparedRule, batch: Batch, todo: Sequence[int], chunk_size: int | None = None) -> None:
+    """The eager chunk loop over the tensors ``todo`` (indices into the batch), in place;
+    ``chunk_size`` ``None``: ``default_chunk_size`` of their device."""
     numels = batch.numels
     device = batch.p[todo[0]].device
+    if chunk_size is None:
+        chunk_size = default_chunk_size(device)
     w = _scaled(rule, batch)
     buf = buffers(device, rule.dtype, rule.num_features, rule.hidden_size,
                   min(chunk_size, sum(numels[i] for i in todo)))
