@@ -458,6 +458,9 @@ def learned_update(
     flags; ``LearnedOptimizer`` does); on every other path the flags are read here and skipped
     tensors keep their step count.
 
+    ``chunk_size`` (default ``None``: ``kernels.eager.default_chunk_size`` of the device, 8192 on CPU
+    and 2^20 elsewhere) is the eager loop's chunk; the other paths ignore it.
+
     ``num_params`` (default ``None``: the number of values in ``params``) is the size of the whole
     model for the context features that read it (``network.MODEL_SIZE_FEATURES``): ``LearnedOptimizer``
     passes the count over all its param groups, so the rule does not change with how the tensors

@@ -1306,3 +1306,23 @@ def test_memoryless_weights_cut_the_head_off_the_lstm_state(tmp_path):
     for bad in (["--rows", "2"], ["--rows", "x"], ["--rows", "0", "--drop-rows", "3"]):
         with pytest.raises(SystemExit, match="--rows|--drop-rows"):
             mw.main(["lstm-h4-v2-vec", *bad, "--out", str(tmp_path / "bad")])
+
+
+def test_gpu_scripts_without_cuda_and_the_committed_gpu_report(tmp_path):
+    """gpu_check.py and gpu_step_profile.py exit 0 without CUDA (gpu_check after its CPU smoke
+    run of the eager path against the reference), and gpu_report.py rebuilds the committed
+    report.md of benchmarks/results/gpu-h200 from its JSON files exactly."""
+    for script in ("gpu_check.py", "gpu_step_profile.py"):
+        res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], capture_output=True, text=True,
+                             timeout=300, env={**_ENV, "CUDA_VISIBLE_DEVICES": ""})
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "no CUDA device here" in res.stdout
+        if script == "gpu_check.py":
+            assert "CPU smoke: eager path vs reference" in res.stdout
+    results = ROOT / "benchmarks" / "results" / "gpu-h200"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_report.py"),
+                          *sorted(str(p) for p in results.glob("run*.json")), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env=_ENV)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "report.md").read_text() == (results / "report.md").read_text()
+    assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -139,7 +139,8 @@ def write_report(rows: list[dict[str, Any]], directory: Path) -> None:
         "memory in bytes per thread: a non-zero stack is spilled registers (fp64 at 2 or more "
         "coordinates per thread); every chosen launch shows 0. `*`: the launch `_triton_update.LAUNCH` uses for "
         "that dtype pair. Registers decide how many 32-thread warps fit on an SM (65536 registers "
-        "per SM on sm_80 and sm_90); not timed on a GPU here (benchmarks/gpu_check.py sweeps).",
+        "per SM on sm_80 and sm_90). The launches were timed on one H200 (sm_90): "
+        "benchmarks/results/gpu-h200/README.md.",
         "",
         "| sm | param | LSTM state | BLOCK | warps | coords/thread | registers | local | stack | compile s |",
         "|---|---|---|---|---|---|---|---|---|---|",
