@@ -101,6 +101,31 @@ def profile(opt: LearnedOptimizer, tag: str) -> None:
         gc.row(f"  profiled step {tag}", "n/a", f"{type(e).__name__}: {str(e)[:80]}")
 
 
+def host_profile(device, n: int, weights: str, steps: int = 300) -> None:
+    """cProfile of ``steps`` back-to-back steps (the host's side; the device keeps up at this size):
+    the 25 functions with the most own time, printed, and the host time per step as a row."""
+    import cProfile
+    import io
+    import pstats
+
+    opt = optimizer_for(device, n, weights)
+    for _ in range(20):
+        opt.step()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        opt.step()
+    prof.disable()
+    torch.cuda.synchronize()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).sort_stats("tottime")
+    stats.print_stats(25)
+    print(out.getvalue(), flush=True)
+    gc.row(f"host profile {weights}, {n:.0e} params", f"{stats.total_tt / steps * 1e3:.3f} ms",
+           "per step under cProfile")
+
+
 def sweep(device, reps: int) -> None:
     from learned_optim.kernels import _triton_update as kt
 
@@ -134,6 +159,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows to this file")
+    ap.add_argument("--host-profile", action="store_true",
+                    help="only cProfile the host's side of the step at 1e6 parameters (both weights)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("gpu_step_profile: no CUDA device here; nothing was measured.")
@@ -145,6 +172,10 @@ def main() -> int:
                              "command": "python benchmarks/gpu_step_profile.py " + " ".join(sys.argv[1:]),
                              "machine": gc.machine_info(torch.get_num_threads())}
     print(f"gpu_step_profile on {gc.machine_line(gc.machine_info(torch.get_num_threads()))}")
+    if args.host_profile:
+        for weights in (DEFAULT_WEIGHTS, "lstm-h4-v1"):
+            host_profile(device, 10**6, weights)
+        return 0
     for n in SIZES:
         for weights in (DEFAULT_WEIGHTS, "lstm-h4-v1"):
             split(device, int(n), weights, args.reps)
