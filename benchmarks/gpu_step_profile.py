@@ -12,7 +12,8 @@ with 4 warps per 256-coordinate program than with the table's 8. This script spl
   when the host is the bottleneck), the parts (``tensor_context``, ``learned_update`` with the
   context given) timed alone, and one profiled step's CUDA kernels (torch.profiler table);
 - the kernel's (BLOCK, num_warps) at 1e8 for fp32 and bf16 LSTM state, measured in two passes in
-  opposite orders (drift shows as a difference between the passes).
+  opposite orders (drift shows as a difference between the passes);
+- with ``--host-profile`` instead: a cProfile of the step's host side at 1e6 parameters.
 
 Rows as in gpu_check.py (``--json``: rewritten after every row). Without CUDA it says so and exits 0.
 """
@@ -84,7 +85,7 @@ def split(device, n: int, weights: str, reps: int) -> None:
 
 
 def profile(opt: LearnedOptimizer, tag: str) -> None:
-    """One profiled step's CUDA kernels (printed table; the row gives their count and total)."""
+    """One profiled step under torch.profiler: its table printed, its self CUDA time as a row."""
     try:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as prof_ctx

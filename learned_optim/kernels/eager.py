@@ -34,7 +34,7 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "GPU_CHUNK_SIZE", "default_chunk_size", "update
 # (benchmarks/profile_step.py, noisy shared machine): 4096: 48 ms, 8192: 35 ms, 16384: 30 ms,
 # 32768: 27 ms -- larger chunks amortise the ~30 op dispatches per chunk better than they lose
 # in cache. Kept at 8192 (documented in LearnedOptimizer) since this loop only runs for what the
-# fused loops do not cover (bf16/fp16 parameters, CUDA without Triton, no compiler).
+# fused loops do not cover on CPU (bf16/fp16 parameters, no compiler).
 DEFAULT_CHUNK_SIZE = 8192
 # Coordinates per chunk on any other device (CUDA without Triton). Each chunk costs ~30 kernel
 # launches, so there the chunk count, not the cache, sets the time: the shipped default's step at
