@@ -39,8 +39,9 @@ DEFAULT_CHUNK_SIZE = 8192
 # Coordinates per chunk on any other device (CUDA without Triton). Each chunk costs ~30 kernel
 # launches, so there the chunk count, not the cache, sets the time: the shipped default's step at
 # 1e8 parameters on an H200 took 4.6 s at 2^13, 0.67 s at 2^16, 0.16 s at 2^18, 42 ms at 2^20 and
-# 57 ms at 2^22 (benchmarks/results/gpu-h200/README.md). The work space at 2^20 is ~170 MiB, and
-# never more than 42 floats per coordinate of the tensors the loop updates.
+# 57 ms at 2^22 (benchmarks/results/gpu-h200/README.md; 76 ms at 2^20 on another machine: ~3000
+# launches a step keep it bound by the host). The work space at 2^20 is ~170 MiB, and never more
+# than 42 floats per coordinate of the tensors the loop updates.
 GPU_CHUNK_SIZE = 2**20
 
 
