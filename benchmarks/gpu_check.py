@@ -186,6 +186,14 @@ def steady_ms(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps * 1e3
 
 
+def layout(n: int) -> list[tuple[int, ...]]:
+    """The timed model's tensors for ``n`` parameters: one of half of them, the rest in
+    2^20-element tensors (~50 at 1e8, as many as a mid-sized model has), and two tiny ones."""
+    rest = n - n // 2
+    shapes = [(n // 2,)] + [(1 << 20,)] * (rest >> 20) + [(rest % (1 << 20),), (7,), (3, 3)]
+    return [s for s in shapes if s[0] > 0]
+
+
 def speed(device, sizes, reps) -> None:
     net = from_pretrained(DEFAULT_WEIGHTS)
     bw = copy_bandwidth(device, 2**30, reps)  # 1 GiB: far beyond L2
@@ -193,12 +201,7 @@ def speed(device, sizes, reps) -> None:
     bytes_per = step_floor(net.config)["bytes"]  # fp32: p g m v h c in, p m v h c out
     for n_f in sizes:
         n = int(n_f)
-        # one tensor of half the parameters, the rest in 2^20-element tensors (~50 at 1e8, as
-        # many as a mid-sized model has), and two tiny ones
-        rest = n - n // 2
-        shapes = [(n // 2,)] + [(1 << 20,)] * (rest >> 20) + [(rest % (1 << 20),), (7,), (3, 3)]
-        shapes = [s for s in shapes if s[0] > 0]
-        params = [torch.randn(s, device=device) for s in shapes]
+        params = [torch.randn(s, device=device) for s in layout(n)]
         grads = [torch.randn_like(p) for p in params]
         total = sum(p.numel() for p in params)
         for kind in ("fused", "foreach"):
@@ -246,7 +249,11 @@ def block_sweep(device, reps) -> None:
         _sweep_one(device, reps, p_dtype, s_dtype)
 
 
-def _sweep_one(device, reps, p_dtype, s_dtype) -> None:
+def launch_times(device, reps, p_dtype, s_dtype, launches, passes: int = 1) -> dict[tuple[int, int], list[float]]:
+    """Milliseconds per call (CUDA events) of the Triton update of SWEEP_N parameters of ``p_dtype``
+    (two tensors) with LSTM state of ``s_dtype``, the shipped default's weights, at each (BLOCK,
+    num_warps) of ``launches``; every later pass runs them in the reverse order of the one before,
+    so that drift shows as a difference between passes."""
     from learned_optim.kernels import _triton_update as kt
 
     net = from_pretrained(DEFAULT_WEIGHTS).to(device)
@@ -256,29 +263,39 @@ def _sweep_one(device, reps, p_dtype, s_dtype) -> None:
     state = [[torch.zeros_like(p, dtype=torch.float32) for p in ps] for _ in range(2)]
     hc = [[torch.zeros(4, p.numel(), device=device, dtype=s_dtype) for p in ps] for _ in range(2)]
     steps = [torch.tensor(0.0) for _ in ps]
-    default = kt.launch_config(p_dtype, s_dtype)
 
     def step():
         learned_update(ps, gs, state[0], state[1], hc[0], hc[1], steps, weights=net, config=net.config, lr=1e-3,
                        weight_decay=0.0, maximize=False, impl="fused")
 
+    found: dict[tuple[int, int], list[float]] = {}
+    order = list(launches)
     try:
-        for block, warps in [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8), (1024, 8)]:
-            kt.LAUNCH_OVERRIDE = (block, warps)
-            ms = cuda_ms(step, reps)
-            row(f"fused {str(p_dtype)[6:]}/{str(s_dtype)[6:]} BLOCK={block} num_warps={warps}, {n:.0e}",
-                f"{ms:.3f} ms", "(default)" if (block, warps) == default else "")
+        for _ in range(passes):
+            for launch in order:
+                kt.LAUNCH_OVERRIDE = launch
+                found.setdefault(launch, []).append(cuda_ms(step, reps))
+            order = order[::-1]
     finally:
         kt.LAUNCH_OVERRIDE = None
+    return found
+
+
+def _sweep_one(device, reps, p_dtype, s_dtype) -> None:
+    from learned_optim.kernels import _triton_update as kt
+
+    default = kt.launch_config(p_dtype, s_dtype)
+    launches = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8), (1024, 8)]
+    for (block, warps), (ms,) in launch_times(device, reps, p_dtype, s_dtype, launches).items():
+        row(f"fused {str(p_dtype)[6:]}/{str(s_dtype)[6:]} BLOCK={block} num_warps={warps}, {SWEEP_N:.0e}",
+            f"{ms:.3f} ms", "(default)" if (block, warps) == default else "")
 
 
 def eager_chunks(device, reps) -> None:
     """The eager loop's step at SWEEP_N parameters (gpu_check's layout) by chunk_size: on a GPU
     each chunk costs ~30 launches, so the CPU-sized default chunk is far too small there."""
     n = SWEEP_N
-    rest = n - n // 2
-    shapes = [(n // 2,)] + [(1 << 20,)] * (rest >> 20) + [(rest % (1 << 20),), (7,), (3, 3)]
-    params = [torch.randn(s, device=device).requires_grad_() for s in shapes if s[0] > 0]
+    params = [torch.randn(s, device=device).requires_grad_() for s in layout(n)]
     for p in params:
         p.grad = torch.randn_like(p)
     for chunk in (2**13, 2**16, 2**18, 2**20, 2**22):

@@ -33,22 +33,14 @@ from learned_optim import LearnedOptimizer  # noqa: E402
 from learned_optim.hub import DEFAULT_WEIGHTS, from_pretrained  # noqa: E402
 from learned_optim.update import learned_update, tensor_context  # noqa: E402
 
-# (BLOCK, num_warps) settings of the sweep; a dry run on CPU shrinks the sizes.
+# (BLOCK, num_warps) settings of the sweep (over gpu_check.SWEEP_N parameters, which a dry run on CPU shrinks).
 LAUNCHES = [(256, 8), (256, 4), (256, 2), (128, 4), (128, 2), (128, 1), (512, 4), (512, 2), (64, 2)]
 SIZES = [1e6, 1e8]
-SWEEP_N = 10**8
-
-
-def layout(n: int) -> list[tuple[int, ...]]:
-    """gpu_check's tensors: one of half the parameters, the rest in 2^20-element tensors, two tiny ones."""
-    rest = n - n // 2
-    shapes = [(n // 2,)] + [(1 << 20,)] * (rest >> 20) + [(rest % (1 << 20),), (7,), (3, 3)]
-    return [s for s in shapes if s[0] > 0]
 
 
 def optimizer_for(device, n: int, weights: str) -> LearnedOptimizer:
     gen = torch.Generator(device=device).manual_seed(0)
-    ps = [torch.randn(s, device=device, generator=gen).requires_grad_() for s in layout(n)]
+    ps = [torch.randn(s, device=device, generator=gen).requires_grad_() for s in gc.layout(n)]
     for p in ps:
         p.grad = torch.randn(p.shape, device=device, generator=gen)
     opt = LearnedOptimizer(ps, weights=weights, impl="fused")
@@ -128,31 +120,10 @@ def host_profile(device, n: int, weights: str, steps: int = 300) -> None:
 
 
 def sweep(device, reps: int) -> None:
-    from learned_optim.kernels import _triton_update as kt
-
-    net = from_pretrained(DEFAULT_WEIGHTS).to(device)
     for s_dtype in (torch.float32, torch.bfloat16):
-        ps = [torch.randn(SWEEP_N // 2, device=device), torch.randn(SWEEP_N - SWEEP_N // 2, device=device)]
-        gs = [torch.randn_like(p) for p in ps]
-        ms = [torch.zeros_like(p) for p in ps]
-        vs = [torch.zeros_like(p) for p in ps]
-        hs = [torch.zeros(4, p.numel(), device=device, dtype=s_dtype) for p in ps]
-        cs = [torch.zeros(4, p.numel(), device=device, dtype=s_dtype) for p in ps]
-        steps = [torch.tensor(0.0) for _ in ps]
-
-        def step():
-            learned_update(ps, gs, ms, vs, hs, cs, steps, weights=net, config=net.config, lr=1e-3,
-                           weight_decay=0.0, maximize=False, impl="fused")
-        found: dict[tuple[int, int], list[float]] = {}
-        try:
-            for order in (LAUNCHES, LAUNCHES[::-1]):
-                for launch in order:
-                    kt.LAUNCH_OVERRIDE = launch
-                    found.setdefault(launch, []).append(gc.cuda_ms(step, reps))
-        finally:
-            kt.LAUNCH_OVERRIDE = None
+        found = gc.launch_times(device, reps, torch.float32, s_dtype, LAUNCHES, passes=2)
         for (block, warps), (a, b) in found.items():
-            gc.row(f"sweep float32/{str(s_dtype)[6:]} BLOCK={block} num_warps={warps}, {SWEEP_N:.0e}",
+            gc.row(f"sweep float32/{str(s_dtype)[6:]} BLOCK={block} num_warps={warps}, {gc.SWEEP_N:.0e}",
                    f"{min(a, b):.3f} ms", f"passes {a:.3f} / {b:.3f}")
 
 
