@@ -194,50 +194,59 @@ def layout(n: int) -> list[tuple[int, ...]]:
     return [s for s in shapes if s[0] > 0]
 
 
-def speed(device, sizes, reps) -> None:
+def speed(device, sizes, reps, tensors: int = 0) -> None:
     net = from_pretrained(DEFAULT_WEIGHTS)
     bw = copy_bandwidth(device, 2**30, reps)  # 1 GiB: far beyond L2
     row("copy bandwidth (read+write)", f"{bw / 1e9:.0f} GB/s", "1 GiB device-to-device copy_, fastest of --reps")
-    bytes_per = step_floor(net.config)["bytes"]  # fp32: p g m v h c in, p m v h c out
     for n_f in sizes:
-        n = int(n_f)
-        params = [torch.randn(s, device=device) for s in layout(n)]
-        grads = [torch.randn_like(p) for p in params]
-        total = sum(p.numel() for p in params)
-        for kind in ("fused", "foreach"):
-            ps = [p.clone().requires_grad_() for p in params]
-            for p, g in zip(ps, grads):
-                p.grad = g
-            opt = torch.optim.AdamW(ps, **{kind: True})
-            ms = cuda_ms(opt.step, reps)
-            row(f"AdamW {kind} step, {n_f:.0e} params", f"{ms:.3f} ms",
-                f"back-to-back {steady_ms(opt.step, reps):.3f} ms")
-            del opt, ps
-        for impl in ["fused", "eager"] if kernels.triton_available(device) else ["eager"]:
-            ps = [p.clone().requires_grad_() for p in params]
-            for p, g in zip(ps, grads):
-                p.grad = g
-            opt = LearnedOptimizer(ps, weights=net, impl=impl)
-            opt.step()
-            torch.cuda.synchronize()
-            if impl == "fused":
-                # any host-device synchronisation inside step() raises in "error" mode: the whole
-                # optimizer step, the device-side non-finite check included
-                torch.cuda.set_sync_debug_mode("error")
-                try:
-                    opt.step()
-                    row(f"no host sync in LearnedOptimizer.step() (fused), {n_f:.0e}", "PASS")
-                except RuntimeError as e:
-                    row(f"no host sync in LearnedOptimizer.step() (fused), {n_f:.0e}", "FAIL", str(e)[:60])
-                finally:
-                    torch.cuda.set_sync_debug_mode("default")
-            # the eager loop takes seconds per step at 1e8 on a GPU: a few calls say enough
-            r = reps if impl == "fused" else min(reps, 3)
-            ms, steady = cuda_ms(opt.step, r), steady_ms(opt.step, r)
-            floor = total * bytes_per / bw * 1e3
-            row(f"learned {impl} step, {n_f:.0e} params", f"{ms:.3f} ms",
-                f"back-to-back {steady:.3f} ms = {steady / floor:.2f}x bytes floor ({floor:.3f} ms)")
-            del opt, ps
+        time_model(device, net, layout(int(n_f)), f"{n_f:.0e} params", reps, bw, ("fused", "foreach"))
+    if tensors:  # the host's share per tensor: the smallest size cut into equal tensors
+        n = int(min(sizes))
+        time_model(device, net, [(n // tensors,)] * tensors, f"{n:.0e} params in {tensors} tensors", reps, bw,
+                   ("fused",))
+
+
+def time_model(device, net, shapes, tag: str, reps: int, bw: float, adamw_kinds) -> None:
+    """Rows: AdamW (each of ``adamw_kinds``) and the learned step (fused and eager; eager only
+    without Triton) on random parameters of ``shapes``, named by ``tag``."""
+    bytes_per = step_floor(net.config)["bytes"]  # fp32: p g m v h c in, p m v h c out
+    params = [torch.randn(s, device=device) for s in shapes]
+    grads = [torch.randn_like(p) for p in params]
+    total = sum(p.numel() for p in params)
+    for kind in adamw_kinds:
+        ps = [p.clone().requires_grad_() for p in params]
+        for p, g in zip(ps, grads):
+            p.grad = g
+        opt = torch.optim.AdamW(ps, **{kind: True})
+        ms = cuda_ms(opt.step, reps)
+        row(f"AdamW {kind} step, {tag}", f"{ms:.3f} ms", f"back-to-back {steady_ms(opt.step, reps):.3f} ms")
+        del opt, ps
+    for impl in ["fused", "eager"] if kernels.triton_available(device) else ["eager"]:
+        ps = [p.clone().requires_grad_() for p in params]
+        for p, g in zip(ps, grads):
+            p.grad = g
+        opt = LearnedOptimizer(ps, weights=net, impl=impl)
+        opt.step()
+        torch.cuda.synchronize()
+        if impl == "fused":
+            # any host-device synchronisation inside step() raises in "error" mode: the whole
+            # optimizer step, the device-side non-finite check included
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                opt.step()
+                row(f"no host sync in LearnedOptimizer.step() (fused), {tag.replace(' params', '')}", "PASS")
+            except RuntimeError as e:
+                row(f"no host sync in LearnedOptimizer.step() (fused), {tag.replace(' params', '')}", "FAIL",
+                    str(e)[:60])
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        # the eager loop takes seconds per step at 1e8 on a GPU: a few calls say enough
+        r = reps if impl == "fused" else min(reps, 3)
+        ms, steady = cuda_ms(opt.step, r), steady_ms(opt.step, r)
+        floor = total * bytes_per / bw * 1e3
+        row(f"learned {impl} step, {tag}", f"{ms:.3f} ms",
+            f"back-to-back {steady:.3f} ms = {steady / floor:.2f}x bytes floor ({floor:.3f} ms)")
+        del opt, ps
 
 
 def block_sweep(device, reps) -> None:
@@ -347,6 +356,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--int64", action="store_true", help="also check a > 2^31-element tensor (~70 GB)")
     ap.add_argument("--no-train", action="store_true", help="skip the whole-training-step comparison")
+    ap.add_argument("--no-parity", action="store_true", help="skip the parity checks (timings only)")
+    ap.add_argument("--tensors", type=int, default=0, metavar="N",
+                    help="also time the smallest size cut into N equal tensors (the host's share per tensor)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the Triton kernel's (BLOCK, num_warps) sweep")
     ap.add_argument("--eager-chunks", action="store_true",
                     help="also time the eager loop at 1e8 parameters by chunk_size")
@@ -372,10 +384,11 @@ def main() -> int:
                           "weights_timed": DEFAULT_WEIGHTS, "complete": False}
     print(f"gpu_check on {machine_line(machine)}; triton available: {kernels.triton_available(device)}")
     print(f"  {'check':58s} {'result':>10s}  detail")
-    parity(device)
+    if not args.no_parity:
+        parity(device)
     if args.int64:
         int64_check(device)
-    speed(device, args.sizes, args.reps)
+    speed(device, args.sizes, args.reps, args.tensors)
     if kernels.triton_available(device) and not args.no_sweep:
         block_sweep(device, args.reps)
     if args.eager_chunks:

@@ -28,7 +28,7 @@ from torch import nn
 from .common.config import check_bool, check_int, check_number, config_error
 
 __all__ = ["FORMAT_VERSION", "FEATURES", "CONTEXT_FEATURES", "SIZE_FEATURES", "MODEL_SIZE_FEATURES", "MOMENT_FEATURES",
-           "GRAD_FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
+           "GRAD_FEATURES", "STATIC_FEATURES", "WEIGHT_NAMES", "LSTMOptimizerConfig", "CoordinatewiseLSTM", "lstm_cell"]
 
 # Version of the on-disk format (config.json + model.safetensors). Bump when the meaning
 # of a field or tensor changes; loaders refuse versions newer than they understand.
@@ -95,6 +95,9 @@ CONTEXT_FEATURES = ("p_log_rms", "log_fan_in", "is_vector", "log_num_params", "l
 SIZE_FEATURES = ("log_num_params", "log_num_params_capped")
 # The context inputs that read the model's size P (the optimizer counts it only for rules that do).
 MODEL_SIZE_FEATURES = SIZE_FEATURES + ("is_vector_large", "grad_log_ratio_large")
+# The context inputs that depend only on the tensors' shapes and the model's size P: the same at every
+# step of a model, so the fast paths fold them into per-tensor biases once (``update.context_biases``).
+STATIC_FEATURES = ("log_fan_in", "is_vector", "log_num_params", "log_num_params_capped", "is_vector_large")
 # The context inputs that read the moments m, v and the step count before the step.
 MOMENT_FEATURES = ("adam_log_rms", "grad_log_ratio", "grad_log_ratio_large")
 # The context inputs that also read this step's gradients.

@@ -271,3 +271,120 @@ def test_triton_v2_kernel_compiles_for_sm80_and_sm90_without_spills():
 
 def test_backends_declare_v2():
     assert cpu.V2 is True and kernels.triton.V2 is True
+
+
+# --- the per-tensor biases: static part kept per model, dynamic part per step ---------------------
+
+
+def _full_biases(rule, context):
+    """b + W_z z and b_y + W_yz z from the whole context at once (what prepare_batch computes from it)."""
+    z = context.to(rule.dtype).T
+    return ((rule.bias[:, None] + rule.context_weight @ z).T,
+            (rule.head_bias[:, None] + rule.head_context_weight @ z).T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_context_biases_equal_the_whole_context_and_follow_every_input(dtype):
+    from learned_optim.update import context_biases, tensor_context
+
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = v2_net(gen, "context")
+    case = make_case(SHAPES, gen, dtype=dtype)
+    ps, ms, vs = [e["p"] for e in case], [e["m"] for e in case], [e["v"] for e in case]
+    steps = [e["step"] for e in case]
+    rule = prepare_rule(net, net.config, device=torch.device("cpu"), dtype=dtype, lr=0.01, weight_decay=0.0,
+                        maximize=False)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for num_params in (123, 10**7):  # the model-size inputs read it: another model, other static biases
+        for _ in range(2):  # the second call of each model takes the kept static part
+            grads = grads_for(case, gen)
+            kw = dict(num_params=num_params, exp_avgs=ms, exp_avg_sqs=vs, state_steps=steps, grads=grads)
+            got = context_biases(rule, ps, net.config, **kw)
+            want = _full_biases(rule, tensor_context(ps, net.config, **kw))
+            for g, w, what in zip(got, want, ("gate", "head")):
+                assert g.dtype == dtype and g.is_contiguous() and g.shape == w.shape
+                torch.testing.assert_close(g, w, **tol, msg=lambda m: f"seed={seed} {what} P={num_params}: {m}")
+            for p in ps:  # the dynamic inputs (the parameters' rms) move between steps
+                p.mul_(1.5)
+
+
+def test_tensor_context_computes_any_subset_of_its_columns():
+    from learned_optim.update import tensor_context
+
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = v2_net(gen, "context")
+    case = make_case(SHAPES, gen)
+    kw = dict(num_params=5000, exp_avgs=[e["m"] for e in case], exp_avg_sqs=[e["v"] for e in case],
+              state_steps=[e["step"] for e in case], grads=grads_for(case, gen))
+    ps = [e["p"] for e in case]
+    full = tensor_context(ps, net.config, **kw)
+    names = list(net.config.context_features)
+    for subset in (names[::-1], names[1::3], ["p_log_rms"], []):
+        got = tensor_context(ps, net.config, features=subset, **kw)
+        assert torch.equal(got, full[:, [names.index(n) for n in subset]]), subset
+    with pytest.raises(ValueError, match="features .*'lr'.* not among this rule's context_features"):
+        tensor_context(ps, net.config, features=["lr"], **kw)
+
+
+@pytest.mark.parametrize("path", ["c", "eager", "triton"])
+def test_weights_changed_in_place_between_steps_are_used(path):
+    """The prepared weights and the static biases are kept between calls; a change of the weights in
+    place (as a meta-optimizer or load_state_dict makes) must reach the very next update."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = v2_net(gen, "both")
+    case = make_case(TRITON_SHAPES, gen)
+    grads_seq = [grads_for(case, gen) for _ in range(3)]
+
+    def steps(impl):
+        out = copy.deepcopy(case)
+        w = copy.deepcopy(net)
+        for i, grads in enumerate(grads_seq):
+            if i:  # every weight, the context columns and the head included
+                with torch.no_grad():
+                    for t in w.parameters():
+                        t.mul_(0.9).add_(0.05)
+            run_in_place_with(out, grads, w, impl)
+        return out
+
+    want = steps("reference")
+    with (cpu_loop("c") if path == "c" else on_path(path)) as impl:
+        got = steps(impl)
+    err = rel_err(got, want)
+    assert err < 1e-12, f"seed={seed} {path}: {err:.2e}"
+
+
+def run_in_place_with(case, grads, net, impl):
+    from learned_optim.update import learned_update
+
+    learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
+                   [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
+                   weights=net, config=net.config, lr=0.01, weight_decay=0.0, maximize=False, impl=impl)
+
+
+def test_prepare_batch_takes_biases_or_context_not_both():
+    gen = torch.Generator().manual_seed(fresh_seed())
+    net = v2_net(gen, "context")
+    case = make_case([(3,)], gen)
+    rule = prepare_rule(net, net.config, device=torch.device("cpu"), dtype=torch.float64, lr=0.01,
+                        weight_decay=0.0, maximize=False)
+    lists = [[e[k] for e in case] for k in ("p", "p", "m", "v", "h", "c", "step")]
+    z = torch.zeros(1, net.config.num_context, dtype=torch.float64)
+    with pytest.raises(ValueError, match="not both"):
+        prepare_batch(*lists, config=net.config, rule=rule, context=z, biases=_full_biases(rule, z))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("count", [1, 3])
+def test_triton_step_tables_carry_addresses_and_corrections_exactly(dtype, count):
+    if not kernels.triton_available("cpu"):
+        pytest.skip("Triton's interpreter is not available")
+    from learned_optim.kernels._triton_update import _step_tables
+
+    ptrs = [(1 << 47) + 8 * i for i in range(6 * count)]
+    coefs = ([1 / (1 - 0.9 ** (i + 1)) for i in range(count)]
+             + [(1 / (1 - 0.999 ** (i + 1))) ** 0.5 for i in range(count)])
+    tab, cf = _step_tables(ptrs, coefs, dtype, torch.device("cpu"))
+    assert tab.shape == (6, count) and tab.dtype == torch.int64 and tab.flatten().tolist() == ptrs
+    assert cf.dtype == dtype and torch.equal(cf, torch.tensor(coefs, dtype=dtype))

@@ -260,9 +260,24 @@ def _ones(t: int, device: torch.device) -> torch.Tensor:
     return ones
 
 
+def _step_tables(ptrs: list[int], coefs: list[float], dtype: torch.dtype,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's two tables on ``device``, ``[6, T]`` int64 addresses and ``[2T]`` bias corrections
+    in ``dtype``, sent in one pinned copy (each copy is a few microseconds of the host's time, which
+    bounds a small model's step): one int64 buffer whose tail holds the corrections' bytes."""
+    t = len(ptrs) // 6
+    words = -(-len(coefs) * torch.empty((), dtype=dtype).element_size() // 8)
+    host = torch.empty(6 * t + words, dtype=torch.int64)
+    host[: 6 * t] = torch.tensor(ptrs, dtype=torch.int64)
+    host[6 * t :].view(dtype)[: len(coefs)] = torch.tensor(coefs, dtype=dtype)
+    table = host_to(host, device)
+    return table[: 6 * t].view(6, t), table[6 * t :].view(dtype)[: len(coefs)]
+
+
 def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, sib2, flags=None,
            gate_bias=None, head_bias=None) -> None:
-    """One launch over flat contiguous tensors of one dtype per role (``ib1``/``sib2``: their
+    """One launch over contiguous tensors of one dtype per role, in any shape (``lstm_hs`` /
+    ``lstm_cs`` ``[H, *p.shape]``, read as ``[H, n]``; ``ib1``/``sib2``: their
     bias corrections) with the prepared rule ``rule``. ``flags``: int32 ``[T]`` on the device, 0
     where a tensor must be left untouched; ``None``: every tensor is updated. ``gate_bias`` /
     ``head_bias``: ``[T, 4H]`` / ``[T, 2]`` per-tensor biases on the device, in the compute dtype,
@@ -271,11 +286,8 @@ def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, si
     hs, nf = rule.hidden_size, rule.num_features
     numels = tuple(p.numel() for p in params)
     t = len(params)
-    ptrs = torch.tensor(
-        [[x.data_ptr() for x in lst] for lst in (params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs)],
-        dtype=torch.int64,
-    )
-    coefs = torch.tensor(list(ib1) + list(sib2), dtype=rule.dtype)
+    ptrs, coefs = _step_tables([x.data_ptr() for lst in (params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs)
+                                for x in lst], list(ib1) + list(sib2), rule.dtype, device)
     block, num_warps = launch_config(params[0].dtype, lstm_hs[0].dtype)
     blocks, numels_t = _block_table(numels, device, block)
     nb = blocks.shape[1]
@@ -283,7 +295,7 @@ def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, si
     kinds = rule.feature_kinds
     per_tensor = gate_bias is not None
     lstm_update_kernel[(nb,)](
-        host_to(ptrs, device), blocks, host_to(coefs, device),
+        ptrs, blocks, coefs,
         rule.weight, gate_bias.contiguous() if per_tensor else rule.bias, rule.head_weight,
         head_bias.contiguous() if per_tensor else rule.head_bias,
         numels_t, flags, t, nb,

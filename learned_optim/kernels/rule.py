@@ -86,23 +86,39 @@ def host_to(t: Tensor, device: torch.device) -> Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-# Device copies of host weights, keyed by the source tensors' identity and version: a pageable
-# CPU->GPU copy every step would block the host.
-_DEVICE_WEIGHTS: dict[tuple, tuple[dict, dict[str, Tensor]]] = {}
+# The rule's weights as the backends read them (compute dtype, the parameters' device, the context
+# columns split out), keyed by the source tensors' identity and version and the split: built once
+# per weights, not at every step (a pageable CPU->GPU copy every step would block the host, and on
+# a GPU each of the split's copies and casts is a launch). Weights changed in place hit only until
+# their version moves, as every torch in-place op moves it; inference tensors, which have no
+# version, are prepared at every call.
+_PREPARED_WEIGHTS: dict[tuple, tuple[dict, dict[str, Tensor | None]]] = {}
 
 
-def _weights_on(w: Mapping[str, Tensor], device: torch.device, cdt: torch.dtype) -> dict[str, Tensor]:
-    if all(t.device == device for t in w.values()):
-        return {k: t.detach().to(dtype=cdt).contiguous() for k, t in w.items()}
-    key = (str(device), cdt) + tuple((k, id(t), t._version) for k, t in sorted(w.items()))
-    hit = _DEVICE_WEIGHTS.get(key)
+def _weights_on(w: Mapping[str, Tensor], device: torch.device, cdt: torch.dtype,
+                config: LSTMOptimizerConfig) -> dict[str, Tensor | None]:
+    nf, k, hs = config.num_features, config.num_context, config.hidden_size
+    key = None
+    if not any(t.is_inference() for t in w.values()):
+        key = (str(device), cdt, nf, k, hs) + tuple((name, id(t), t._version) for name, t in sorted(w.items()))
+    hit = _PREPARED_WEIGHTS.get(key) if key is not None else None
     if hit is None:
-        out = {k: host_to(t.detach().to(dtype=cdt).contiguous(), device) if t.device.type == "cpu"
-               else t.detach().to(device=device, dtype=cdt).contiguous() for k, t in w.items()}
-        if len(_DEVICE_WEIGHTS) > 8:  # bounded: stale versions are dropped wholesale
-            _DEVICE_WEIGHTS.clear()
+        out: dict[str, Tensor | None] = {
+            name: host_to(t.detach().to(dtype=cdt).contiguous(), device) if t.device.type == "cpu"
+            else t.detach().to(device=device, dtype=cdt).contiguous() for name, t in w.items()}
+        out["context_weight"] = out["head_context_weight"] = None
+        if k:  # context columns out: they become per-tensor biases (update.context_biases)
+            weight, head_weight = out["weight"], out["head_weight"]
+            out["context_weight"] = weight[:, nf : nf + k]
+            out["weight"] = torch.cat([weight[:, :nf], weight[:, nf + k :]], dim=1).contiguous()
+            out["head_context_weight"] = head_weight[:, hs:]
+            out["head_weight"] = head_weight[:, :hs].contiguous()
+        if key is None:
+            return out
+        if len(_PREPARED_WEIGHTS) > 8:  # bounded: stale versions are dropped wholesale
+            _PREPARED_WEIGHTS.clear()
         # keep the source tensors alive so that their ids in the key cannot be reused
-        hit = _DEVICE_WEIGHTS[key] = (dict(w), out)
+        hit = _PREPARED_WEIGHTS[key] = (dict(w), out)
     return hit[1]
 
 
@@ -116,23 +132,17 @@ def prepare_rule(weights, config: LSTMOptimizerConfig, *, device: torch.device, 
                  weight_decay: float, maximize: bool, betas: tuple[float, float] | None = None) -> PreparedRule:
     """The rule for one call of the batched update, in compute dtype ``dtype`` on ``device``;
     ``betas`` (default ``None``: the config's) are the moments' decays."""
-    w = _weights_on(weights_dict(weights), torch.device(device), dtype)
+    w = _weights_on(weights_dict(weights), torch.device(device), dtype, config)
     b1, b2 = rule_betas(config, betas)
-    weight, head_weight, ctx_w, head_ctx_w = w["weight"], w["head_weight"], None, None
-    if config.context_features:  # context columns out: they become per-tensor biases (prepare_batch)
-        nf, k, hs = config.num_features, config.num_context, config.hidden_size
-        ctx_w = weight[:, nf : nf + k]
-        weight = torch.cat([weight[:, :nf], weight[:, nf + k :]], dim=1).contiguous()
-        head_ctx_w = head_weight[:, hs:]
-        head_weight = head_weight[:, :hs].contiguous()
     return PreparedRule(
         hidden_size=config.hidden_size, num_features=config.num_features, dtype=dtype,
-        weight=weight, bias=w["bias"], head_weight=head_weight, head_bias=w["head_bias"],
+        weight=w["weight"], bias=w["bias"], head_weight=w["head_weight"], head_bias=w["head_bias"],
         beta1=b1, beta2=b2, one_minus_beta1=1 - b1, one_minus_beta2=1 - b2, eps=float(config.eps),
         feature_clip=float(config.feature_clip), lr=float(lr), decay=1.0 - lr * weight_decay,
         log_scale_bound=float(config.log_scale_bound), direction_bound=float(config.direction_bound),
         maximize=bool(maximize), feature_kinds=tuple(FEATURE_KINDS[f] for f in config.features),
-        sign_equivariant=config.sign_equivariant, context_weight=ctx_w, head_context_weight=head_ctx_w,
+        sign_equivariant=config.sign_equivariant, context_weight=w["context_weight"],
+        head_context_weight=w["head_context_weight"],
     )
 
 
@@ -195,10 +205,12 @@ class Batch:
 def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
                   config: LSTMOptimizerConfig, betas: tuple[float, float] | None = None,
                   finite: Tensor | None = None, rule: PreparedRule | None = None,
-                  context: Tensor | None = None) -> Batch:
+                  context: Tensor | None = None, biases: tuple[Tensor, Tensor] | None = None) -> Batch:
     """The contiguous tensors and bias corrections of ``learned_update``'s lists (steps already
-    counted), with ``betas`` (default: the config's); ``finite``: see ``Batch``; ``context`` ``[T, K]``
-    (``update.tensor_context``, default ``None``) with the ``rule`` gives the per-tensor biases."""
+    counted), with ``betas`` (default: the config's); ``finite``: see ``Batch``. A rule with context
+    takes per-tensor biases: ``biases`` (``update.context_biases``' gate and head biases) or
+    ``context`` ``[T, K]`` (``update.tensor_context``, or the flat context of meta-training's inner
+    step) with the ``rule``, from which they are computed here; default ``None``: neither."""
     writebacks: list[tuple[Tensor, Tensor]] = []
 
     def contiguous(t: Tensor, write_back: bool = True) -> Tensor:
@@ -211,7 +223,9 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
         return tmp
 
     b1, b2 = rule_betas(config, betas)
-    gate_bias = head_bias = None
+    gate_bias, head_bias = (None, None) if biases is None else biases
+    if context is not None and biases is not None:
+        raise ValueError("prepare_batch: pass the per-tensor biases or the context they are computed from, not both")
     if context is not None:
         if rule is None or rule.context_weight is None:
             raise ValueError("prepare_batch: context needs the prepared rule of a config with context_features")

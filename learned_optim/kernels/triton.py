@@ -59,7 +59,7 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def select(rule: PreparedRule, batch: Batch, todo: Sequence[int]) -> list[int]:
     """The tensors of ``todo`` this backend updates: all of them when it can run on their device."""
-    return list(todo) if todo and available(batch.p[todo[0]].device) else []
+    return list(todo) if todo and available(batch.tensors[0][todo[0]].device) else []
 
 
 def unavailable_reason(rule: PreparedRule) -> str:
@@ -71,19 +71,20 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     """The update, in place, for the tensors ``idx`` of the batch: one launch per combination of
     dtypes (normally exactly one)."""
     groups: dict[tuple, list[int]] = {}
+    p_, g_, m_, v_, h_, c_ = batch.tensors  # the launch reads addresses and sizes only: no flat views
     for i in idx:
-        m, v, h, c = batch.m[i], batch.v[i], batch.h[i], batch.c[i]
+        m, v, h, c = m_[i], v_[i], h_[i], c_[i]
         if m.dtype != v.dtype or h.dtype != c.dtype:
             raise ValueError(
                 f"the Triton kernel needs exp_avg and exp_avg_sq of one dtype and lstm_h and lstm_c of "
                 f"one dtype, got {m.dtype}/{v.dtype} and {h.dtype}/{c.dtype}: cast the state"
             )
-        groups.setdefault((batch.p[i].dtype, batch.g[i].dtype, m.dtype, h.dtype), []).append(i)
+        groups.setdefault((p_[i].dtype, g_[i].dtype, m.dtype, h.dtype), []).append(i)
     mod = _module()
     for sub in groups.values():
         flags = batch.finite_of(sub)
         gate_bias, head_bias = _biases_of(batch, sub)
-        mod.launch(rule, *batch.lists(sub), [batch.ib1[i] for i in sub], [batch.sib2[i] for i in sub], flags,
+        mod.launch(rule, *batch.sources(sub), [batch.ib1[i] for i in sub], [batch.sib2[i] for i in sub], flags,
                    gate_bias, head_bias)
 
 
@@ -92,7 +93,7 @@ def _biases_of(batch: Batch, idx: Sequence[int]) -> tuple[torch.Tensor | None, t
     gather unless ``idx`` is every tensor), or (None, None)."""
     if batch.gate_bias is None:
         return None, None
-    if list(idx) == list(range(len(batch.p))):
+    if list(idx) == list(range(len(batch.numels))):
         return batch.gate_bias, batch.head_bias
     sel = host_to(torch.tensor(list(idx), dtype=torch.int64), batch.gate_bias.device)
     return batch.gate_bias.index_select(0, sel), batch.head_bias.index_select(0, sel)
