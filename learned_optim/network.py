@@ -96,7 +96,7 @@ SIZE_FEATURES = ("log_num_params", "log_num_params_capped")
 # The context inputs that read the model's size P (the optimizer counts it only for rules that do).
 MODEL_SIZE_FEATURES = SIZE_FEATURES + ("is_vector_large", "grad_log_ratio_large")
 # The context inputs that depend only on the tensors' shapes and the model's size P: the same at every
-# step of a model, so the fast paths fold them into per-tensor biases once (``update.context_biases``).
+# step of a model, so they are computed once per model (``update.tensor_context`` keeps them).
 STATIC_FEATURES = ("log_fan_in", "is_vector", "log_num_params", "log_num_params_capped", "is_vector_large")
 # The context inputs that read the moments m, v and the step count before the step.
 MOMENT_FEATURES = ("adam_log_rms", "grad_log_ratio", "grad_log_ratio_large")

@@ -22,9 +22,8 @@ Two layers, like torch/optim/adam.py:
   with the Triton kernel on any device (CPU tensors under ``TRITON_INTERPRET=1``).
 
   Each call prepares the rule once (``kernels.rule.prepare_rule``: plain weights in the compute
-  dtype and the named constants, kept between calls while the weights do not change) and the
-  batch once (flat views, bias corrections, and for a rule with context its per-tensor biases,
-  ``context_biases``); every backend receives both unchanged.
+  dtype and the named constants) and the batch once (flat views, bias corrections); every backend
+  receives both unchanged.
 
 The speed of every CPU path: ``benchmarks/results/speed.md``.
 
@@ -82,10 +81,10 @@ from torch import Tensor
 from . import kernels
 from .kernels.eager import DEFAULT_CHUNK_SIZE, GPU_CHUNK_SIZE
 from .kernels.rule import Batch, PreparedRule, compute_dtype, prepare_batch, prepare_rule, weights_dict
-from .network import GRAD_FEATURES, STATIC_FEATURES, LSTMOptimizerConfig, lstm_cell
+from .network import STATIC_FEATURES, LSTMOptimizerConfig, lstm_cell
 
-__all__ = ["RuleOutput", "Sharding", "lstm_rule", "tensor_context", "context_biases", "flat_tensor_context",
-           "flat_context", "learned_update", "update_batch", "finite_flags",
+__all__ = ["RuleOutput", "Sharding", "lstm_rule", "tensor_context", "flat_tensor_context", "flat_context",
+           "learned_update", "update_batch", "finite_flags",
            "finite_flags_on_device", "skips_on_device",
            "DeferredSkips", "all_ranks_min", "warn_skipped", "IMPLS", "DEFAULT_CHUNK_SIZE"]
 
@@ -217,7 +216,7 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
                    exp_avgs: Sequence[Tensor] | None = None, exp_avg_sqs: Sequence[Tensor] | None = None,
                    state_steps: Sequence[Tensor | float] | None = None,
                    betas: tuple[float, float] | None = None, sharding: Sharding | None = None,
-                   grads: Sequence[Tensor] | None = None, features: Sequence[str] | None = None) -> Tensor:
+                   grads: Sequence[Tensor] | None = None) -> Tensor:
     """The per-tensor context inputs of ``config.context_features`` (see ``network.CONTEXT_FEATURES``)
     for each tensor of ``params``: ``[len(params), K]``, computed without autograd in ``dtype``
     (default ``None``: fp64) on the tensors' device, with one foreach norm for all of them (in
@@ -228,113 +227,44 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
     ``None``: the config's) are read by the ``MOMENT_FEATURES`` only, and needed by them;
     ``grads`` (default ``None``), this step's gradients, by the ``GRAD_FEATURES`` only.
     ``sharding`` (default ``None``: the tensors are whole): the tensors are shards, and the
-    statistics are summed over all of them (``Sharding``). ``features`` (default ``None``: all of
-    ``config.context_features``): the columns to compute, in that order, some of the config's
-    (``context_biases`` computes the static ones once per model and the others at every step)."""
+    statistics are summed over all of them (``Sharding``)."""
     params = list(params)
     dtype = torch.float64 if dtype is None else dtype
-    names = tuple(config.context_features) if features is None else tuple(features)
-    unknown = [n for n in names if n not in config.context_features]
-    if unknown:
-        raise ValueError(f"features {unknown} are not among this rule's context_features "
-                         f"{list(config.context_features)}: pass some of those, or None for all")
     num_params = _check_num_params(num_params, params, config.reads_model_size)
-    if not params or not names:
-        return torch.zeros(len(params), len(names), dtype=dtype,
-                           device=params[0].device if params else None)
+    if not params:
+        return torch.zeros(0, config.num_context, dtype=dtype)
     if sharding is not None and len(sharding.shapes) != len(params):
         raise ValueError(f"sharding has {len(sharding.shapes)} shapes for {len(params)} tensors: one per tensor")
-    device = params[0].device
-    reads_rms = "p_log_rms" in names
-    reads_adam = "adam_log_rms" in names
-    reads_grads = any(name in GRAD_FEATURES for name in names)
+    reads_adam = "adam_log_rms" in config.context_features
     with torch.no_grad():
-        rms = adam = grad_ratio = None
+        norms = _stacked_norms(params, 2, dtype)
+        adam = grad_ratio = None
         key = tuple(tuple(p.shape) for p in params)
-        sums = []  # per-tensor sums (the first of squares of p, when read), over every rank's shard when sharded
-        if reads_rms:
-            norms = _stacked_norms(params, 2, dtype)
-            sums.append(norms * norms if sharding is not None else norms)
-        if reads_adam or reads_grads:
+        sums = []  # per-tensor sums, over every rank's shard when sharded
+        if config.reads_moments:
             _check_moments(exp_avgs, exp_avg_sqs, state_steps, config, len(params))
         if reads_adam:  # per tensor: sum of squares of m / (sqrt(v_hat) + eps), and 1 / (1 - beta1^t)
             adam_sq, inv_bc1 = _adam_sums(exp_avgs, exp_avg_sqs, state_steps, config, betas)
-            sums.append(adam_sq.to(device, dtype))
-        if reads_grads:  # per tensor: sum of g^2 and sum of v (v >= 0: its L1 norm)
+            sums.append(adam_sq.to(norms.device, dtype))
+        if config.reads_grads:  # per tensor: sum of g^2 and sum of v (v >= 0: its L1 norm)
             if grads is None or len(grads) != len(params):
                 raise ValueError(f"context_features {config.context_features} read this step's gradients: pass "
                                  f"grads to tensor_context, one per parameter")
             sums += [_stacked_norms(grads, 2, dtype) ** 2, _stacked_norms(exp_avg_sqs, 1, dtype)]
-            steps = torch.stack([torch.as_tensor(s, dtype=torch.float64).to(device) for s in state_steps])
-        if sharding is not None:  # the global shapes; sums over every rank's shard (none to sum: no collective)
+            steps = torch.stack([torch.as_tensor(s, dtype=torch.float64).to(norms.device) for s in state_steps])
+        if sharding is not None:  # sums of squares over every rank's shard, then the global sizes
             key = tuple(tuple(s) for s in sharding.shapes)
-            if sums:
-                sums = list(sharding.sum_over_shards(torch.stack(sums, dim=1)).unbind(1))
-                if reads_rms:
-                    sums[0] = sums[0].sqrt()
-        sqrt_n, _ = _static_context(key, str(device), dtype)
-        if reads_rms:
-            rms = sums.pop(0) / sqrt_n
+            total = sharding.sum_over_shards(torch.stack([norms * norms] + sums, dim=1))
+            norms, sums = total[:, 0].sqrt(), list(total[:, 1:].unbind(1))
         if reads_adam:  # -1 marks "before the first step" (an rms is never negative)
-            n = torch.tensor([max(math.prod(s), 1) for s in key], dtype=torch.float64, device=device)
-            adam_rms = (sums.pop(0).double() / n).sqrt() * inv_bc1.to(device)
-            adam = torch.where(inv_bc1.to(device).isfinite(), adam_rms, -1.0).to(dtype)
-        if reads_grads:
+            n = torch.tensor([max(math.prod(s), 1) for s in key], dtype=torch.float64, device=norms.device)
+            rms = (sums.pop(0).double() / n).sqrt() * inv_bc1.to(norms.device)
+            adam = torch.where(inv_bc1.to(norms.device).isfinite(), rms, -1.0).to(dtype)
+        if config.reads_grads:
             b2 = config.beta2 if betas is None else float(betas[1])
             grad_ratio = _grad_log_ratio(sums[0], sums[1], steps, b2, config.feature_clip).to(dtype)
-    return _context_columns(names, key, config, num_params, dtype, device, rms, adam, grad_ratio)
-
-
-# Per (prepared rule, model) the static context's part of the per-tensor biases and the dynamic
-# inputs' weights (``context_biases``): built once per model, bounded like the prepared weights.
-_STATIC_BIASES: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor, tuple]] = {}
-
-
-def context_biases(rule: PreparedRule, params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
-                   num_params: int | None = None, exp_avgs: Sequence[Tensor] | None = None,
-                   exp_avg_sqs: Sequence[Tensor] | None = None, state_steps: Sequence[Tensor | float] | None = None,
-                   betas: tuple[float, float] | None = None, sharding: Sharding | None = None,
-                   grads: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    r"""The per-tensor biases a rule with context runs with (``Batch.gate_bias``, ``Batch.head_bias``):
-
-    .. math:: b^{gate}_i = b + W_z z_i, \qquad b^{head}_i = b_y + W_{yz} z_i
-
-    for tensor i's context :math:`z_i` (``tensor_context``, arguments as there), ``[T, 4H]`` and
-    ``[T, 2]`` in ``rule.dtype`` on its device (``rule``: ``prepare_rule``'s, whose
-    ``context_weight`` / ``head_context_weight`` are :math:`W_z, W_{yz}`). The columns of the
-    ``network.STATIC_FEATURES`` depend only on the shapes and the model's size: their part is
-    computed once per prepared rule and model and kept; at each step only the other inputs are
-    computed, and added with one ``addmm`` per bias. The same values as from the whole context at
-    once, up to the rounding of the compute dtype.
-    """
-    params = list(params)
-    num_params = _check_num_params(num_params, params, config.reads_model_size)
-    names = tuple(config.context_features)
-    static = [i for i, name in enumerate(names) if name in STATIC_FEATURES]
-    dynamic = [i for i, name in enumerate(names) if name not in STATIC_FEATURES]
-    shapes = tuple(tuple(s) for s in (sharding.shapes if sharding is not None else (p.shape for p in params)))
-    weights = (rule.bias, rule.head_bias, rule.context_weight, rule.head_context_weight)
-    key = tuple(map(id, weights)) + (rule.dtype, shapes, num_params if config.reads_model_size else 0, names)
-    hit = _STATIC_BIASES.get(key)
-    if hit is None:
-        bias, head_bias, cw, hw = weights
-        gate, head = bias.expand(len(params), -1), head_bias.expand(len(params), -1)
-        if static:
-            z = tensor_context(params, config, dtype=rule.dtype, num_params=num_params, sharding=sharding,
-                               features=[names[i] for i in static]).to(bias.device)
-            gate, head = gate + z @ cw[:, static].T, head + z @ hw[:, static].T
-        if len(_STATIC_BIASES) > 16:  # bounded: stale models and weights are dropped wholesale
-            _STATIC_BIASES.clear()
-        # the weights are kept alive with the entry, so that their ids in the key cannot be reused
-        hit = _STATIC_BIASES[key] = (gate.contiguous(), head.contiguous(), cw[:, dynamic].T.contiguous(),
-                                     hw[:, dynamic].T.contiguous(), weights)
-    gate, head, gate_w, head_w, _ = hit
-    if not dynamic:
-        return gate, head
-    z = tensor_context(params, config, dtype=rule.dtype, num_params=num_params, exp_avgs=exp_avgs,
-                       exp_avg_sqs=exp_avg_sqs, state_steps=state_steps, betas=betas, sharding=sharding,
-                       grads=grads, features=[names[i] for i in dynamic]).to(gate.device)
-    return torch.addmm(gate, z, gate_w), torch.addmm(head, z, head_w)
+    sqrt_n, _ = _static_context(key, str(norms.device), dtype)
+    return _context_columns(norms / sqrt_n, key, config, num_params, adam, grad_ratio)
 
 
 def _stacked_norms(tensors: Sequence[Tensor], order: int, dtype: torch.dtype) -> Tensor:
@@ -399,6 +329,21 @@ def _static_context(shapes: tuple[tuple[int, ...], ...], device: str, dtype: tor
     return sqrt_n, cols
 
 
+@functools.lru_cache(maxsize=64)
+def _static_columns(shapes: tuple[tuple[int, ...], ...], device: str, dtype: torch.dtype, num_params: int,
+                    clip: float) -> dict[str, Tensor]:
+    """The columns of the ``network.STATIC_FEATURES``, which depend only on the shapes and the
+    model's size: made once per model (at every step they were a handful of small ops, each a
+    launch on a GPU), with the same ops, so the same values, as at every step."""
+    _, shape = _static_context(shapes, device, dtype)
+    size = min(max(math.log10(max(num_params, 1)) - 5.0, -clip), clip)
+    return {"log_fan_in": shape["log_fan_in"].clamp(-clip, clip), "is_vector": shape["is_vector"].clamp(-clip, clip),
+            "log_num_params": torch.full((len(shapes),), size, dtype=dtype, device=device),
+            "log_num_params_capped": torch.full((len(shapes),), min(size, 0.0), dtype=dtype, device=device),
+            # the vectors of models above 1e4 values, all of them from 1e5
+            "is_vector_large": shape["is_vector"] * _large_model_ramp(num_params)}
+
+
 def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig,
                         moments: tuple[Tensor, Tensor, int] | None = None, grads: Tensor | None = None) -> Tensor:
     """``tensor_context`` for a flat vector of the tensors of ``shapes``, one row per tensor:
@@ -440,8 +385,7 @@ def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LS
                 v_sum = _stacked_norms(v.split(sizes), 1, v.dtype)
                 steps = torch.full((len(key),), float(step), dtype=torch.float64, device=params.device)
                 grad_ratio = _grad_log_ratio(g_sq, v_sum, steps, config.beta2, config.feature_clip).to(params.dtype)
-    return _context_columns(config.context_features, key, config, params.numel(), params.dtype, params.device, rms,
-                            adam_rms, grad_ratio)
+    return _context_columns(rms, key, config, params.numel(), adam_rms, grad_ratio)
 
 
 def flat_context(params: Tensor, shapes: Sequence[torch.Size], config: LSTMOptimizerConfig,
@@ -460,30 +404,24 @@ def _segments(shapes: tuple[tuple[int, ...], ...], device: str) -> tuple[Tensor,
     return seg.to(device), torch.tensor([max(n, 1) for n in numels], device=device)
 
 
-def _context_columns(names: Sequence[str], shapes: tuple[tuple[int, ...], ...], config: LSTMOptimizerConfig,
-                     num_params: int, dtype: torch.dtype, device: torch.device, rms: Tensor | None = None,
-                     adam_rms: Tensor | None = None, grad_ratio: Tensor | None = None) -> Tensor:
+def _context_columns(rms: Tensor, shapes: tuple[tuple[int, ...], ...], config: LSTMOptimizerConfig,
+                     num_params: int, adam_rms: Tensor | None = None, grad_ratio: Tensor | None = None) -> Tensor:
     clip = config.feature_clip
-    _, static = _static_context(shapes, str(device), dtype)
+    static = _static_columns(shapes, str(rms.device), rms.dtype, num_params if config.reads_model_size else 0,
+                             float(clip))
     cols = []
-    for name in names:
-        if name == "p_log_rms":
+    for name in config.context_features:
+        if name in STATIC_FEATURES:  # kept per model, clipped like every input
+            cols.append(static[name])
+        elif name == "p_log_rms":
             cols.append(torch.log10(rms + 1e-8).clamp(-clip, clip))
         elif name == "adam_log_rms":  # -1 marks "before the first step": 0 there (log10 1, the first step's rms)
             value = torch.log10(adam_rms.clamp_min(0) + 1e-8).clamp(-clip, clip)
             cols.append(torch.where(adam_rms < 0, 0.0, value))
         elif name == "grad_log_ratio":  # already clipped, 0 before the first step
             cols.append(grad_ratio)
-        elif name == "grad_log_ratio_large":  # the ratio of models above 1e4 values, in full from 1e5
+        else:  # "grad_log_ratio_large": the ratio of models above 1e4 values, in full from 1e5
             cols.append(grad_ratio * _large_model_ramp(num_params))
-        elif name in ("log_num_params", "log_num_params_capped"):
-            value = min(max(math.log10(max(num_params, 1)) - 5.0, -clip), clip)
-            value = min(value, 0.0) if name == "log_num_params_capped" else value
-            cols.append(torch.full((len(shapes),), value, dtype=dtype, device=device))
-        elif name == "is_vector_large":  # the vectors of models above 1e4 values, all of them from 1e5
-            cols.append(static["is_vector"] * _large_model_ramp(num_params))
-        else:  # shape features: clipped like every input
-            cols.append(static[name].clamp(-clip, clip))
     return torch.stack(cols, dim=1)
 
 
@@ -568,13 +506,15 @@ def learned_update(
                 return
         finite = None
     kw = dict(weights=weights, config=config, lr=lr, weight_decay=weight_decay, maximize=maximize, betas=betas)
-    # the per-tensor context reads the parameters and moments before this step: the same for every impl
-    ctx_kw = dict(num_params=num_params, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, state_steps=state_steps,
-                  betas=betas, sharding=sharding, grads=grads)
     with torch.no_grad():
+        # the per-tensor context of the parameters before this step, the same for every impl
+        context = None
+        if config.context_features:
+            context = tensor_context(params, config, num_params=num_params, exp_avgs=exp_avgs,
+                                     exp_avg_sqs=exp_avg_sqs, state_steps=state_steps, betas=betas,
+                                     sharding=sharding, grads=grads)
+        torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
-            context = tensor_context(params, config, **ctx_kw) if config.context_features else None
-            torch._foreach_add_(list(state_steps), 1)
             _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, context=context,
                               **kw)
             return
@@ -586,10 +526,8 @@ def learned_update(
             )
         rule = prepare_rule(weights, config, device=device, dtype=cdt, lr=lr, weight_decay=weight_decay,
                             maximize=maximize, betas=betas)
-        biases = context_biases(rule, params, config, **ctx_kw) if config.context_features else None
-        torch._foreach_add_(list(state_steps), 1)
         batch = prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, config=config,
-                              betas=betas, finite=finite, biases=biases)
+                              betas=betas, finite=finite, rule=rule, context=context)
         update_batch(rule, batch, impl=impl, fused=fused, chunk_size=chunk_size)
 
 

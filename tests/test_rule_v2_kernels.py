@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import math
 import os
 
 import pytest
@@ -26,7 +27,7 @@ from test_fastpath import cpu_loop, fresh_seed, grads_for, make_case, random_net
 from learned_optim import kernels
 from learned_optim.kernels import cpu, prepare_batch, prepare_rule
 from learned_optim.kernels import triton_compile as tc
-from learned_optim.network import CONTEXT_FEATURES, LSTMOptimizerConfig
+from learned_optim.network import CONTEXT_FEATURES, STATIC_FEATURES, LSTMOptimizerConfig
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 if HAVE_TRITON:
@@ -273,58 +274,41 @@ def test_backends_declare_v2():
     assert cpu.V2 is True and kernels.triton.V2 is True
 
 
-# --- the per-tensor biases: static part kept per model, dynamic part per step ---------------------
+# --- what is kept between steps: the prepared weights, the static context columns ----------------
 
 
-def _full_biases(rule, context):
-    """b + W_z z and b_y + W_yz z from the whole context at once (what prepare_batch computes from it)."""
-    z = context.to(rule.dtype).T
-    return ((rule.bias[:, None] + rule.context_weight @ z).T,
-            (rule.head_bias[:, None] + rule.head_context_weight @ z).T)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_context_biases_equal_the_whole_context_and_follow_every_input(dtype):
-    from learned_optim.update import context_biases, tensor_context
-
-    seed = fresh_seed()
-    gen = torch.Generator().manual_seed(seed)
-    net = v2_net(gen, "context")
-    case = make_case(SHAPES, gen, dtype=dtype)
-    ps, ms, vs = [e["p"] for e in case], [e["m"] for e in case], [e["v"] for e in case]
-    steps = [e["step"] for e in case]
-    rule = prepare_rule(net, net.config, device=torch.device("cpu"), dtype=dtype, lr=0.01, weight_decay=0.0,
-                        maximize=False)
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
-    for num_params in (123, 10**7):  # the model-size inputs read it: another model, other static biases
-        for _ in range(2):  # the second call of each model takes the kept static part
-            grads = grads_for(case, gen)
-            kw = dict(num_params=num_params, exp_avgs=ms, exp_avg_sqs=vs, state_steps=steps, grads=grads)
-            got = context_biases(rule, ps, net.config, **kw)
-            want = _full_biases(rule, tensor_context(ps, net.config, **kw))
-            for g, w, what in zip(got, want, ("gate", "head")):
-                assert g.dtype == dtype and g.is_contiguous() and g.shape == w.shape
-                torch.testing.assert_close(g, w, **tol, msg=lambda m: f"seed={seed} {what} P={num_params}: {m}")
-            for p in ps:  # the dynamic inputs (the parameters' rms) move between steps
-                p.mul_(1.5)
-
-
-def test_tensor_context_computes_any_subset_of_its_columns():
-    from learned_optim.update import tensor_context
+def test_static_context_columns_are_kept_per_model_and_size():
+    """The shape and size columns are made once per (shapes, model size) and reused: the same values
+    as made fresh, for the model they belong to, whichever model was seen before."""
+    from learned_optim import update
 
     gen = torch.Generator().manual_seed(fresh_seed())
     net = v2_net(gen, "context")
     case = make_case(SHAPES, gen)
-    kw = dict(num_params=5000, exp_avgs=[e["m"] for e in case], exp_avg_sqs=[e["v"] for e in case],
+    kw = dict(exp_avgs=[e["m"] for e in case], exp_avg_sqs=[e["v"] for e in case],
               state_steps=[e["step"] for e in case], grads=grads_for(case, gen))
     ps = [e["p"] for e in case]
-    full = tensor_context(ps, net.config, **kw)
+    sizes = (123, 4 * 10**4, 10**7)
+    update._static_columns.cache_clear()
+    fresh = {}
+    for n in sizes:
+        update._static_columns.cache_clear()
+        fresh[n] = update.tensor_context(ps, net.config, num_params=n, **kw)
     names = list(net.config.context_features)
-    for subset in (names[::-1], names[1::3], ["p_log_rms"], []):
-        got = tensor_context(ps, net.config, features=subset, **kw)
-        assert torch.equal(got, full[:, [names.index(n) for n in subset]]), subset
-    with pytest.raises(ValueError, match="features .*'lr'.* not among this rule's context_features"):
-        tensor_context(ps, net.config, features=["lr"], **kw)
+    col = {name: names.index(name) for name in names}
+    is_vector = torch.tensor([float(len(p.shape) <= 1) for p in ps], dtype=torch.float64)
+    for n in sizes + sizes[::-1]:  # every model after every other, from the kept columns
+        got = update.tensor_context(ps, net.config, num_params=n, **kw)
+        assert torch.equal(got, fresh[n]), n
+        size = min(max(math.log10(n) - 5.0, -5.0), 5.0)  # by hand: the size columns of this model
+        assert torch.allclose(got[:, col["log_num_params"]], torch.full((len(ps),), size, dtype=torch.float64))
+        assert torch.allclose(got[:, col["log_num_params_capped"]], torch.full((len(ps),), min(size, 0.0),
+                                                                                 dtype=torch.float64))
+        ramp = min(max(math.log10(n) - 4.0, 0.0), 1.0)
+        assert torch.allclose(got[:, col["is_vector_large"]], is_vector * ramp), n
+    assert update._static_columns.cache_info().hits >= 3
+    static = update._static_columns(tuple(tuple(p.shape) for p in ps), "cpu", torch.float64, 10**7, 8.0)
+    assert set(static) == set(STATIC_FEATURES)
 
 
 @pytest.mark.parametrize("path", ["c", "eager", "triton"])
@@ -361,18 +345,6 @@ def run_in_place_with(case, grads, net, impl):
     learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
                    [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
                    weights=net, config=net.config, lr=0.01, weight_decay=0.0, maximize=False, impl=impl)
-
-
-def test_prepare_batch_takes_biases_or_context_not_both():
-    gen = torch.Generator().manual_seed(fresh_seed())
-    net = v2_net(gen, "context")
-    case = make_case([(3,)], gen)
-    rule = prepare_rule(net, net.config, device=torch.device("cpu"), dtype=torch.float64, lr=0.01,
-                        weight_decay=0.0, maximize=False)
-    lists = [[e[k] for e in case] for k in ("p", "p", "m", "v", "h", "c", "step")]
-    z = torch.zeros(1, net.config.num_context, dtype=torch.float64)
-    with pytest.raises(ValueError, match="not both"):
-        prepare_batch(*lists, config=net.config, rule=rule, context=z, biases=_full_biases(rule, z))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
