@@ -377,9 +377,11 @@ class LearnedOptimizer(Optimizer):
                 mesh = p.device_mesh if isinstance(p, DTensor) else None
                 key = (p.device, compute_dtype(p.dtype), id(mesh))
                 _, lists, shards = buckets.setdefault(key, (mesh, [[] for _ in range(7)], []))
-                for lst, t in zip(lists, (p, g, state["exp_avg"], state["exp_avg_sq"],
-                                          state["lstm_h"], state["lstm_c"], state["step"])):
-                    lst.append(_local(t))
+                row = (p, g, state["exp_avg"], state["exp_avg_sq"], state["lstm_h"], state["lstm_c"], state["step"])
+                # a DTensor parameter's grad and state are DTensors too: their local shards (the
+                # check once per parameter, not per tensor: this loop runs over every tensor at every step)
+                for lst, t in zip(lists, row if mesh is None else map(_local, row)):
+                    lst.append(t)
                 if mesh is not None:
                     shards.append((tuple(p.shape), tuple(i for i, pl in enumerate(p.placements)
                                                          if isinstance(pl, Shard))))

@@ -169,7 +169,19 @@ def select(rule: PreparedRule, batch: Batch, todo: Sequence[int]) -> list[int]:
     """The tensors of ``todo`` this backend updates: those ``supports`` accepts, or none when the
     loop is unavailable (switched off, or it does not build)."""
     hs = rule.hidden_size
-    ok = [i for i in todo if supports(*(lst[i] for lst in batch.tensors), hs)]
+    # supports' verdict per combination of dtypes (a batch is on one device): this runs for every
+    # tensor at every step, and a model has few such combinations
+    verdicts: dict[tuple, bool] = {}
+    ok = []
+    ps, gs, ms, vs, hs_, cs = batch.tensors
+    for i in todo:
+        p, g, m, v, h, c = ps[i], gs[i], ms[i], vs[i], hs_[i], cs[i]
+        sig = (p.dtype, g.dtype, m.dtype, v.dtype, h.dtype, c.dtype)
+        good = verdicts.get(sig)
+        if good is None:
+            good = verdicts[sig] = supports(p, g, m, v, h, c, hs)
+        if good:
+            ok.append(i)
     return ok if ok and available(hs, rule.num_features, v2=_is_v2(rule, batch)) else []
 
 

@@ -214,8 +214,6 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
     writebacks: list[tuple[Tensor, Tensor]] = []
 
     def contiguous(t: Tensor, write_back: bool = True) -> Tensor:
-        if t.is_contiguous():
-            return t
         # memory proportional to this tensor only; rare in practice
         tmp = t.contiguous()
         if write_back:
@@ -233,9 +231,12 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
         gate_bias = (rule.bias[:, None] + rule.context_weight @ z).T.contiguous()
         head_bias = (rule.head_bias[:, None] + rule.head_context_weight @ z).T.contiguous()
     steps = [float(s) for s in state_steps]  # CPU step tensors (as torch.optim.Adam): no sync
-    tensors = tuple([contiguous(t) for t in lst] for lst in (params, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs))
+    # (the check inline: this runs for every tensor of every list at every step)
+    tensors = tuple([t if t.is_contiguous() else contiguous(t) for t in lst]
+                    for lst in (params, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs))
     return Batch(
-        tensors=(tensors[0], [contiguous(t, write_back=False) for t in grads], *tensors[1:]),
+        tensors=(tensors[0], [t if t.is_contiguous() else contiguous(t, write_back=False) for t in grads],
+                 *tensors[1:]),
         ib1=[1.0 / (1 - b1**t) for t in steps], sib2=[(1.0 / (1 - b2**t)) ** 0.5 for t in steps],
         numels=[p.numel() for p in params], writebacks=writebacks,
         finite=None if finite is None else finite.to(torch.int32), gate_bias=gate_bias, head_bias=head_bias,
