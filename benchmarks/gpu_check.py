@@ -254,7 +254,8 @@ def block_sweep(device, reps) -> None:
     the table in learned_optim/kernels/_triton_update.py (LAUNCH, chosen from the registers per
     thread measured without a GPU: benchmarks/results/triton_compile.md), per dtype pair."""
     for p_dtype, s_dtype in [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
-                             (torch.float32, torch.bfloat16)]:
+                             (torch.float32, torch.bfloat16), (torch.float16, torch.float32),
+                             (torch.float64, torch.float64)]:
         _sweep_one(device, reps, p_dtype, s_dtype)
 
 
@@ -269,7 +270,8 @@ def launch_times(device, reps, p_dtype, s_dtype, launches, passes: int = 1) -> d
     n = SWEEP_N
     ps = [torch.randn(n // 2, device=device).to(p_dtype), torch.randn(n - n // 2, device=device).to(p_dtype)]
     gs = [torch.randn_like(p) for p in ps]
-    state = [[torch.zeros_like(p, dtype=torch.float32) for p in ps] for _ in range(2)]
+    mdt = torch.float64 if p_dtype == torch.float64 else torch.float32  # the moments in the compute dtype
+    state = [[torch.zeros_like(p, dtype=mdt) for p in ps] for _ in range(2)]
     hc = [[torch.zeros(4, p.numel(), device=device, dtype=s_dtype) for p in ps] for _ in range(2)]
     steps = [torch.tensor(0.0) for _ in ps]
 
