@@ -64,7 +64,7 @@ def main() -> None:
     ax0.set_xlabel("BLOCK / num_warps")
     ax0.set_ylabel("ms per call (CUDA events), 1e8 parameters")
     ax0.set_ylim(3.5, 6)
-    ax0.set_title("Triton kernel by launch (param/state dtype), every pass; 512/2 and fp64 off scale")
+    ax0.set_title("Triton kernel by launch (param/state), every pass; 512/2, fp64 off scale")
     ax0.legend()
     if chunks:
         xs = sorted(chunks)
