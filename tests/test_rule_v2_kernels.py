@@ -313,8 +313,8 @@ def test_static_context_columns_are_kept_per_model_and_size():
 
 @pytest.mark.parametrize("path", ["c", "eager", "triton"])
 def test_weights_changed_in_place_between_steps_are_used(path):
-    """The prepared weights and the static biases are kept between calls; a change of the weights in
-    place (as a meta-optimizer or load_state_dict makes) must reach the very next update."""
+    """The prepared weights are kept between calls; a change of the weights in place (as a
+    meta-optimizer or load_state_dict makes) must reach the very next update."""
     seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     net = v2_net(gen, "both")
@@ -339,12 +339,37 @@ def test_weights_changed_in_place_between_steps_are_used(path):
     assert err < 1e-12, f"seed={seed} {path}: {err:.2e}"
 
 
-def run_in_place_with(case, grads, net, impl):
+def test_inference_tensor_weights_are_prepared_at_every_call():
+    """Weights made under torch.inference_mode have no version counter: they are not kept (a key
+    without a version could not see them change), and the update still runs and is right."""
+    from learned_optim.kernels import rule as rule_mod
+    from learned_optim.kernels.rule import weights_dict
+
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    net = v2_net(gen, "both")
+    with torch.inference_mode():
+        frozen = {k: t.detach().clone() for k, t in weights_dict(net).items()}
+    assert all(t.is_inference() for t in frozen.values())
+    case = make_case(TRITON_SHAPES, gen)
+    grads_seq = [grads_for(case, gen) for _ in range(2)]
+    want = run(case, grads_seq, net, impl="reference")
+    rule_mod._PREPARED_WEIGHTS.clear()
+    got = copy.deepcopy(case)
+    for grads in grads_seq:
+        run_in_place_with(got, grads, frozen, "eager", config=net.config)
+    assert not rule_mod._PREPARED_WEIGHTS
+    err = rel_err(got, want)
+    assert err < 1e-12, f"seed={seed}: {err:.2e}"
+
+
+def run_in_place_with(case, grads, net, impl, config=None):
+    """One step of ``learned_update`` on the case itself (``config``: ``net.config`` unless given)."""
     from learned_optim.update import learned_update
 
     learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
                    [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
-                   weights=net, config=net.config, lr=0.01, weight_decay=0.0, maximize=False, impl=impl)
+                   weights=net, config=config or net.config, lr=0.01, weight_decay=0.0, maximize=False, impl=impl)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -7,7 +7,8 @@ Python floats (double precision; ``1 - beta1`` and ``1 - beta2`` computed here i
 ``1 - 0.999`` rounded in fp32 is off by 1.3e-5; ``betas`` of the call, e.g. a param group's, else
 the config's). ``prepare_batch`` flattens the tensor lists into contiguous views and computes the
 per-tensor bias corrections with the same betas. Both are built once per call of
-``learned_update`` and handed, unchanged, to every backend (``eager``, ``cpu``, ``triton``).
+``learned_update`` (the weights' part of the rule is kept between calls while the weights do not
+change) and handed, unchanged, to every backend (``eager``, ``cpu``, ``triton``).
 
 Also here, because more than one module needs them: ``compute_dtype``, ``weights_dict``,
 ``FEATURE_KINDS`` and ``chunk_plan`` (the walk over concatenated tensors that the eager loop
@@ -107,7 +108,7 @@ def _weights_on(w: Mapping[str, Tensor], device: torch.device, cdt: torch.dtype,
             name: host_to(t.detach().to(dtype=cdt).contiguous(), device) if t.device.type == "cpu"
             else t.detach().to(device=device, dtype=cdt).contiguous() for name, t in w.items()}
         out["context_weight"] = out["head_context_weight"] = None
-        if k:  # context columns out: they become per-tensor biases (update.context_biases)
+        if k:  # context columns out: they become per-tensor biases (prepare_batch)
             weight, head_weight = out["weight"], out["head_weight"]
             out["context_weight"] = weight[:, nf : nf + k]
             out["weight"] = torch.cat([weight[:, :nf], weight[:, nf + k :]], dim=1).contiguous()
@@ -205,12 +206,10 @@ class Batch:
 def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
                   config: LSTMOptimizerConfig, betas: tuple[float, float] | None = None,
                   finite: Tensor | None = None, rule: PreparedRule | None = None,
-                  context: Tensor | None = None, biases: tuple[Tensor, Tensor] | None = None) -> Batch:
+                  context: Tensor | None = None) -> Batch:
     """The contiguous tensors and bias corrections of ``learned_update``'s lists (steps already
-    counted), with ``betas`` (default: the config's); ``finite``: see ``Batch``. A rule with context
-    takes per-tensor biases: ``biases`` (``update.context_biases``' gate and head biases) or
-    ``context`` ``[T, K]`` (``update.tensor_context``, or the flat context of meta-training's inner
-    step) with the ``rule``, from which they are computed here; default ``None``: neither."""
+    counted), with ``betas`` (default: the config's); ``finite``: see ``Batch``; ``context`` ``[T, K]``
+    (``update.tensor_context``, default ``None``) with the ``rule`` gives the per-tensor biases."""
     writebacks: list[tuple[Tensor, Tensor]] = []
 
     def contiguous(t: Tensor, write_back: bool = True) -> Tensor:
@@ -221,9 +220,7 @@ def prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_
         return tmp
 
     b1, b2 = rule_betas(config, betas)
-    gate_bias, head_bias = (None, None) if biases is None else biases
-    if context is not None and biases is not None:
-        raise ValueError("prepare_batch: pass the per-tensor biases or the context they are computed from, not both")
+    gate_bias = head_bias = None
     if context is not None:
         if rule is None or rule.context_weight is None:
             raise ValueError("prepare_batch: context needs the prepared rule of a config with context_features")
