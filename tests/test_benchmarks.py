@@ -1326,3 +1326,50 @@ def test_gpu_scripts_without_cuda_and_the_committed_gpu_report(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "report.md").read_text() == (results / "report.md").read_text()
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def _fake_transformer(path: Path, name: str, steps: int, runs: dict, weights: str, cpu: str = "CPU A") -> None:
+    """A minimal complete transformer.json with ``runs`` {(optimizer, lr): values over seeds 0-4}."""
+    metric = "test_acc" if name == "vit-digits" else "final"
+    wl = {"steps": steps, "runs": {f"{opt}_lr={lr}": {"optimizer": opt, "lr": lr, "seeds": [0, 1, 2, 3, 4],
+                                                      metric: vals, "diverged": [False] * 5,
+                                                      **({"final": [0.0] * 5} if metric == "test_acc" else {})}
+                                   for (opt, lr), vals in runs.items()}}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "transformer.json").write_text(json.dumps({
+        "benchmark": "transformer", "complete": True, "settings": {"quick": False}, "machine": {"cpu": cpu},
+        "weights": {"name": weights, "provenance": {"w": weights}}, "workloads": {name: wl}}))
+
+
+def test_candidate_frontier_pairs_workloads_by_weights_and_finds_the_front(tmp_path):
+    """benchmarks/candidate_frontier.py: one row per weights with both workloads (a weights with one workload
+    only, a short run and a quick run are left out), means over seeds 0-4, the front and the targets."""
+    res_root = tmp_path / "results"
+    adamw_gpt, adamw_vit = {("adamw", 0.003): [1.70] * 5}, {("adamw", 0.0003): [0.975] * 5}
+    _fake_transformer(res_root / "ten-seeds" / "default-gpt-byte", "gpt-byte", 3000,
+                      {**adamw_gpt, ("learned", 0.001): [1.71] * 5}, "dflt")
+    _fake_transformer(res_root / "ten-seeds" / "default-vit-digits", "vit-digits", 1000,
+                      {**adamw_vit, ("learned", 0.001): [0.96] * 5}, "dflt")
+    # "good": better than tuned AdamW on the GPT and within a point on the ViT; "worse": behind "good" on both
+    _fake_transformer(res_root / "good" / "gpt", "gpt-byte", 3000, {("learned", 0.001): [1.69, 1.69, 1.7, 1.68, 1.69]},
+                      "good")
+    _fake_transformer(res_root / "good" / "vit", "vit-digits", 1000, {("learned", 0.001): [0.97] * 5}, "good")
+    _fake_transformer(res_root / "worse" / "gpt", "gpt-byte", 3000, {("learned", 0.001): [1.75] * 5}, "worse")
+    _fake_transformer(res_root / "worse" / "vit", "vit-digits", 1000, {("learned", 0.001): [0.95] * 5}, "worse")
+    _fake_transformer(res_root / "gpt-only", "gpt-byte", 3000, {("learned", 0.001): [1.6] * 5}, "gpt-only")
+    _fake_transformer(res_root / "short" / "gpt", "gpt-byte", 300, {("learned", 0.001): [1.6] * 5}, "short")
+    _fake_transformer(res_root / "short" / "vit", "vit-digits", 1000, {("learned", 0.001): [0.99] * 5}, "short")
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "candidate_frontier.py"), "--results",
+                          str(res_root), "--out", str(out), "--default", "dflt"],
+                         capture_output=True, text=True, timeout=300, env=_ENV)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = json.loads((out / "frontier.json").read_text())
+    got = {c["weights"]: c for c in d["candidates"]}
+    assert sorted(got) == ["dflt", "good", "worse"]
+    assert math.isclose(got["good"]["gpt"], 1.69) and math.isclose(got["good"]["vit"], 97.0)
+    assert got["dflt"]["is_default"] and not got["good"]["is_default"]
+    assert [c["weights"] for c in d["candidates"] if c["pareto"]] == ["good"]
+    assert d["tuned_adamw_seeds_0_4"] == {"gpt": 1.70, "vit": 97.5} and d["meeting_both_targets"] == 1
+    assert "| good | 1.6900 ± 0.0032 | 97.00% ± 0.00 |" in (out / "frontier.md").read_text()
+    assert (out / "frontier.png").stat().st_size > 10_000
