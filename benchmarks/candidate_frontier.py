@@ -51,6 +51,12 @@ def _se(values: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def _seed_values(run: dict, name: str) -> list[float]:
+    """A run's metric over seeds 0-4: test accuracy in % on vit-digits, final validation loss otherwise."""
+    idx = [run["seeds"].index(s) for s in SEEDS]
+    return [run["test_acc"][i] * 100 for i in idx] if name == "vit-digits" else [run["final"][i] for i in idx]
+
+
 def _weights_key(weights: dict) -> str:
     blob = json.dumps({"name": weights.get("name"), "provenance": weights.get("provenance")}, sort_keys=True,
                       default=str)
@@ -70,10 +76,9 @@ def rows_of(path: Path, results_root: Path) -> list[dict]:
         if not runs or not set(SEEDS) <= set(runs[0]["seeds"]):
             continue
         r = runs[0]
-        idx = [r["seeds"].index(s) for s in SEEDS]
-        values = [r["test_acc"][i] * 100 for i in idx] if name == "vit-digits" else [r["final"][i] for i in idx]
+        values = _seed_values(r, name)
         out.append({"workload": name, "value": _mean(values), "se": _se(values),
-                    "diverged": sum(bool(r["diverged"][i]) for i in idx),
+                    "diverged": sum(bool(r["diverged"][r["seeds"].index(s)]) for s in SEEDS),
                     "weights": d["weights"].get("name"), "key": _weights_key(d["weights"]),
                     "cpu": _cpu(d.get("machine", {})),
                     "path": str(path.parent.relative_to(results_root))})
@@ -85,9 +90,7 @@ def adamw_of(path: Path, name: str, lr: float) -> float | None:
     wl = json.loads(path.read_text()).get("workloads", {}).get(name)
     for r in (wl or {}).get("runs", {}).values():
         if r["optimizer"] == "adamw" and math.isclose(r["lr"], lr) and set(SEEDS) <= set(r["seeds"]):
-            idx = [r["seeds"].index(s) for s in SEEDS]
-            return _mean([r["test_acc"][i] * 100 for i in idx]) if name == "vit-digits" else _mean(
-                [r["final"][i] for i in idx])
+            return _mean(_seed_values(r, name))
     return None
 
 

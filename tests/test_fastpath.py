@@ -588,10 +588,11 @@ sys.exit(3 if hung else proc.exitcode)
 """
 
 
-def run_in_place(case, grads, net) -> None:
+def run_in_place(case, grads, net, impl: str = "auto", config=None) -> None:
+    """One step of ``learned_update`` on the case itself (``config``: ``net.config`` unless given)."""
     learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
                    [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
-                   weights=net, config=net.config, lr=0.01, weight_decay=0.0, maximize=False, impl="auto")
+                   weights=net, config=config or net.config, lr=0.01, weight_decay=0.0, maximize=False, impl=impl)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

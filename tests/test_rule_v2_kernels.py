@@ -22,7 +22,7 @@ import os
 
 import pytest
 import torch
-from test_fastpath import cpu_loop, fresh_seed, grads_for, make_case, random_net, run
+from test_fastpath import cpu_loop, fresh_seed, grads_for, make_case, random_net, run, run_in_place
 
 from learned_optim import kernels
 from learned_optim.kernels import cpu, prepare_batch, prepare_rule
@@ -329,7 +329,7 @@ def test_weights_changed_in_place_between_steps_are_used(path):
                 with torch.no_grad():
                     for t in w.parameters():
                         t.mul_(0.9).add_(0.05)
-            run_in_place_with(out, grads, w, impl)
+            run_in_place(out, grads, w, impl)
         return out
 
     want = steps("reference")
@@ -357,19 +357,10 @@ def test_inference_tensor_weights_are_prepared_at_every_call():
     rule_mod._PREPARED_WEIGHTS.clear()
     got = copy.deepcopy(case)
     for grads in grads_seq:
-        run_in_place_with(got, grads, frozen, "eager", config=net.config)
+        run_in_place(got, grads, frozen, "eager", config=net.config)
     assert not rule_mod._PREPARED_WEIGHTS
     err = rel_err(got, want)
     assert err < 1e-12, f"seed={seed}: {err:.2e}"
-
-
-def run_in_place_with(case, grads, net, impl, config=None):
-    """One step of ``learned_update`` on the case itself (``config``: ``net.config`` unless given)."""
-    from learned_optim.update import learned_update
-
-    learned_update([e["p"] for e in case], grads, [e["m"] for e in case], [e["v"] for e in case],
-                   [e["h"] for e in case], [e["c"] for e in case], [e["step"] for e in case],
-                   weights=net, config=config or net.config, lr=0.01, weight_decay=0.0, maximize=False, impl=impl)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

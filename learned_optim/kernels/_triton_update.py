@@ -266,7 +266,7 @@ def _step_tables(ptrs: list[int], coefs: list[float], dtype: torch.dtype,
     in ``dtype``, sent in one pinned copy (each copy is a few microseconds of the host's time, which
     bounds a small model's step): one int64 buffer whose tail holds the corrections' bytes."""
     t = len(ptrs) // 6
-    words = -(-len(coefs) * torch.empty((), dtype=dtype).element_size() // 8)
+    words = -(-len(coefs) * dtype.itemsize // 8)
     host = torch.empty(6 * t + words, dtype=torch.int64)
     host[: 6 * t] = torch.tensor(ptrs, dtype=torch.int64)
     host[6 * t :].view(dtype)[: len(coefs)] = torch.tensor(coefs, dtype=dtype)

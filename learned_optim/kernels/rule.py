@@ -190,10 +190,6 @@ class Batch:
             return self.finite
         return self.finite.index_select(0, host_to(torch.tensor(list(idx), dtype=torch.int64), self.finite.device))
 
-    def lists(self, idx: Sequence[int]) -> tuple[list[Tensor], ...]:
-        """(p, g, m, v, h, c) of the tensors ``idx``, as flat views."""
-        return tuple([lst[i] for i in idx] for lst in (self.p, self.g, self.m, self.v, self.h, self.c))
-
     def sources(self, idx: Sequence[int]) -> tuple[list[Tensor], ...]:
         """(p, g, m, v, h, c) of the tensors ``idx`` as they are (contiguous, not flattened)."""
         return tuple([lst[i] for i in idx] for lst in self.tensors)
