@@ -47,7 +47,7 @@ WEIGHTS_NAME = "model.safetensors"
 ARCHITECTURE = "CoordinatewiseLSTM"
 
 # The weights `LearnedOptimizer(params)` uses when `weights=None`.
-DEFAULT_WEIGHTS = "lstm-h4-v2-vec"
+DEFAULT_WEIGHTS = "lstm-h4-v2-cautious"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -176,8 +176,8 @@ def _read_config(path: Path) -> tuple[LSTMOptimizerConfig, dict[str, Any]]:
         raise WeightsError(f"{path}: invalid config: {e}") from None
     if config.format_version > version:
         raise WeightsError(f"{path}: the config uses format version {config.format_version} fields "
-                           f"(sign_equivariant / context_features) but declares format_version {version}; "
-                           f"set format_version to {config.format_version}")
+                           f"(sign_equivariant / context_features / cautious_scale) but declares format_version "
+                           f"{version}; set format_version to {config.format_version}")
     provenance = raw.get("provenance", {})
     if not isinstance(provenance, dict):
         raise WeightsError(f"{path}: field 'provenance' must be an object")

@@ -140,6 +140,16 @@ class LSTMOptimizerConfig:
             (version 1's rule).
         context_features: (format version 2) names from ``CONTEXT_FEATURES``: per-tensor inputs to
             the LSTM gates and the output head. Default ``()`` (version 1's rule).
+        cautious_scale: (format version 2) when above 0, a coordinate whose momentum m_t and
+            gradient g_t disagree in sign takes no step this time, and every other coordinate's
+            step is multiplied by ``cautious_scale`` (1 keeps the rule's own steps; above 1 makes
+            up for the masked ones). Default 0.0 (off: version 1's rule). A mask on the rule's
+            output, not learned; the idea is the cautious optimizers' (Liang et al., 2024,
+            "Cautious Optimizers: Improving Training with One Line of Code"), who mask by the
+            agreement of the update with the gradient and rescale by the kept fraction of each
+            tensor; here the mask reads m_t, so that it needs nothing beyond the coordinate (one
+            pass, no per-tensor reduction), and the rescale is one constant. Sign equivariance and
+            the zero step of a coordinate never given a gradient both hold with it.
     """
 
     hidden_size: int = 4
@@ -152,6 +162,7 @@ class LSTMOptimizerConfig:
     direction_bound: float = 0.5
     sign_equivariant: bool = False
     context_features: tuple[str, ...] = ()
+    cautious_scale: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -171,7 +182,7 @@ class LSTMOptimizerConfig:
             check_number(self, name, ge=0.0, lt=1.0)
         for name in ("eps", "feature_clip"):
             check_number(self, name, gt=0.0)
-        for name in ("log_scale_bound", "direction_bound"):
+        for name in ("log_scale_bound", "direction_bound", "cautious_scale"):
             check_number(self, name, ge=0.0)
 
     @property
@@ -200,7 +211,7 @@ class LSTMOptimizerConfig:
     @property
     def format_version(self) -> int:
         """The oldest format version that can hold this config: 1 unless it uses a version-2 field."""
-        return 2 if self.sign_equivariant or self.context_features else 1
+        return 2 if self.sign_equivariant or self.context_features or self.cautious_scale else 1
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-able values; the version-2 fields only when they differ from their
@@ -225,7 +236,7 @@ class LSTMOptimizerConfig:
 
 
 # The version-2 fields and the values that mean "version 1's rule".
-_V2_DEFAULTS: dict[str, Any] = {"sign_equivariant": False, "context_features": []}
+_V2_DEFAULTS: dict[str, Any] = {"sign_equivariant": False, "context_features": [], "cautious_scale": 0.0}
 
 
 class CoordinatewiseLSTM(nn.Module):
@@ -400,11 +411,40 @@ class CoordinatewiseLSTM(nn.Module):
         new.provenance[key] = float(self.provenance.get(key, 0.0)) + slope
         return new
 
+    def with_cautious_mask(self, scale: float = 1.0) -> "CoordinatewiseLSTM":
+        """The same weights with the cautious mask on (``LSTMOptimizerConfig.cautious_scale`` set
+        to ``scale``): a coordinate whose momentum and gradient disagree in sign takes no step, the
+        others take the rule's step times ``scale``. The scale is recorded in the provenance under
+        ``"cautious_mask"``.
+
+        Args:
+            scale: the kept steps' multiplier, a finite number above 0. Default 1.0 (the rule's
+                own steps where the signs agree).
+
+        Example::
+
+            >>> net = CoordinatewiseLSTM(LSTMOptimizerConfig(sign_equivariant=True)).with_cautious_mask()
+            >>> net.config.cautious_scale, net.provenance
+            (1.0, {'cautious_mask': 1.0})
+        """
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"scale must be a number (the kept steps' multiplier, e.g. 1.0), got "
+                            f"{type(scale).__name__} {scale!r}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number above 0 (the kept steps' multiplier, e.g. 1.0), "
+                             f"got {scale!r}")
+        new = CoordinatewiseLSTM(dataclasses.replace(self.config, cautious_scale=float(scale)),
+                                 provenance={**self.provenance, "cautious_mask": float(scale)}).to(self.weight.dtype)
+        new.load_state_dict(self.state_dict())  # the weights bit for bit (same dtype)
+        return new
+
     def extra_repr(self) -> str:
         extra = ""
         if self.config.format_version > 1:
             extra = (f", sign_equivariant={self.config.sign_equivariant}, "
                      f"context_features={self.config.context_features}")
+            if self.config.cautious_scale:
+                extra += f", cautious_scale={self.config.cautious_scale}"
         return f"hidden_size={self.config.hidden_size}, features={self.config.features}{extra}"
 
 

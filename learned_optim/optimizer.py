@@ -139,6 +139,11 @@ class LearnedOptimizer(Optimizer):
     (:math:`|u_t| \lesssim e^{s}|a_t| + r`), so ``lr`` means what it means for Adam and every
     ``torch.optim.lr_scheduler`` works unchanged. With a
     zero output head (:math:`W_y = b_y = 0`), :math:`u_t = a_t` and the rule is exactly AdamW.
+    Format version 2 weights may add sign equivariance, per-tensor context inputs and the cautious
+    mask (``learned_optim.update``; the default has all three): with the mask,
+    :math:`u_t \leftarrow \kappa u_t` where :math:`\mathrm{sign}(m_t)\,\mathrm{sign}(g_t) > 0` and
+    :math:`u_t \leftarrow 0` elsewhere (:math:`\kappa` = ``cautious_scale``), so a coordinate
+    whose gradient is exactly zero this step does not move.
 
     All coordinates of all parameters of a group (per device and dtype) go through the LSTM in
     one batched pass, in cache-sized chunks; there is no per-parameter network call.

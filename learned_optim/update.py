@@ -57,6 +57,12 @@ Format version 2 (``network.LSTMOptimizerConfig``) adds two options to the same 
       u_t = a_t \exp(s \tanh y_{t,0}) + \sigma_t\, r \tanh y_{t,1}
 
   so negating every gradient negates every step exactly (the LSTM sees the same inputs).
+* ``cautious_scale`` :math:`\kappa > 0` (the cautious mask):
+
+  .. math::
+      u_t \leftarrow \kappa\, u_t\, \mathbb{1}[\mathrm{sign}(m_t)\,\mathrm{sign}(g_t) > 0]
+
+  a coordinate whose momentum and gradient disagree in sign takes no step this time.
 * ``context_features``: per-tensor values :math:`z \in \mathbb{R}^K` (``tensor_context``: the
   tensor's log RMS, log fan-in, whether it is a vector, the log size of the whole model, the log
   RMS of Adam's step from the moments before the step, whether it is a vector of a model above
@@ -173,6 +179,11 @@ def lstm_rule(
     # (the head's r tanh(y_1) is not 0 at zero features). A select, not a product with a mask, so
     # a NaN elsewhere stays NaN; every backend makes the same select.
     direction = torch.where(v == 0, 0.0, direction)
+    if config.cautious_scale:
+        # the cautious mask: no step where the momentum and this gradient disagree in sign (or
+        # either is 0), the other steps times the constant; a select, like the one above
+        agree = torch.sign(m) * torch.sign(grad) > 0
+        direction = torch.where(agree, direction * config.cautious_scale, 0.0)
     return RuleOutput(direction, m, v, h_new, c_new)
 
 
@@ -547,8 +558,9 @@ def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chu
     todo = [i for i, n in enumerate(batch.numels) if n > 0]
     with torch.no_grad():
         if impl != "eager" and todo:
-            # a backend declares the format-2 rule (sign equivariance, per-tensor biases) with V2
-            needs_v2 = bool(rule.sign_equivariant) or batch.gate_bias is not None
+            # a backend declares the format-2 rule (sign equivariance, the cautious mask, per-tensor
+            # biases) with V2
+            needs_v2 = rule.v2 or batch.gate_bias is not None
             v2_ok = fused is not None and (not needs_v2 or getattr(fused, "V2", False))
             done = fused.select(rule, batch, todo) if v2_ok else []
             if impl == "fused" and len(done) < len(todo):

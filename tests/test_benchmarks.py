@@ -1373,3 +1373,69 @@ def test_candidate_frontier_pairs_workloads_by_weights_and_finds_the_front(tmp_p
     assert d["tuned_adamw_seeds_0_4"] == {"gpt": 1.70, "vit": 97.5} and d["meeting_both_targets"] == 1
     assert "| good | 1.6900 ± 0.0032 | 97.00% ± 0.00 |" in (out / "frontier.md").read_text()
     assert (out / "frontier.png").stat().st_size > 10_000
+
+
+def test_cautious_probe_masks_the_step_and_matches_the_rules_mask(tmp_path):
+    """benchmarks/cautious_probe.py: the wrapper keeps AdamW's step where it agrees with -g (scaled
+    per tensor by numel / (kept + 1)) and leaves the decay alone; its sign(m) test with scale 1 on
+    LearnedOptimizer gives the steps of the rule's own mask (cautious_scale=1) to rounding; and one
+    short run writes a JSON line."""
+    import importlib.util
+
+    import torch
+
+    from learned_optim import LearnedOptimizer, from_pretrained
+
+    spec = importlib.util.spec_from_file_location("cautious_probe", ROOT / "benchmarks" / "cautious_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0, 0.5]))
+    inner = torch.optim.AdamW([p], lr=0.1, weight_decay=0.1)
+    opt = probe.Cautious(inner)
+    p.grad = torch.tensor([1.0, -1.0, 2.0, 0.0])
+    opt.step()  # AdamW's first step is -lr sign(g): every coordinate with g != 0 agrees
+    decayed = torch.tensor([1.0, -2.0, 3.0, 0.5]) * (1 - 0.1 * 0.1)
+    want = decayed - 0.1 * torch.tensor([1.0, -1.0, 1.0, 0.0]) * (4 / (3 + 1))
+    torch.testing.assert_close(p.detach(), want)
+
+    net = from_pretrained("lstm-h4-v2-vec")
+    gen = torch.Generator().manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(6, 5, generator=gen))
+    b = torch.nn.Parameter(a.detach().clone())
+    wrapped = probe.Cautious(LearnedOptimizer([a], weights=net, weight_decay=0.1), by_m=True, scale=1.0)
+    rule = LearnedOptimizer([b], weights=net.with_cautious_mask(1.0), weight_decay=0.1)
+    for _ in range(5):
+        g = torch.randn(6, 5, generator=gen)
+        a.grad, b.grad = g.clone(), g.clone()
+        wrapped.step()
+        rule.step()
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(b.detach(), torch.randn(6, 5, generator=torch.Generator().manual_seed(0)))
+
+    out = tmp_path / "probe.jsonl"
+    probe.main(["--workload", "vit-digits", "--method", "learned-cm1", "--lr", "1e-3", "--seeds", "0", "--steps", "4",
+                "--out", str(out)])
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert rec["method"] == "learned-cm1" and rec["steps"] == 4 and math.isfinite(rec["final"])
+    with pytest.raises(SystemExit, match="method"):
+        probe.make_optimizer("adamw-cm1", 1e-3)
+    # the quality mode: the learned column built by the method (a quick run, numbers meaningless)
+    from learned_optim.benchmarking import common
+
+    made = []
+    original = probe.make_optimizer
+
+    def spy(method, lr, weights="lstm-h4-v2-vec"):
+        made.append(method)
+        return original(method, lr, weights)
+
+    saved_make = common.LearnedSetup.make
+    probe.make_optimizer = spy
+    try:
+        assert probe.quality(["learned-cm1", "--quick", "--no-progress", "--weights", "lstm-h4-v2-vec",
+                              "--out", str(tmp_path / "q")]) == 0
+    finally:
+        common.LearnedSetup.make = saved_make
+    assert (tmp_path / "q" / "quality.json").is_file() and made.count("learned-cm1") > 1
+    with pytest.raises(SystemExit, match="learned"):
+        probe.quality(["adamw-cautious"])

@@ -12,11 +12,12 @@ from learned_optim.network import PRIOR_KEYS
 
 # Each meta-trained shipped name and the preset its model card documents.
 SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32"),
-           ("lstm-h4-v2-size", "lstm-h4-v2-size"), ("lstm-h4-v2-vec", "default"), ("lstm-h4-v2-vec", "lstm-h4-v2-vec")]
+           ("lstm-h4-v2-size", "lstm-h4-v2-size"), ("lstm-h4-v2-vec", "lstm-h4-v2-vec"),
+           ("lstm-h4-v2-cautious", "default"), ("lstm-h4-v2-cautious", "lstm-h4-v2-cautious")]
 
 
 def test_the_default_preset_makes_the_default_weights():
-    assert DEFAULT_WEIGHTS == "lstm-h4-v2-vec"
+    assert DEFAULT_WEIGHTS == "lstm-h4-v2-cautious"
     assert get_preset("default") == get_preset(DEFAULT_WEIGHTS)
 
 
@@ -42,6 +43,9 @@ def test_shipped_weights_come_from_their_preset(name, preset):
     if config.ratio_prior:  # then the ratio prior's input (MetaTrainConfig.ratio_prior)
         network["context_features"] = [*network["context_features"], "grad_log_ratio_large"]
         assert prov[PRIOR_KEYS["grad_log_ratio_large"]] == config.ratio_prior
+    if config.cautious_mask:  # then the cautious mask (MetaTrainConfig.cautious_mask)
+        network["cautious_scale"] = config.cautious_mask
+        assert prov["cautious_mask"] == config.cautious_mask
     assert net.config.to_dict() == network
     card = (resolve(name) / "README.md").read_text(encoding="utf-8")
     assert f"learned-optim meta-train --config {preset}" in card
@@ -68,8 +72,9 @@ def test_shipped_weights_train_a_small_model(name):
 
 @pytest.mark.parametrize("name", sorted({n for n, _ in SHIPPED}))
 def test_a_coordinate_whose_gradient_stops_keeps_moving_by_a_nearly_constant_step(name):
-    # What the README says of a zero gradient after nonzero ones, for both meta-trained rules: the
-    # LSTM's output at zero input is not zero, so the step does not die away as Adam's does.
+    # What the README says of a zero gradient after nonzero ones, for the meta-trained rules without
+    # the cautious mask: the LSTM's output at zero input is not zero, so the step does not die away as
+    # Adam's does. With the mask (the default) such a coordinate stops at once.
     p = torch.nn.Parameter(torch.zeros(3))
     opt = LearnedOptimizer([p], weights=name)
     for _ in range(20):
@@ -82,5 +87,9 @@ def test_a_coordinate_whose_gradient_stops_keeps_moving_by_a_nearly_constant_ste
         opt.step()
         steps.append((p.detach() - before).abs())
     assert steps[-1][2] == 0 and float(p.detach()[2]) == 0.0  # never had a gradient: never moves
+    if from_pretrained(name).config.cautious_scale:
+        # the cautious mask: sign(g) = 0 disagrees with every momentum, so no step at all
+        assert all(bool((s == 0).all()) for s in steps)
+        return
     late, later = steps[299][:2], steps[-1][:2]
     assert (later > 1e-6).all() and ((later - late).abs() < 0.2 * late).all(), (late, later)

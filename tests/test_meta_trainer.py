@@ -322,6 +322,17 @@ def test_size_prior_is_added_to_the_written_weights_only(tmp_path):
     assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
     with pytest.raises(ValueError, match="ratio_prior"):
         meta_train("tiny", out=tmp_path / "bad", progress=False, ratio_prior="0.38")
+    # the cautious mask, after the priors: the same weights, the mask on in the written config only
+    meta_train("tiny", out=tmp_path / "cm", progress=False, size_prior=-0.3, size_prior_feature="log_num_params_capped",
+               vector_prior=0.35, cautious_mask=1.0)
+    want = from_pretrained(tmp_path / "v").with_cautious_mask(1.0)
+    got = from_pretrained(tmp_path / "cm")
+    assert got.config == want.config and got.config.cautious_scale == 1.0
+    assert from_pretrained(tmp_path / "v").config.cautious_scale == 0.0
+    assert got.provenance["cautious_mask"] == 1.0 and got.provenance["meta_train_config"]["cautious_mask"] == 1.0
+    assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
+    with pytest.raises(ValueError, match="cautious_mask"):
+        meta_train("tiny", out=tmp_path / "bad", progress=False, cautious_mask=-1.0)
 
 
 def test_prior_in_training_holds_the_priors_fixed_while_the_rest_learns(tmp_path):

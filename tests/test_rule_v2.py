@@ -1,6 +1,7 @@
 """Format version 2 of the rule: sign equivariance and per-tensor context, in the reference, the
 eager backend, the inner-loop API and the file format; version 1 unchanged."""
 
+import dataclasses
 import json
 import math
 
@@ -17,6 +18,8 @@ CONFIGS = {
     "sign": LSTMOptimizerConfig(sign_equivariant=True),
     "context": LSTMOptimizerConfig(context_features=CONTEXT_FEATURES),
     "both": LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "is_vector")),
+    "cautious": LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "is_vector"),
+                                    cautious_scale=1.5),
 }
 SHAPES = [(7, 5), (5,), (9000,), (3, 2, 2), (1,)]
 
@@ -66,6 +69,9 @@ def test_v1_config_serialises_as_before():
     ({"context_features": ("is_vector", "is_vector")}, "context_features"),
     ({"context_features": "is_vector"}, "context_features"),
     ({"sign_equivariant": 1}, "sign_equivariant"),
+    ({"cautious_scale": -1.0}, "cautious_scale"),
+    ({"cautious_scale": float("nan")}, "cautious_scale"),
+    ({"cautious_scale": "1.5"}, "cautious_scale"),
 ])
 def test_bad_v2_fields_name_the_field(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
@@ -83,6 +89,38 @@ def test_shapes_and_zero_head_is_adam():
     out = lstm_rule(g, z, z, h, h, 1.0, net, cfg, torch.tensor([0.3, 1.0], dtype=torch.float64))
     adam = lstm_rule(g, z, z, h, h, 1.0, CoordinatewiseLSTM().double(), LSTMOptimizerConfig())
     assert torch.equal(out.direction, adam.direction)
+
+
+def test_cautious_mask_steps_only_where_momentum_and_gradient_agree():
+    """With a zero head the rule is Adam; the cautious mask keeps Adam's step times the scale
+    where sign(m_t) sign(g_t) > 0 and gives exactly 0 elsewhere (disagreeing signs, g = 0, m_t = 0)."""
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, cautious_scale=1.5)
+    net = CoordinatewiseLSTM(cfg).double()
+    m_prev = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0, 0.0, 0.5], dtype=torch.float64)
+    g = torch.tensor([0.5, -0.5, -0.5, 0.5, -20.0, 0.0, -4.5], dtype=torch.float64)
+    v_prev = torch.full((7,), 0.25, dtype=torch.float64)
+    h = torch.zeros(4, 7, dtype=torch.float64)
+    out = lstm_rule(g, m_prev, v_prev, h, h, 3.0, net, cfg)
+    adam = lstm_rule(g, m_prev, v_prev, h, h, 3.0, net, dataclasses.replace(cfg, cautious_scale=0.0))
+    m_t = 0.9 * m_prev + 0.1 * g  # 0.95, 0.85, -0.95, -0.85, -1.1, 0, 0 (m_t = 0 exactly at the last two)
+    assert m_t[6] == 0.0
+    keep = torch.tensor([True, False, True, False, True, False, False])
+    assert torch.equal(keep, torch.sign(m_t) * torch.sign(g) > 0)
+    assert torch.equal(out.direction[keep], 1.5 * adam.direction[keep])
+    assert (out.direction[~keep] == 0).all() and (adam.direction[[1, 3]] != 0).all()
+    assert out.direction[4] < 0  # the kept step of a coordinate whose momentum turned with g
+
+
+def test_with_cautious_mask_keeps_the_weights_and_rejects_bad_scales():
+    net = random_net(CONFIGS["both"]).double()
+    masked = net.with_cautious_mask(2.0)
+    assert masked.config == dataclasses.replace(net.config, cautious_scale=2.0)
+    assert masked.provenance["cautious_mask"] == 2.0 and "cautious_mask" not in net.provenance
+    assert all(torch.equal(getattr(masked, k), getattr(net, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
+    for bad, exc in ((0.0, ValueError), (-1.0, ValueError), (float("inf"), ValueError), ("1", TypeError),
+                     (True, TypeError)):
+        with pytest.raises(exc, match="scale"):
+            net.with_cautious_mask(bad)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -333,7 +371,7 @@ def test_model_size_feature_sees_every_group_and_gradless_parameter():
     assert all(torch.equal(a, b) for a, b in zip(update_first_two(345), one))
 
 
-@pytest.mark.parametrize("name", ["both", "context"])
+@pytest.mark.parametrize("name", ["both", "context", "cautious"])
 def test_inner_step_needs_shapes_and_matches_the_optimizer(name):
     cfg = CONFIGS[name]
     net = random_net(cfg).double()

@@ -39,6 +39,8 @@ CONFIGS = {
     "sign": dict(sign_equivariant=True),
     "context": dict(context_features=CONTEXT_FEATURES),
     "both": dict(sign_equivariant=True, context_features=CONTEXT_FEATURES),
+    "cautious": dict(cautious_scale=1.5),
+    "all": dict(sign_equivariant=True, context_features=CONTEXT_FEATURES, cautious_scale=1.5),
 }
 # scalars, small tensors, the 48-coordinate AVX-512 block's edges, one above the eager chunk (8192)
 SHAPES = [(), (1,), (7,), (3, 5, 2, 2), (47,), (48,), (49,), (97, 131), (5,)]
@@ -151,7 +153,7 @@ def test_c_mixed_state_dtypes_take_their_own_bias_rows(loop):
 @pytest.mark.parametrize("loop, dtype, state_dtype", [
     ("c", torch.float32, None), ("c-portable", torch.float32, None), ("c", torch.float32, torch.bfloat16),
     ("c", torch.float64, None)])
-@pytest.mark.parametrize("name", ["sign", "both"])
+@pytest.mark.parametrize("name", ["sign", "both", "all"])
 def test_c_sign_equivariance_is_exact(name, loop, dtype, state_dtype):
     seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)

@@ -17,9 +17,9 @@ kernel on CPU tensors under ``TRITON_INTERPRET=1``. Every fused backend has ``NA
 ``update(rule, batch, idx)``; one with ``DEVICE_FLAGS = True`` (Triton) also applies the batch's
 per-tensor finite flags (``Batch.finite``) on the device, so a non-finite skip needs no host read.
 A fused backend with ``V2 = True`` (both here; the eager loop always can) also runs format-2
-rules: ``PreparedRule.sign_equivariant`` and the per-tensor biases ``Batch.gate_bias`` /
-``Batch.head_bias``; without it ``learned_update`` sends such rules to the eager loop
-(``impl="auto"``) or refuses them (``impl="fused"``).
+rules: ``PreparedRule.sign_equivariant``, the cautious mask ``PreparedRule.cautious_scale`` and the
+per-tensor biases ``Batch.gate_bias`` / ``Batch.head_bias``; without it ``learned_update`` sends such
+rules to the eager loop (``impl="auto"``) or refuses them (``impl="fused"``).
 
 ``triton_compile`` compiles the Triton kernel for real GPUs without one (registers, spills).
 """

@@ -17,10 +17,12 @@ The rule's constants are named fp64 scalar arguments (``beta1``, ...), rounded o
 compute dtype in the kernel; the weights are the prepared rule's (``kernels/rule.py``), as they
 are. ``kernels/triton.py`` is the backend around this module.
 
-Format version 2 rules are two constexpr switches, so a version 1 rule compiles to the same
+Format version 2 rules are three constexpr switches, so a version 1 rule compiles to the same
 kernel as before: ``SIGN_EQ`` (sigma = sign(m_t), 0 where m_t = 0, multiplies the features
-before the clip and the additive direction) and ``PER_TENSOR_BIAS`` (``b_ptr`` / ``hb_ptr`` are
-``[T, 4H]`` / ``[T, 2]`` tables, one row per tensor of the launch: a rule with context).
+before the clip and the additive direction), ``PER_TENSOR_BIAS`` (``b_ptr`` / ``hb_ptr`` are
+``[T, 4H]`` / ``[T, 2]`` tables, one row per tensor of the launch: a rule with context), and
+``CAUTIOUS`` (the cautious mask, ``update.lstm_rule``: no step unless sign(m_t) sign(g_t) > 0, the
+kept steps times ``cautious_scale``).
 
 All maths is in the compute dtype (fp32, or fp64 for fp64 parameters); p, g, m, v, h, c are read
 and written in their own dtypes (fp32 / bf16 / fp16 parameters, bf16 LSTM state). Offsets are
@@ -128,11 +130,11 @@ def lstm_update_kernel(
     ptrs, blocks, coefs, w_ptr, b_ptr, hw_ptr, hb_ptr, numels, flags, T, NB,
     beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64, one_minus_beta2: tl.float64,
     eps_: tl.float64, feature_clip: tl.float64, lr_: tl.float64, decay_: tl.float64,
-    log_scale_bound: tl.float64, direction_bound: tl.float64,
+    log_scale_bound: tl.float64, direction_bound: tl.float64, cautious_scale: tl.float64,
     P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr, S_DT: tl.constexpr,
     CDT: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, F: tl.constexpr,
     KIND0: tl.constexpr, KIND1: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
-    SIGN_EQ: tl.constexpr = False, PER_TENSOR_BIAS: tl.constexpr = False,
+    SIGN_EQ: tl.constexpr = False, PER_TENSOR_BIAS: tl.constexpr = False, CAUTIOUS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     tid = tl.load(blocks + pid)
@@ -217,6 +219,9 @@ def lstm_update_kernel(
     # a coordinate whose gradient has always been exactly 0 (v = 0) does not move (a select, not a
     # product with a mask: a NaN elsewhere stays NaN)
     u = tl.where(v == 0.0, 0.0, u)
+    if CAUTIOUS:  # no step unless m_t and g have the same sign (compared as signs), the rest scaled
+        agree = ((m > 0.0) & (g > 0.0)) | ((m < 0.0) & (g < 0.0))
+        u = tl.where(agree, u * _const(cautious_scale, CDT), 0.0)
 
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
     tl.store(p_ptr + offs, (p * decay - lr * u).to(P_DT), mask=mask)
@@ -300,12 +305,12 @@ def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, si
         head_bias.contiguous() if per_tensor else rule.head_bias,
         numels_t, flags, t, nb,
         rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps, rule.feature_clip,
-        rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound,
+        rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound, rule.cautious_scale,
         P_DT=_TL_DTYPES[params[0].dtype], G_DT=_TL_DTYPES[grads[0].dtype],
         M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[rule.dtype],
         H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[-1],
         MAXIMIZE=bool(rule.maximize), BLOCK=block, SIGN_EQ=bool(rule.sign_equivariant), PER_TENSOR_BIAS=per_tensor,
-        num_warps=num_warps,
+        CAUTIOUS=rule.cautious_scale > 0, num_warps=num_warps,
     )
     # The host tables above may be freed now: pinned blocks are recycled only after the copy
     # that used them completes (torch's caching host allocator records the stream).

@@ -19,10 +19,11 @@ hand-vectorized built for AVX2 15.9 ms, eager chunk loop 38.6 ms.
 Both receive the prepared rule as it is: its plain weights, and its constants through the
 ``lo_rule`` struct (``_RuleStruct`` here, ``csrc/lo_common.h`` there).
 
-Format version 2 rules (``rule.sign_equivariant``, and the per-tensor biases of a rule with
-context, ``Batch.gate_bias`` / ``head_bias``) run in a second library per network shape, built
-with ``-DLO_V2=1`` the first time such a rule runs: the same loops with sigma = sign(m_t) on the
-features and the additive direction, and tensor i's biases read for its coordinates (``V2``).
+Format version 2 rules (``rule.sign_equivariant``, the cautious mask ``rule.cautious_scale``, and
+the per-tensor biases of a rule with context, ``Batch.gate_bias`` / ``head_bias``) run in a second
+library per network shape, built with ``-DLO_V2=1`` the first time such a rule runs: the same loops
+with sigma = sign(m_t) on the features and the additive direction, the mask on the step, and tensor
+i's biases read for its coordinates (``V2``).
 The version 1 library, and so a version 1 rule's speed and results, stay exactly as they were.
 
 Covered dtypes: fp32 maths with fp32 p, g, m, v and fp32 or bf16 LSTM state; fp64 throughout;
@@ -75,7 +76,8 @@ class _RuleStruct(ctypes.Structure):
         "beta1", "beta2", "one_minus_beta1", "one_minus_beta2", "eps", "feature_clip", "lr", "decay",
         "log_scale_bound", "direction_bound")] + [
         ("kind0", ctypes.c_int32), ("kind1", ctypes.c_int32), ("maximize", ctypes.c_int32),
-        ("sign_equivariant", ctypes.c_int32), ("per_tensor_bias", ctypes.c_int32)]
+        ("sign_equivariant", ctypes.c_int32), ("per_tensor_bias", ctypes.c_int32),
+        ("cautious_scale", ctypes.c_double)]
 
 
 _LOOPS = ("lo_f32", "lo_f32_bf16", "lo_f64")
@@ -186,8 +188,9 @@ def select(rule: PreparedRule, batch: Batch, todo: Sequence[int]) -> list[int]:
 
 
 def _is_v2(rule: PreparedRule, batch: Batch) -> bool:
-    """Whether the rule needs the format version 2 loop: sign equivariance or per-tensor biases."""
-    return bool(rule.sign_equivariant) or batch.gate_bias is not None
+    """Whether the rule needs the format version 2 loop: sign equivariance, the cautious mask or
+    per-tensor biases."""
+    return rule.v2 or batch.gate_bias is not None
 
 
 def unavailable_reason(rule: PreparedRule) -> str:
@@ -218,7 +221,8 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     kinds = rule.feature_kinds
     consts = _RuleStruct(rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps,
                          rule.feature_clip, rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound,
-                         kinds[0], kinds[-1], int(rule.maximize), int(bool(rule.sign_equivariant)), int(per_tensor))
+                         kinds[0], kinds[-1], int(rule.maximize), int(bool(rule.sign_equivariant)), int(per_tensor),
+                         rule.cautious_scale)
     simd = bool(lib.lo_simd()) and USE_SIMD
     nthreads = max(1, torch.get_num_threads())
     for sdt, sub in groups.items():

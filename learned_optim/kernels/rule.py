@@ -78,6 +78,12 @@ class PreparedRule(NamedTuple):
     sign_equivariant: bool = False  # features and additive direction times sign(m_t) (format 2)
     context_weight: Tensor | None = None  # [4H, K] gate weights of the per-tensor context (format 2)
     head_context_weight: Tensor | None = None  # [2, K] head weights of the context
+    cautious_scale: float = 0.0  # > 0: the cautious mask (format 2), the kept steps times this
+
+    @property
+    def v2(self) -> bool:
+        """Whether the rule itself needs a format-2 kernel (a batch with per-tensor biases does too)."""
+        return bool(self.sign_equivariant) or self.cautious_scale > 0
 
 
 def host_to(t: Tensor, device: torch.device) -> Tensor:
@@ -143,7 +149,7 @@ def prepare_rule(weights, config: LSTMOptimizerConfig, *, device: torch.device, 
         log_scale_bound=float(config.log_scale_bound), direction_bound=float(config.direction_bound),
         maximize=bool(maximize), feature_kinds=tuple(FEATURE_KINDS[f] for f in config.features),
         sign_equivariant=config.sign_equivariant, context_weight=w["context_weight"],
-        head_context_weight=w["head_context_weight"],
+        head_context_weight=w["head_context_weight"], cautious_scale=float(config.cautious_scale),
     )
 
 

@@ -85,7 +85,7 @@ def compile_variant(cc: int, p_dtype: str, s_dtype: str, block: int, num_warps: 
     constexprs = dict(P_DT=tlt[p_dtype], G_DT=tlt[p_dtype], M_DT=tlt[m_dt], S_DT=tlt[s_dtype],
                       CDT=tlt["float64" if cdt == "fp64" else "float32"], H=hidden,
                       HP=triton.next_power_of_2(hidden), F=features, KIND0=0, KIND1=1, MAXIMIZE=False, BLOCK=block,
-                      SIGN_EQ=bool(v2), PER_TENSOR_BIAS=bool(v2))
+                      SIGN_EQ=bool(v2), PER_TENSOR_BIAS=bool(v2), CAUTIOUS=bool(v2))
     src = ASTSource(fn=fn, signature=_signature(fn, cdt, constexprs), constexprs=constexprs)
     t0 = time.perf_counter()
     compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps})

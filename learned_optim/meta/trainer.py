@@ -372,7 +372,13 @@ class MetaTrainer:
         """``net`` as written out: with ``config.size_prior`` added on ``config.size_prior_feature``,
         then ``config.vector_prior`` on ``"is_vector_large"``, then ``config.ratio_prior`` on
         ``"grad_log_ratio_large"`` (no change where they are 0). With
-        ``config.prior_in_training`` they are in ``net`` already: only its provenance records them."""
+        ``config.prior_in_training`` they are in ``net`` already: only its provenance records them.
+        Then ``config.cautious_mask``, when above 0, turns the cautious mask on."""
+        if self.config.cautious_mask:
+            return self._with_prior_only(net).with_cautious_mask(self.config.cautious_mask)
+        return self._with_prior_only(net)
+
+    def _with_prior_only(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
         if not self.config.prior_in_training:
             return self._add_priors(net)
         net_out = CoordinatewiseLSTM(net.config, provenance=dict(net.provenance))

@@ -49,6 +49,8 @@ static inline V v_exp2_join(V e, V k) { return _mm256_mul_ps(e, _mm256_castsi256
 static inline V v_recip(V d) { return _mm256_div_ps(SET1(1.0f), d); }
 /* y where x != 0 (NaN included), else +0: a bitwise and with the compare mask, never a product */
 static inline V v_nonzero_where(V x, V y) { return _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NEQ_UQ), y); }
+/* y where x > 0, else +0 (and +0 where x is NaN): a bitwise and with the compare mask */
+static inline V v_positive_where(V x, V y) { return _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ), y); }
 /* sign(x): +-1, and +0 where x = +-0 (a NaN gives +-1) */
 static inline V v_signof(V x) {
     return v_nonzero_where(x, _mm256_or_ps(_mm256_and_ps(x, SET1(-0.0f)), SET1(1.0f)));

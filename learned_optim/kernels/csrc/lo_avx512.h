@@ -31,6 +31,8 @@ static inline V v_recip(V d) {
 }
 /* y where x != 0 (NaN included), else +0: a masked move, never a product */
 static inline V v_nonzero_where(V x, V y) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ), y); }
+/* y where x > 0, else +0 (and +0 where x is NaN): a masked move */
+static inline V v_positive_where(V x, V y) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), y); }
 /* sign(x): +-1, and +0 where x = +-0 (a NaN gives +-1); integer and/or, AVX-512F only */
 static inline V v_signof(V x) {
     const __m512i bits = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN)),

@@ -19,8 +19,11 @@ typedef struct lo_rule {
     /* format version 2, read only by the _v2 loops (built with -DLO_V2=1, see lo.c):
        sign_equivariant: features and the additive direction times sign(m_t);
        per_tensor_bias: bias is [T][4H] and hb [T][2], one row per tensor of the call (the
-       context's biases), instead of the rule's shared [4H] and [2] */
+       context's biases), instead of the rule's shared [4H] and [2];
+       cautious_scale: above 0, the cautious mask: no step where sign(m_t) sign(g_t) <= 0, the
+       other steps times cautious_scale */
     int32_t sign_equivariant, per_tensor_bias;
+    double cautious_scale;
 } lo_rule;
 
 /* exp for the portable loop: exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in

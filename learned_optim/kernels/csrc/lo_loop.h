@@ -15,7 +15,8 @@
    With LO_V2 (lo.c) the loop is format version 2's: sigma = sign(m_t) (0 where m_t = 0, 1 when
    k->sign_equivariant is off) multiplies the features before the clip and the additive
    direction, and with k->per_tensor_bias the gate and head biases are tensor tid's rows of bias
-   [T][4H] and hb [T][2]. Without LO_V2 none of this is compiled. */
+   [T][4H] and hb [T][2]; with k->cautious_scale above 0 the cautious mask (lo_common.h). Without
+   LO_V2 none of this is compiled. */
 void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int64_t* numels, int64_t T,
              const LO_CT* coefs, const LO_CT* w, const LO_CT* bias, const LO_CT* hw, const LO_CT* hb,
              const lo_rule* k) {
@@ -34,6 +35,8 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
 #if LO_V2
     const LO_CT se = k->sign_equivariant ? (LO_CT)1 : (LO_CT)0, nse = (LO_CT)1 - se;
     const int per_tensor = k->per_tensor_bias != 0;
+    const int cautious = k->cautious_scale > 0.0;
+    const LO_CT ck = (LO_CT)k->cautious_scale;
     int64_t bias_tid = -1;
     LO_CT hb0 = hb[0], hb1 = hb[1];
 #define LO_SG(x) (sg * (x))
@@ -110,7 +113,15 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
             /* a coordinate whose gradient has always been exactly 0 (v = 0) does not move: a
                select, so a NaN elsewhere stays NaN */
             const LO_CT us = vv == (LO_CT)0 ? (LO_CT)0 : u;
+#if LO_V2
+            /* the cautious mask: no step unless m_t and g_t have the same sign (compared as signs:
+               a product of two tiny values could round to 0), the kept steps times the scale */
+            const int agree = (mv > (LO_CT)0 && gv > (LO_CT)0) || (mv < (LO_CT)0 && gv < (LO_CT)0);
+            const LO_CT uc = !cautious ? us : (agree ? us * ck : (LO_CT)0);
+            p[j] = p[j] * decay - lr * uc;
+#else
             p[j] = p[j] * decay - lr * us;
+#endif
         }
     }
 }

@@ -5,7 +5,8 @@
      LO_LDS, LO_STS  masked vector load and store of the state (ld_f32/st_f32 or ld_bf16/st_bf16)
    The maths of lo_loop.h, with the gate and head weights (and the log-scale bound) rescaled on
    entry so that every exp is one v_exp2. With LO_V2, format version 2's rule as in lo_loop.h:
-   sigma = sign(m_t) (or 1), and tensor tid's biases, rescaled like the shared ones, per task.
+   sigma = sign(m_t) (or 1), tensor tid's biases, rescaled like the shared ones, per task, and the
+   cautious mask.
    Two specializations of the body: with `bounded` (the weights keep every gate and head exp's
    input in range, lo_inputs_bounded: the shipped weights' largest is ~34 of 125) those exps skip
    their clamp, 2 of the ~12 vector instructions of each, and h is clamped to [-1, 1] on load
@@ -36,6 +37,8 @@ static inline __attribute__((always_inline)) void LO_CAT(LO_NAME, _body)(
 #if LO_V2
     const V se = SET1(k->sign_equivariant ? 1.0f : 0.0f);
     const int per_tensor = k->per_tensor_bias != 0;
+    const int cautious = k->cautious_scale > 0.0;
+    const V ck = SET1((float)k->cautious_scale);
     int64_t bias_tid = -1;
     V hb0 = SET1(-2.0f * l2e * hb[0]), hb1 = SET1(-2.0f * l2e * hb[1]);
 #define LO_SG(u, x) v_mul(sg[u], x)
@@ -166,7 +169,12 @@ static inline __attribute__((always_inline)) void LO_CAT(LO_NAME, _body)(
                 const V t1 = v_fmsub(two, v_rcp1p(LO_EXP2B(y1[u])), one);
                 /* zero where v = 0 (a gradient that has always been exactly 0): a select on v as
                    stored above (reloaded from L1 rather than kept live across the gates) */
-                const V step = v_nonzero_where(ld_f32(v + j, km[u]), v_fmadd(av[u], LO_EXP2B(v_mul(escale, t0)), LO_SG(u, v_mul(dirb, t1))));
+                V step = v_nonzero_where(ld_f32(v + j, km[u]), v_fmadd(av[u], LO_EXP2B(v_mul(escale, t0)), LO_SG(u, v_mul(dirb, t1))));
+#if LO_V2
+                if (cautious) /* the cautious mask (lo_loop.h): m_t and g reloaded from L1, signs compared */
+                    step = v_positive_where(v_mul(v_signof(ld_f32(m + j, km[u])), v_signof(v_mul(sgn, ld_f32(g + j, km[u])))),
+                                            v_mul(step, ck));
+#endif
                 st_f32(p + j, km[u], v_fnmadd(lr, step, v_mul(ld_f32(p + j, km[u]), decay)));
             }
         }
