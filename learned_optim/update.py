@@ -48,7 +48,7 @@ with :math:`\eta` the learning rate, :math:`\lambda` the decoupled weight decay,
 output head (:math:`W_y = 0, b_y = 0`) the rule is exactly Adam(W). A coordinate whose gradient
 has been exactly 0 at every step so far (:math:`v_t = 0`) does not move, apart from weight decay.
 
-Format version 2 (``network.LSTMOptimizerConfig``) adds two options to the same rule:
+Format version 2 (``network.LSTMOptimizerConfig``) adds three options to the same rule:
 
 * ``sign_equivariant``: with :math:`\sigma_t = \mathrm{sign}(m_t)` (0 where :math:`m_t = 0`),
 
