@@ -188,7 +188,9 @@ def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p,
     a.masked_fill_(v == 0, 0.0)
     if rule.cautious_scale:  # the cautious mask: no step where sign(m) sign(g) <= 0, the rest times the scale
         keep = torch.sign(g, out=buf.s[:k]).mul_(torch.sign(m, out=d))  # s and d are not read again
-        a.mul_(rule.cautious_scale).masked_fill_(keep <= 0, 0.0)
+        if rule.cautious_scale != 1.0:  # a multiply by 1 changes no bit: skip it
+            a.mul_(rule.cautious_scale)
+        a.masked_fill_(keep <= 0, 0.0)
 
     if p is not None:
         if p.dtype == cdt:

@@ -374,19 +374,17 @@ class MetaTrainer:
         ``"grad_log_ratio_large"`` (no change where they are 0). With
         ``config.prior_in_training`` they are in ``net`` already: only its provenance records them.
         Then ``config.cautious_mask``, when above 0, turns the cautious mask on."""
-        if self.config.cautious_mask:
-            return self._with_prior_only(net).with_cautious_mask(self.config.cautious_mask)
-        return self._with_prior_only(net)
-
-    def _with_prior_only(self, net: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
         if not self.config.prior_in_training:
-            return self._add_priors(net)
-        net_out = CoordinatewiseLSTM(net.config, provenance=dict(net.provenance))
-        net_out.load_state_dict(net.state_dict())
-        net = net_out
-        for feature, slope in self._priors():
-            key = PRIOR_KEYS[feature]
-            net.provenance[key] = float(net.provenance.get(key, 0.0)) + slope
+            net = self._add_priors(net)
+        else:
+            net_out = CoordinatewiseLSTM(net.config, provenance=dict(net.provenance))
+            net_out.load_state_dict(net.state_dict())
+            net = net_out
+            for feature, slope in self._priors():
+                key = PRIOR_KEYS[feature]
+                net.provenance[key] = float(net.provenance.get(key, 0.0)) + slope
+        if self.config.cautious_mask:
+            net = net.with_cautious_mask(self.config.cautious_mask)
         return net
 
     def _hold_priors(self) -> None:
