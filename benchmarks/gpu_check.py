@@ -107,9 +107,11 @@ def worst_rel(got, want) -> float:
 
 
 def rules() -> list[tuple[str, CoordinatewiseLSTM]]:
-    """The rules parity runs: version 1, the shipped default's config, every version-2 input."""
+    """The rules parity runs: version 1, the shipped default's config, every version-2 input (and
+    the cautious mask with its per-tensor rescale)."""
     default = from_pretrained(DEFAULT_WEIGHTS).config
-    every = LSTMOptimizerConfig(sign_equivariant=True, context_features=CONTEXT_FEATURES)
+    every = LSTMOptimizerConfig(sign_equivariant=True, context_features=CONTEXT_FEATURES, cautious_scale=1.5,
+                                cautious_rescale=True)
     return [("v1", random_net(0)), ("default-config", random_net(7, default)), ("v2-every-input", random_net(8, every))]
 
 

@@ -150,6 +150,12 @@ class LSTMOptimizerConfig:
             tensor; here the mask reads m_t, so that it needs nothing beyond the coordinate (one
             pass, no per-tensor reduction), and the rescale is one constant. Sign equivariance and
             the zero step of a coordinate never given a gradient both hold with it.
+        cautious_rescale: (format version 2, with ``cautious_scale`` above 0) the kept steps of
+            each tensor are multiplied by ``numel / (kept + 1)`` as well, ``kept`` the number of
+            its coordinates the mask keeps at this step: the rescale of the cautious optimizers,
+            which restores the tensor's step size when the mask drops part of it. It costs one
+            count per tensor before the update (a pass over m and g; summed over every rank's
+            shard of an FSDP2 parameter). Default False (the constant ``cautious_scale`` only).
     """
 
     hidden_size: int = 4
@@ -163,6 +169,7 @@ class LSTMOptimizerConfig:
     sign_equivariant: bool = False
     context_features: tuple[str, ...] = ()
     cautious_scale: float = 0.0
+    cautious_rescale: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -184,6 +191,10 @@ class LSTMOptimizerConfig:
             check_number(self, name, gt=0.0)
         for name in ("log_scale_bound", "direction_bound", "cautious_scale"):
             check_number(self, name, ge=0.0)
+        check_bool(self, "cautious_rescale")
+        if self.cautious_rescale and not self.cautious_scale:
+            config_error(self, "cautious_rescale", "True only with the cautious mask on (cautious_scale above 0)",
+                         "set cautious_scale (e.g. 1.0) as well, or cautious_rescale=False")
 
     @property
     def num_features(self) -> int:
@@ -211,7 +222,8 @@ class LSTMOptimizerConfig:
     @property
     def format_version(self) -> int:
         """The oldest format version that can hold this config: 1 unless it uses a version-2 field."""
-        return 2 if self.sign_equivariant or self.context_features or self.cautious_scale else 1
+        v2 = self.sign_equivariant or self.context_features or self.cautious_scale or self.cautious_rescale
+        return 2 if v2 else 1
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-able values; the version-2 fields only when they differ from their
@@ -236,7 +248,8 @@ class LSTMOptimizerConfig:
 
 
 # The version-2 fields and the values that mean "version 1's rule".
-_V2_DEFAULTS: dict[str, Any] = {"sign_equivariant": False, "context_features": [], "cautious_scale": 0.0}
+_V2_DEFAULTS: dict[str, Any] = {"sign_equivariant": False, "context_features": [], "cautious_scale": 0.0,
+                                "cautious_rescale": False}
 
 
 class CoordinatewiseLSTM(nn.Module):
@@ -411,15 +424,18 @@ class CoordinatewiseLSTM(nn.Module):
         new.provenance[key] = float(self.provenance.get(key, 0.0)) + slope
         return new
 
-    def with_cautious_mask(self, scale: float = 1.0) -> "CoordinatewiseLSTM":
+    def with_cautious_mask(self, scale: float = 1.0, rescale: bool = False) -> "CoordinatewiseLSTM":
         """The same weights with the cautious mask on (``LSTMOptimizerConfig.cautious_scale`` set
         to ``scale``): a coordinate whose momentum and gradient disagree in sign takes no step, the
-        others take the rule's step times ``scale``. The scale is recorded in the provenance under
-        ``"cautious_mask"``.
+        others take the rule's step times ``scale`` (and, with ``rescale``, times each tensor's
+        numel / (kept + 1): ``LSTMOptimizerConfig.cautious_rescale``). The scale is recorded in the
+        provenance under ``"cautious_mask"``, the rescale under ``"cautious_rescale"``.
 
         Args:
             scale: the kept steps' multiplier, a finite number above 0. Default 1.0 (the rule's
                 own steps where the signs agree).
+            rescale: whether each tensor's kept steps are rescaled by numel / (kept + 1) as
+                well. Default False.
 
         Example::
 
@@ -433,8 +449,14 @@ class CoordinatewiseLSTM(nn.Module):
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite number above 0 (the kept steps' multiplier, e.g. 1.0), "
                              f"got {scale!r}")
-        new = CoordinatewiseLSTM(dataclasses.replace(self.config, cautious_scale=float(scale)),
-                                 provenance={**self.provenance, "cautious_mask": float(scale)}).to(self.weight.dtype)
+        if not isinstance(rescale, bool):
+            raise TypeError(f"rescale must be True or False (whether each tensor's kept steps are rescaled), got "
+                            f"{type(rescale).__name__} {rescale!r}")
+        provenance = {**self.provenance, "cautious_mask": float(scale)}
+        if rescale:
+            provenance["cautious_rescale"] = True
+        config = dataclasses.replace(self.config, cautious_scale=float(scale), cautious_rescale=rescale)
+        new = CoordinatewiseLSTM(config, provenance=provenance).to(self.weight.dtype)
         new.load_state_dict(self.state_dict())  # the weights bit for bit (same dtype)
         return new
 
@@ -445,6 +467,8 @@ class CoordinatewiseLSTM(nn.Module):
                      f"context_features={self.config.context_features}")
             if self.config.cautious_scale:
                 extra += f", cautious_scale={self.config.cautious_scale}"
+            if self.config.cautious_rescale:
+                extra += ", cautious_rescale=True"
         return f"hidden_size={self.config.hidden_size}, features={self.config.features}{extra}"
 
 

@@ -142,8 +142,9 @@ class LearnedOptimizer(Optimizer):
     Format version 2 weights may add sign equivariance, per-tensor context inputs and the cautious
     mask (``learned_optim.update``; the default has all three): with the mask,
     :math:`u_t \leftarrow \kappa u_t` where :math:`\mathrm{sign}(m_t)\,\mathrm{sign}(g_t) > 0` and
-    :math:`u_t \leftarrow 0` elsewhere (:math:`\kappa` = ``cautious_scale``), so a coordinate
-    whose gradient is exactly zero this step does not move.
+    :math:`u_t \leftarrow 0` elsewhere (:math:`\kappa` = ``cautious_scale``, times
+    :math:`n / (k + 1)` per tensor with ``cautious_rescale``: :math:`n` its size, :math:`k` the
+    coordinates kept), so a coordinate whose gradient is exactly zero this step does not move.
 
     All coordinates of all parameters of a group (per device and dtype) go through the LSTM in
     one batched pass, in cache-sized chunks; there is no per-parameter network call.

@@ -62,7 +62,10 @@ Format version 2 (``network.LSTMOptimizerConfig``) adds three options to the sam
   .. math::
       u_t \leftarrow \kappa\, u_t\, \mathbb{1}[\mathrm{sign}(m_t)\,\mathrm{sign}(g_t) > 0]
 
-  a coordinate whose momentum and gradient disagree in sign takes no step this time.
+  a coordinate whose momentum and gradient disagree in sign takes no step this time. With
+  ``cautious_rescale`` each tensor's kept steps are multiplied by :math:`n / (k + 1)` as well,
+  :math:`n` its number of values and :math:`k` the number the mask keeps at this step
+  (``cautious_scales``: one count per tensor before the fused loop).
 * ``context_features``: per-tensor values :math:`z \in \mathbb{R}^K` (``tensor_context``: the
   tensor's log RMS, log fan-in, whether it is a vector, the log size of the whole model, the log
   RMS of Adam's step from the moments before the step, whether it is a vector of a model above
@@ -86,10 +89,11 @@ from torch import Tensor
 
 from . import kernels
 from .kernels.eager import DEFAULT_CHUNK_SIZE, GPU_CHUNK_SIZE
-from .kernels.rule import Batch, PreparedRule, compute_dtype, prepare_batch, prepare_rule, weights_dict
+from .kernels.rule import Batch, PreparedRule, compute_dtype, prepare_batch, prepare_rule, rule_betas, weights_dict
 from .network import STATIC_FEATURES, LSTMOptimizerConfig, lstm_cell
 
 __all__ = ["RuleOutput", "Sharding", "lstm_rule", "tensor_context", "flat_tensor_context", "flat_context",
+           "cautious_agree", "cautious_scales", "flat_cautious_factor",
            "learned_update", "update_batch", "finite_flags",
            "finite_flags_on_device", "skips_on_device",
            "DeferredSkips", "all_ranks_min", "warn_skipped", "IMPLS", "DEFAULT_CHUNK_SIZE"]
@@ -117,6 +121,7 @@ def lstm_rule(
     weights,
     config: LSTMOptimizerConfig,
     context: Tensor | None = None,
+    cautious_factor: Tensor | float | None = None,
 ) -> RuleOutput:
     """The update rule for one flat tensor of N coordinates. Pure and differentiable.
 
@@ -130,6 +135,10 @@ def lstm_rule(
         context: the per-tensor inputs when ``config.context_features`` is not empty: ``[K]``
             (one tensor's values, ``tensor_context``) or ``[K, N]`` (per coordinate, for a flat
             vector of several tensors). Default ``None`` (a rule without context features).
+        cautious_factor: with ``config.cautious_rescale``, the rescale n / (k + 1) of the kept
+            steps: a scalar, or ``[N]`` per coordinate for a flat vector of several tensors (or
+            a shard of one: the count is the whole tensor's). Default ``None``: counted over
+            ``grad`` itself, one whole tensor. Ignored by rules without the rescale.
     Returns:
         ``RuleOutput(direction, exp_avg, exp_avg_sq, h, c)``, all new tensors.
     """
@@ -182,9 +191,59 @@ def lstm_rule(
     if config.cautious_scale:
         # the cautious mask: no step where the momentum and this gradient disagree in sign (or
         # either is 0), the other steps times the constant; a select, like the one above
-        agree = torch.sign(m) * torch.sign(grad) > 0
-        direction = torch.where(agree, direction * config.cautious_scale, 0.0)
+        agree = cautious_agree(m, grad)
+        scale = config.cautious_scale
+        if config.cautious_rescale:
+            if cautious_factor is None:  # a count has no gradient
+                cautious_factor = grad.numel() / (agree.sum().to(torch.float64) + 1)
+            scale = scale * torch.as_tensor(cautious_factor, dtype=torch.float64).to(grad.device, grad.dtype)
+        direction = torch.where(agree, direction * scale, 0.0)
     return RuleOutput(direction, m, v, h_new, c_new)
+
+
+def cautious_agree(exp_avg: Tensor, grad: Tensor) -> Tensor:
+    """The cautious mask: where m_t (``exp_avg`` after this step's update) and ``grad`` have the same
+    sign, both non-zero (bool, compared as signs: a product of two tiny values can round to 0)."""
+    return torch.sign(exp_avg) * torch.sign(grad) > 0
+
+
+def flat_cautious_factor(grads: Tensor, exp_avg: Tensor, shapes: Sequence[torch.Size],
+                         config: LSTMOptimizerConfig) -> Tensor | None:
+    """``lstm_rule``'s ``cautious_factor`` for a flat vector of the tensors of ``shapes``: ``[N]``,
+    n / (k + 1) of the tensor that holds each coordinate, from this step's flat ``grads`` and
+    the moment ``exp_avg`` before it; ``None`` for a rule without the rescale. No autograd."""
+    if not (config.cautious_scale and config.cautious_rescale):
+        return None
+    key = tuple(tuple(s) for s in shapes)
+    seg, numels = _segments(key, str(grads.device))
+    with torch.no_grad():
+        m = exp_avg * config.beta1 + grads * (1 - config.beta1)
+        agree = cautious_agree(m, grads).to(torch.float64)
+        kept = torch.zeros(len(key), dtype=torch.float64, device=grads.device).index_add(0, seg, agree)
+        return (numels.to(torch.float64) / (kept + 1))[seg]
+
+
+def cautious_scales(rule: PreparedRule, batch: Batch, fused=None, sharding: "Sharding | None" = None) -> Tensor:
+    """Each tensor's multiplier of the steps the cautious mask keeps, ``[T]`` fp64 on the batch's
+    device: ``cautious_scale * n / (k + 1)`` with ``n`` the tensor's size and ``k`` the number of
+    its coordinates whose m_t and g_t agree in sign at this step (``LSTMOptimizerConfig
+    .cautious_rescale``), from the batch before the update (steps counted, moments not yet
+    updated). Counted by the fused backend ``fused`` where it has a count (the C loop's), else by
+    foreach ops (``kernels.eager.count_agree``); ``sharding`` (default ``None``): the counts and
+    sizes are the whole tensors', summed over every rank's shard."""
+    counts = fused.count_agree(rule, batch) if fused is not None and hasattr(fused, "count_agree") else None
+    if counts is None:
+        counts = kernels.eager.count_agree(rule, batch)
+    return rule.cautious_scale * _rescale_factors(counts, batch.numels, sharding)
+
+
+def _rescale_factors(counts: Tensor, numels: Sequence[int], sharding: "Sharding | None") -> Tensor:
+    """n / (k + 1) per tensor from the kept counts k of ``counts`` and the sizes ``numels``; with
+    ``sharding`` the counts are summed over every rank's shard and n is the whole tensor's."""
+    if sharding is not None:
+        counts = sharding.sum_over_shards(counts[:, None])[:, 0]
+        numels = [math.prod(s) for s in sharding.shapes]
+    return torch.tensor(numels, dtype=torch.float64).to(counts.device) / (counts + 1)
 
 
 class Sharding(NamedTuple):
@@ -526,7 +585,13 @@ def learned_update(
                                      sharding=sharding, grads=grads)
         torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
+            factors = None
+            if config.cautious_scale and config.cautious_rescale and sharding is not None:
+                # the rescale counts over the whole tensor, every rank's shard (lstm_rule alone sees one)
+                counts = kernels.eager.count_agree_lists(grads, exp_avgs, rule_betas(config, betas)[0], maximize)
+                factors = _rescale_factors(counts, [p.numel() for p in params], sharding).unbind()
             _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, context=context,
+                              factors=factors,
                               **kw)
             return
         cdt = compute_dtype(params[0].dtype)
@@ -539,17 +604,19 @@ def learned_update(
                             maximize=maximize, betas=betas)
         batch = prepare_batch(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, config=config,
                               betas=betas, finite=finite, rule=rule, context=context)
-        update_batch(rule, batch, impl=impl, fused=fused, chunk_size=chunk_size)
+        update_batch(rule, batch, impl=impl, fused=fused, chunk_size=chunk_size, sharding=sharding)
 
 
-def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chunk_size: int | None = None
-                 ) -> None:
+def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chunk_size: int | None = None,
+                 sharding: Sharding | None = None) -> None:
     """Apply a prepared rule in place to a prepared batch (``kernels.rule``), steps already
     counted: ``learned_update`` after its checks and preparation, for callers that hold flat
     buffers (the graph-free inner step of meta-training, ``meta.inner.inner_step``). ``impl`` is
     ``"auto"``, ``"fused"`` or ``"eager"`` (not ``"reference"``: that one runs ``lstm_rule`` on
     the tensors themselves); ``fused`` is the device's fused backend (``None``: the one
-    ``kernels.FUSED_BACKENDS`` has for the batch's device). Runs without autograd."""
+    ``kernels.FUSED_BACKENDS`` has for the batch's device). A rule with the cautious rescale gets
+    the batch's ``cautious`` multipliers here unless they are set (``cautious_scales``, with
+    ``sharding``, default ``None``: whole tensors). Runs without autograd."""
     if impl not in ("auto", "fused", "eager"):
         raise ValueError(f"update_batch: impl must be 'auto', 'fused' or 'eager', got {impl!r}")
     device = batch.tensors[0][0].device if batch.numels else torch.device("cpu")
@@ -557,6 +624,8 @@ def update_batch(rule: PreparedRule, batch: Batch, *, impl: str, fused=None, chu
         fused = kernels.FUSED_BACKENDS.get(device.type)
     todo = [i for i, n in enumerate(batch.numels) if n > 0]
     with torch.no_grad():
+        if rule.cautious_rescale and batch.cautious is None:
+            batch.cautious = cautious_scales(rule, batch, fused if impl != "eager" else None, sharding)
         if impl != "eager" and todo:
             # a backend declares the format-2 rule (sign equivariance, the cautious mask, per-tensor
             # biases) with V2
@@ -717,7 +786,7 @@ class DeferredSkips:
 
 
 def _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps, *,
-                      weights, config, lr, weight_decay, maximize, betas, context) -> None:
+                      weights, config, lr, weight_decay, maximize, betas, context, factors=None) -> None:
     if betas is not None and tuple(map(float, betas)) != (config.beta1, config.beta2):
         config = dataclasses.replace(config, beta1=float(betas[0]), beta2=float(betas[1]))
     w = weights_dict(weights)
@@ -732,7 +801,7 @@ def _reference_update(params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, st
             g = -g
         out = lstm_rule(g, m.reshape(-1).to(cdt), v.reshape(-1).to(cdt), h.reshape(hs, -1).to(cdt),
                         c.reshape(hs, -1).to(cdt), step.item(), wc, config,
-                        None if context is None else context[i].to(cdt))
+                        None if context is None else context[i].to(cdt), None if factors is None else factors[i])
         m.copy_(out.exp_avg.view_as(m))
         v.copy_(out.exp_avg_sq.view_as(v))
         h.copy_(out.h.view_as(h))

@@ -24,8 +24,10 @@ GLOBAL_BATCH = 16
 
 def _net(v2: bool = False) -> CoordinatewiseLSTM:
     # A non-zero head, so the LSTM and its per-coordinate state matter (not plain Adam). With v2,
-    # every per-tensor context input: statistics of whole tensors, which FSDP2 shards across ranks.
-    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=CONTEXT_FEATURES) if v2 else None
+    # every per-tensor context input and the cautious rescale: statistics and counts of whole
+    # tensors, which FSDP2 shards across ranks.
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=CONTEXT_FEATURES, cautious_scale=1.0,
+                              cautious_rescale=True) if v2 else None
     net = CoordinatewiseLSTM(cfg, seed=2)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -93,6 +95,9 @@ def _worker(rank, port, mode, out, ckpt_dir):
     _setup(rank, port)
     v2 = "_v2" in mode
     mode = mode.replace("_v2", "")
+    impl = "auto"
+    if mode.endswith("_reference"):  # lstm_rule per shard, with the whole tensors' context and counts
+        impl, mode = "reference", mode[: -len("_reference")]
     if mode.endswith("_triton"):
         # The fused path with device-side finite flags (the Triton kernel, in its interpreter on
         # these CPU tensors): the cross-rank MIN of the flags then runs with no host read.
@@ -105,7 +110,7 @@ def _worker(rank, port, mode, out, ckpt_dir):
     try:
         if mode == "ddp":
             model = nn.parallel.DistributedDataParallel(_model())
-            opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01)
+            opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01, impl=impl)
             _train(model, opt, STEPS, rank=rank)
             params = [p.detach() for p in model.module.parameters()]
         else:
@@ -120,7 +125,7 @@ def _worker(rank, port, mode, out, ckpt_dir):
                 return m
 
             model = sharded()
-            opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01)
+            opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01, impl=impl)
             if mode == "fsdp":
                 _train(model, opt, STEPS, rank=rank)
             elif mode.startswith("fsdp_nan"):
@@ -151,7 +156,7 @@ def _worker(rank, port, mode, out, ckpt_dir):
                 msd, osd = get_state_dict(model, opt)
                 dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt_dir)
                 model = sharded()
-                opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01)
+                opt = LearnedOptimizer(model.parameters(), _net(v2), lr=1e-2, weight_decay=0.01, impl=impl)
                 msd, osd = get_state_dict(model, opt)
                 state = {"model": msd, "optim": osd}
                 dcp.load(state, checkpoint_id=ckpt_dir)
@@ -179,10 +184,10 @@ def _run(mode):
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp_resume", "fsdp_nan", "fsdp_nan_triton", "ddp_v2", "fsdp_v2",
-                                  "fsdp_nan_v2", "fsdp_nan_triton_v2"])
+                                  "fsdp_nan_v2", "fsdp_nan_triton_v2", "fsdp_reference_v2"])
 def test_distributed_matches_single_process(mode):
-    """v2: a rule with every per-tensor context input, whose values FSDP2 must compute over the
-    whole tensor (all ranks' shards), not over the local shard."""
+    """v2: a rule with every per-tensor context input and the cautious rescale, whose values and
+    counts FSDP2 must compute over the whole tensor (all ranks' shards), not over the local shard."""
     if "_triton" in mode and importlib.util.find_spec("triton") is None:
         pytest.skip("the triton package is not installed")
     rank0, rank1 = _run(mode)

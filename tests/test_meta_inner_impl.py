@@ -21,12 +21,14 @@ IMPLS = ["auto", "eager"] + (["fused"] if cpu.available(4, 2, v2=True) else [])
 
 
 def _net(version: int | str, dtype=torch.float64) -> CoordinatewiseLSTM:
-    """version 1, 2 (sign equivariance and context), or "cautious" (2 with the cautious mask)."""
+    """version 1, 2 (sign equivariance and context), "cautious" (2 with the cautious mask) or
+    "rescale" (and its per-tensor rescale)."""
     cfg = (LSTMOptimizerConfig(hidden_size=4) if version == 1 else
            LSTMOptimizerConfig(hidden_size=4, sign_equivariant=True, direction_bound=0.5,
                                context_features=("p_log_rms", "log_fan_in", "is_vector", "log_num_params",
                                                  "adam_log_rms", "grad_log_ratio"),
-                               cautious_scale=1.25 if version == "cautious" else 0.0))
+                               cautious_scale=1.25 if version in ("cautious", "rescale") else 0.0,
+                               cautious_rescale=version == "rescale"))
     net = CoordinatewiseLSTM(cfg, seed=3).to(dtype)
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():  # a non-zero head, so the LSTM and the context change the step
@@ -48,7 +50,7 @@ def _run(net, impl, steps=8, weight_decay=0.0, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("version", [1, 2, "cautious"])
+@pytest.mark.parametrize("version", [1, 2, "cautious", "rescale"])
 @pytest.mark.parametrize("decay", ["none", "float", "mask"])
 def test_batched_inner_step_matches_the_reference_in_float64(impl, version, decay):
     net = _net(version)

@@ -333,6 +333,15 @@ def test_size_prior_is_added_to_the_written_weights_only(tmp_path):
     assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
     with pytest.raises(ValueError, match="cautious_mask"):
         meta_train("tiny", out=tmp_path / "bad", progress=False, cautious_mask=-1.0)
+    # and its per-tensor rescale
+    meta_train("tiny", out=tmp_path / "cr", progress=False, size_prior=-0.3, size_prior_feature="log_num_params_capped",
+               vector_prior=0.35, cautious_mask=1.0, cautious_rescale=True)
+    got = from_pretrained(tmp_path / "cr")
+    assert got.config == from_pretrained(tmp_path / "v").with_cautious_mask(1.0, rescale=True).config
+    assert got.config.cautious_rescale and got.provenance["cautious_rescale"] is True
+    assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("weight", "bias", "head_weight", "head_bias"))
+    with pytest.raises(ValueError, match="cautious_rescale"):
+        meta_train("tiny", out=tmp_path / "bad", progress=False, cautious_rescale=True)
 
 
 def test_prior_in_training_holds_the_priors_fixed_while_the_rest_learns(tmp_path):

@@ -20,6 +20,8 @@ CONFIGS = {
     "both": LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "is_vector")),
     "cautious": LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "is_vector"),
                                     cautious_scale=1.5),
+    "rescale": LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "is_vector"),
+                                   cautious_scale=1.5, cautious_rescale=True),
 }
 SHAPES = [(7, 5), (5,), (9000,), (3, 2, 2), (1,)]
 
@@ -72,6 +74,8 @@ def test_v1_config_serialises_as_before():
     ({"cautious_scale": -1.0}, "cautious_scale"),
     ({"cautious_scale": float("nan")}, "cautious_scale"),
     ({"cautious_scale": "1.5"}, "cautious_scale"),
+    ({"cautious_rescale": 1, "cautious_scale": 1.0}, "cautious_rescale"),
+    ({"cautious_rescale": True}, "cautious_rescale"),  # without the mask
 ])
 def test_bad_v2_fields_name_the_field(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
@@ -111,6 +115,29 @@ def test_cautious_mask_steps_only_where_momentum_and_gradient_agree():
     assert out.direction[4] < 0  # the kept step of a coordinate whose momentum turned with g
 
 
+def test_cautious_rescale_multiplies_each_tensors_kept_steps_by_numel_over_kept_plus_one():
+    """The same coordinates as above: 3 of 7 kept, so the kept steps are the constant mask's times
+    7 / 4; a factor passed in replaces the count (a shard's, or a flat vector's per coordinate)."""
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, cautious_scale=1.5, cautious_rescale=True)
+    assert cfg.format_version == 2 and cfg.to_dict()["cautious_rescale"] is True
+    assert "cautious_rescale" not in dataclasses.replace(cfg, cautious_rescale=False).to_dict()
+    net = CoordinatewiseLSTM(cfg).double()
+    m_prev = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0, 0.0, 0.5], dtype=torch.float64)
+    g = torch.tensor([0.5, -0.5, -0.5, 0.5, -20.0, 0.0, -4.5], dtype=torch.float64)
+    v_prev = torch.full((7,), 0.25, dtype=torch.float64)
+    h = torch.zeros(4, 7, dtype=torch.float64)
+    masked = lstm_rule(g, m_prev, v_prev, h, h, 3.0, net, dataclasses.replace(cfg, cautious_rescale=False))
+    out = lstm_rule(g, m_prev, v_prev, h, h, 3.0, net, cfg)
+    torch.testing.assert_close(out.direction, masked.direction * 7 / 4, rtol=1e-15, atol=0)
+    given = lstm_rule(g, m_prev, v_prev, h, h, 3.0, net, cfg, cautious_factor=torch.arange(7.0, dtype=torch.float64))
+    torch.testing.assert_close(given.direction, masked.direction * torch.arange(7.0, dtype=torch.float64))
+    # a flat vector of two tensors: each coordinate gets its own tensor's count
+    from learned_optim.update import flat_cautious_factor
+    factor = flat_cautious_factor(g, m_prev, [torch.Size([4]), torch.Size([3])], cfg)
+    assert factor.tolist() == [4 / 3] * 4 + [3 / 2] * 3  # kept: 2 of the first 4, 1 of the last 3
+    assert flat_cautious_factor(g, m_prev, [torch.Size([7])], dataclasses.replace(cfg, cautious_rescale=False)) is None
+
+
 def test_with_cautious_mask_keeps_the_weights_and_rejects_bad_scales():
     net = random_net(CONFIGS["both"]).double()
     masked = net.with_cautious_mask(2.0)
@@ -121,6 +148,12 @@ def test_with_cautious_mask_keeps_the_weights_and_rejects_bad_scales():
                      (True, TypeError)):
         with pytest.raises(exc, match="scale"):
             net.with_cautious_mask(bad)
+    rescaled = net.with_cautious_mask(1.0, rescale=True)
+    assert rescaled.config == dataclasses.replace(net.config, cautious_scale=1.0, cautious_rescale=True)
+    assert rescaled.provenance["cautious_rescale"] is True and "cautious_rescale" not in masked.provenance
+    assert "cautious_rescale=True" in repr(rescaled)
+    with pytest.raises(TypeError, match="rescale"):
+        net.with_cautious_mask(1.0, rescale=1)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

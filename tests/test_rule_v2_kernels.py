@@ -40,7 +40,8 @@ CONFIGS = {
     "context": dict(context_features=CONTEXT_FEATURES),
     "both": dict(sign_equivariant=True, context_features=CONTEXT_FEATURES),
     "cautious": dict(cautious_scale=1.5),
-    "all": dict(sign_equivariant=True, context_features=CONTEXT_FEATURES, cautious_scale=1.5),
+    "rescale": dict(sign_equivariant=True, cautious_scale=0.7, cautious_rescale=True),
+    "all": dict(sign_equivariant=True, context_features=CONTEXT_FEATURES, cautious_scale=1.5, cautious_rescale=True),
 }
 # scalars, small tensors, the 48-coordinate AVX-512 block's edges, one above the eager chunk (8192)
 SHAPES = [(), (1,), (7,), (3, 5, 2, 2), (47,), (48,), (49,), (97, 131), (5,)]

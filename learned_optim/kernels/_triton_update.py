@@ -22,7 +22,8 @@ kernel as before: ``SIGN_EQ`` (sigma = sign(m_t), 0 where m_t = 0, multiplies th
 before the clip and the additive direction), ``PER_TENSOR_BIAS`` (``b_ptr`` / ``hb_ptr`` are
 ``[T, 4H]`` / ``[T, 2]`` tables, one row per tensor of the launch: a rule with context), and
 ``CAUTIOUS`` (the cautious mask, ``update.lstm_rule``: no step unless sign(m_t) sign(g_t) > 0, the
-kept steps times ``cautious_scale``).
+kept steps times ``cautious_scale``; with ``RESCALE`` times tensor tid's multiplier ``cscales[tid]``
+instead, the cautious rescale's, counted before the launch).
 
 All maths is in the compute dtype (fp32, or fp64 for fp64 parameters); p, g, m, v, h, c are read
 and written in their own dtypes (fp32 / bf16 / fp16 parameters, bf16 LSTM state). Offsets are
@@ -127,7 +128,7 @@ def _const(x, CDT: tl.constexpr):
 
 @triton.jit
 def lstm_update_kernel(
-    ptrs, blocks, coefs, w_ptr, b_ptr, hw_ptr, hb_ptr, numels, flags, T, NB,
+    ptrs, blocks, coefs, w_ptr, b_ptr, hw_ptr, hb_ptr, numels, flags, cscales, T, NB,
     beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64, one_minus_beta2: tl.float64,
     eps_: tl.float64, feature_clip: tl.float64, lr_: tl.float64, decay_: tl.float64,
     log_scale_bound: tl.float64, direction_bound: tl.float64, cautious_scale: tl.float64,
@@ -135,6 +136,7 @@ def lstm_update_kernel(
     CDT: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, F: tl.constexpr,
     KIND0: tl.constexpr, KIND1: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
     SIGN_EQ: tl.constexpr = False, PER_TENSOR_BIAS: tl.constexpr = False, CAUTIOUS: tl.constexpr = False,
+    RESCALE: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     tid = tl.load(blocks + pid)
@@ -221,7 +223,10 @@ def lstm_update_kernel(
     u = tl.where(v == 0.0, 0.0, u)
     if CAUTIOUS:  # no step unless m_t and g have the same sign (compared as signs), the rest scaled
         agree = ((m > 0.0) & (g > 0.0)) | ((m < 0.0) & (g < 0.0))
-        u = tl.where(agree, u * _const(cautious_scale, CDT), 0.0)
+        if RESCALE:  # tensor tid's multiplier, n / (k + 1) times the scale
+            u = tl.where(agree, u * tl.load(cscales + tid), 0.0)
+        else:
+            u = tl.where(agree, u * _const(cautious_scale, CDT), 0.0)
 
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
     tl.store(p_ptr + offs, (p * decay - lr * u).to(P_DT), mask=mask)
@@ -280,13 +285,15 @@ def _step_tables(ptrs: list[int], coefs: list[float], dtype: torch.dtype,
 
 
 def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, sib2, flags=None,
-           gate_bias=None, head_bias=None) -> None:
+           gate_bias=None, head_bias=None, cscales=None) -> None:
     """One launch over contiguous tensors of one dtype per role, in any shape (``lstm_hs`` /
     ``lstm_cs`` ``[H, *p.shape]``, read as ``[H, n]``; ``ib1``/``sib2``: their
     bias corrections) with the prepared rule ``rule``. ``flags``: int32 ``[T]`` on the device, 0
     where a tensor must be left untouched; ``None``: every tensor is updated. ``gate_bias`` /
     ``head_bias``: ``[T, 4H]`` / ``[T, 2]`` per-tensor biases on the device, in the compute dtype,
-    replacing the rule's (a rule with context), or ``None``."""
+    replacing the rule's (a rule with context), or ``None``. ``cscales``: ``[T]`` on the device in
+    the compute dtype, the kept steps' multipliers of a rule with the cautious rescale
+    (``Batch.cautious``), or ``None``."""
     device = params[0].device
     hs, nf = rule.hidden_size, rule.num_features
     numels = tuple(p.numel() for p in params)
@@ -303,14 +310,14 @@ def launch(rule, params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, ib1, si
         ptrs, blocks, coefs,
         rule.weight, gate_bias.contiguous() if per_tensor else rule.bias, rule.head_weight,
         head_bias.contiguous() if per_tensor else rule.head_bias,
-        numels_t, flags, t, nb,
+        numels_t, flags, coefs if cscales is None else cscales.contiguous(), t, nb,
         rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps, rule.feature_clip,
         rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound, rule.cautious_scale,
         P_DT=_TL_DTYPES[params[0].dtype], G_DT=_TL_DTYPES[grads[0].dtype],
         M_DT=_TL_DTYPES[exp_avgs[0].dtype], S_DT=_TL_DTYPES[lstm_hs[0].dtype], CDT=_TL_DTYPES[rule.dtype],
         H=hs, HP=triton.next_power_of_2(hs), F=nf, KIND0=kinds[0], KIND1=kinds[-1],
         MAXIMIZE=bool(rule.maximize), BLOCK=block, SIGN_EQ=bool(rule.sign_equivariant), PER_TENSOR_BIAS=per_tensor,
-        CAUTIOUS=rule.cautious_scale > 0, num_warps=num_warps,
+        CAUTIOUS=rule.cautious_scale > 0, RESCALE=cscales is not None, num_warps=num_warps,
     )
     # The host tables above may be freed now: pinned blocks are recycled only after the copy
     # that used them completes (torch's caching host allocator records the stream).

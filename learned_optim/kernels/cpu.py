@@ -23,7 +23,8 @@ Format version 2 rules (``rule.sign_equivariant``, the cautious mask ``rule.caut
 the per-tensor biases of a rule with context, ``Batch.gate_bias`` / ``head_bias``) run in a second
 library per network shape, built with ``-DLO_V2=1`` the first time such a rule runs: the same loops
 with sigma = sign(m_t) on the features and the additive direction, the mask on the step, and tensor
-i's biases read for its coordinates (``V2``).
+i's biases read for its coordinates (``V2``). The cautious rescale's count per tensor before
+the update (``count_agree``) is that library's ``lo_count_agree_*`` (``csrc/lo_agree.h``).
 The version 1 library, and so a version 1 rule's speed and results, stay exactly as they were.
 
 Covered dtypes: fp32 maths with fp32 p, g, m, v and fp32 or bf16 LSTM state; fp64 throughout;
@@ -52,7 +53,8 @@ import torch
 from . import cbuild
 from .rule import Batch, PreparedRule, chunk_plan
 
-__all__ = ["available", "simd_width", "supports", "select", "update", "MAX_HIDDEN", "ENABLED", "USE_SIMD", "V2"]
+__all__ = ["available", "simd_width", "supports", "select", "update", "count_agree", "MAX_HIDDEN", "ENABLED",
+           "USE_SIMD", "V2"]
 
 NAME = "the C loop"
 COVERS = "fp32 parameters, gradients and moments with fp32 or bf16 LSTM state, and fp64 throughout"
@@ -114,6 +116,10 @@ def _load(hidden_size: int, num_features: int, v2: bool = False) -> ctypes.CDLL:
         fn = getattr(lib, name + suffix)
         fn.restype = None
         fn.argtypes = loop_args
+    if v2:
+        for name in ("lo_count_agree_f32", "lo_count_agree_f64"):
+            getattr(lib, name).restype = None
+            getattr(lib, name).argtypes = [i64, ptr, ptr, i64, ctypes.POINTER(_RuleStruct), ptr]
     if lib.lo_simd():
         for name in ("lo_simd_exp2", "lo_simd_rcp1p"):
             getattr(lib, name).restype = None
@@ -203,13 +209,62 @@ def unavailable_reason(rule: PreparedRule) -> str:
     return f"it covers only {COVERS}"
 
 
+def _consts(rule: PreparedRule, per_tensor: bool) -> _RuleStruct:
+    kinds = rule.feature_kinds
+    return _RuleStruct(rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps,
+                       rule.feature_clip, rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound,
+                       kinds[0], kinds[-1], int(rule.maximize), int(bool(rule.sign_equivariant)), int(per_tensor),
+                       rule.cautious_scale)
+
+
+def _run(tasks_of: list, call) -> None:
+    """``call(item)`` for each thread's item of ``tasks_of`` (its task list, or its index): in this
+    thread when there is one, else on the pool (ctypes releases the GIL)."""
+    global _pool
+    if len(tasks_of) == 1:
+        call(tasks_of[0])
+        return
+    if _pool is None or _pool_size[0] < len(tasks_of):
+        _pool = ThreadPoolExecutor(max_workers=len(tasks_of), thread_name_prefix="learned_optim")
+        _pool_size[0] = len(tasks_of)
+    for f in [_pool.submit(call, t) for t in tasks_of]:
+        f.result()
+
+
+def count_agree(rule: PreparedRule, batch: Batch) -> torch.Tensor | None:
+    """The cautious rescale's count for every tensor of the batch (``kernels.eager.count_agree``'s
+    numbers: the coordinates whose m_t and g agree in sign), ``[T]`` fp64, by the C loop's library
+    on as many threads as the update; ``None`` where the C loop cannot read the batch (not on CPU,
+    gradients or moments not in the compute dtype, the loop unavailable): the caller counts with
+    foreach ops then."""
+    gs, ms = batch.tensors[1], batch.tensors[2]
+    cdt = rule.dtype
+    if (not batch.numels or gs[0].device.type != "cpu" or any(t.dtype != cdt for t in (*gs, *ms))
+            or rule.hidden_size > MAX_HIDDEN or not available(rule.hidden_size, rule.num_features, v2=True)):
+        return None
+    lib = _libs_v2[(rule.hidden_size, rule.num_features)]
+    fn = lib.lo_count_agree_f64 if cdt == torch.float64 else lib.lo_count_agree_f32
+    t_count = len(batch.numels)
+    zeros = [0] * t_count
+    ptrs = torch.tensor(zeros + [t.data_ptr() for t in gs] + [t.data_ptr() for t in ms], dtype=torch.int64)
+    consts = _consts(rule, False)
+    tasks_of = _split(list(batch.numels), max(1, torch.get_num_threads()))
+    counts = torch.zeros(max(1, len(tasks_of)), t_count, dtype=torch.int64)
+
+    def call(i: int) -> None:
+        tasks = tasks_of[i]
+        fn(tasks.shape[0], tasks.data_ptr(), ptrs.data_ptr(), t_count, ctypes.byref(consts), counts[i].data_ptr())
+
+    _run(list(range(len(tasks_of))), call)
+    return counts.sum(0).double()
+
+
 def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     """The update, in place, for the tensors ``idx`` of the batch (all accepted by ``select``).
 
     Work is split into equal coordinate ranges for ``torch.get_num_threads()`` threads (ctypes
     releases the GIL).
     """
-    global _pool
     v2 = _is_v2(rule, batch)
     lib = (_libs_v2 if v2 else _libs)[(rule.hidden_size, rule.num_features)]
     cdt = rule.dtype
@@ -218,11 +273,7 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     for i in idx:
         groups.setdefault(batch.tensors[4][i].dtype, []).append(i)
     w = [t.contiguous() for t in (rule.weight, rule.bias, rule.head_weight, rule.head_bias)]
-    kinds = rule.feature_kinds
-    consts = _RuleStruct(rule.beta1, rule.beta2, rule.one_minus_beta1, rule.one_minus_beta2, rule.eps,
-                         rule.feature_clip, rule.lr, rule.decay, rule.log_scale_bound, rule.direction_bound,
-                         kinds[0], kinds[-1], int(rule.maximize), int(bool(rule.sign_equivariant)), int(per_tensor),
-                         rule.cautious_scale)
+    consts = _consts(rule, per_tensor)
     simd = bool(lib.lo_simd()) and USE_SIMD
     nthreads = max(1, torch.get_num_threads())
     for sdt, sub in groups.items():
@@ -238,6 +289,8 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
         ptrs = torch.tensor([[t.data_ptr() for t in lst] for lst in batch.sources(sub)], dtype=torch.int64)
         numels = torch.tensor([batch.numels[i] for i in sub], dtype=torch.int64)
         coefs = torch.tensor([batch.ib1[i] for i in sub] + [batch.sib2[i] for i in sub], dtype=cdt)
+        if rule.cautious_scale > 0:  # the kept steps' multipliers after the corrections (lo_loop.h)
+            coefs = torch.cat([coefs, torch.as_tensor(batch.cautious_of(sub, rule), dtype=cdt)])
         t_count = len(sub)
         task_lists = _split(numels.tolist(), nthreads)
 
@@ -245,14 +298,7 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
             fn(tasks.shape[0], tasks.data_ptr(), ptrs.data_ptr(), numels.data_ptr(), t_count, coefs.data_ptr(),
                w[0].data_ptr(), gb.data_ptr(), w[2].data_ptr(), hb.data_ptr(), ctypes.byref(consts))
 
-        if len(task_lists) == 1:
-            call(task_lists[0])
-        else:
-            if _pool is None or _pool_size[0] < len(task_lists):
-                _pool = ThreadPoolExecutor(max_workers=len(task_lists), thread_name_prefix="learned_optim")
-                _pool_size[0] = len(task_lists)
-            for f in [_pool.submit(call, t) for t in task_lists]:
-                f.result()
+        _run(task_lists, call)
 
 
 def _split(numels: list[int], parts: int) -> list[torch.Tensor]:

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from .rule import Batch, PreparedRule, chunk_plan
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "GPU_CHUNK_SIZE", "default_chunk_size", "update", "buffers"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "GPU_CHUNK_SIZE", "default_chunk_size", "update", "buffers", "count_agree",
+           "count_agree_lists"]
 
 # Coordinates per chunk. The chunk's work space is about 42 floats per coordinate for H=4
 # (~1.3 MiB at 8192), of which one op touches a few MiB-fractions at a time; `lscpu` here: 1 MiB
@@ -43,6 +44,45 @@ DEFAULT_CHUNK_SIZE = 8192
 # launches a step keep it bound by the host). The work space at 2^20 is ~170 MiB, and never more
 # than 42 floats per coordinate of the tensors the loop updates.
 GPU_CHUNK_SIZE = 2**20
+
+
+# The cautious rescale's count holds two temporaries the size of the tensors it counts at once:
+# it takes the tensors in groups of at most this many values (a larger tensor alone).
+COUNT_GROUP = 2**24
+
+
+def count_agree_lists(grads: Sequence[Tensor], exp_avgs: Sequence[Tensor], beta1: float, maximize: bool,
+                      dtype: torch.dtype | None = None) -> Tensor:
+    """Per tensor, the number of coordinates the cautious mask keeps at this step: where m_t =
+    lerp(m, g, 1 - beta1) (``exp_avgs`` before the step) and g (negated when ``maximize``) are
+    both non-zero with the same sign. ``[T]`` fp64 on the tensors' device, in foreach ops in
+    ``dtype`` (default ``None``: each gradient's own); any device."""
+    counts = []
+    todo = [(g, m) for g, m in zip(grads, exp_avgs)]
+    start = 0
+    while start < len(todo):
+        stop, size = start, 0
+        while stop < len(todo) and (stop == start or size + todo[stop][0].numel() <= COUNT_GROUP):
+            size += todo[stop][0].numel()
+            stop += 1
+        gs = [g.reshape(-1).to(dtype or g.dtype) for g, _ in todo[start:stop]]
+        ms = [m.reshape(-1).to(g.dtype) for g, (_, m) in zip(gs, todo[start:stop])]
+        if maximize:
+            gs = torch._foreach_neg(gs)
+        mt = torch._foreach_lerp(ms, gs, 1 - beta1)  # the eager loop's m_t
+        torch._foreach_sign_(mt)
+        torch._foreach_mul_(mt, torch._foreach_sign(gs))  # 1 where the signs agree, else 0 or -1
+        torch._foreach_clamp_min_(mt, 0.0)
+        counts += [n.double() for n in torch._foreach_norm(mt, 1)]
+        start = stop
+    if not counts:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.stack(counts)
+
+
+def count_agree(rule: PreparedRule, batch: Batch) -> Tensor:
+    """``count_agree_lists`` for every tensor of the batch, in the rule's compute dtype."""
+    return count_agree_lists(batch.g, batch.m, rule.beta1, rule.maximize, rule.dtype)
 
 
 def default_chunk_size(device: torch.device | str) -> int:
@@ -119,12 +159,15 @@ def _scaled(rule: PreparedRule, batch: Batch) -> _Scaled:
                    head_biases)
 
 
-def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p, ib1, sib2, biases=None) -> Tensor:
+def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p, ib1, sib2, biases=None,
+                cscale=None) -> Tensor:
     """The rule on one chunk of k coordinates, in place: m, v [k]; h, c [H, k] (row-strided views
     are fine); p [k] or None. ``ib1`` = 1/(1-b1^t) and ``sib2`` = sqrt(1/(1-b2^t)) are floats or
     [k] tensors. ``biases``: ``None`` (the rule's), or the (gate [4H, 1|k], head [2, 1|k]) biases
-    of a context rule, scaled like ``_Scaled``. Returns the step u_t [k] (a view of ``buf.a``,
-    valid until the next chunk)."""
+    of a context rule, scaled like ``_Scaled``. ``cscale``: the kept steps' multiplier of the
+    cautious mask, ``None`` (the rule's constant) or a ``[1]`` / ``[k]`` tensor (the rescale's,
+    ``Batch.cautious``). Returns the step u_t [k] (a view of ``buf.a``, valid until the next
+    chunk)."""
     cdt = rule.dtype
     hs, nf, k = rule.hidden_size, rule.num_features, g.shape[0]
     z = buf.z[: (nf + hs) * k].view(nf + hs, k)
@@ -188,7 +231,9 @@ def _chunk_step(rule: PreparedRule, w: _Scaled, buf: _Buffers, g, m, v, h, c, p,
     a.masked_fill_(v == 0, 0.0)
     if rule.cautious_scale:  # the cautious mask: no step where sign(m) sign(g) <= 0, the rest times the scale
         keep = torch.sign(g, out=buf.s[:k]).mul_(torch.sign(m, out=d))  # s and d are not read again
-        if rule.cautious_scale != 1.0:  # a multiply by 1 changes no bit: skip it
+        if cscale is not None:
+            a.mul_(cscale)
+        elif rule.cautious_scale != 1.0:  # a multiply by 1 changes no bit: skip it
             a.mul_(rule.cautious_scale)
         a.masked_fill_(keep <= 0, 0.0)
 
@@ -222,6 +267,7 @@ def update(rule: PreparedRule, batch: Batch, todo: Sequence[int], chunk_size: in
                   min(chunk_size, sum(numels[i] for i in todo)))
     inplace_min = max(1, chunk_size // 2)
     small = [i for i in todo if numels[i] < inplace_min]
+    cscales = None if batch.cautious is None else batch.cautious.to(rule.dtype)
 
     for i in todo:
         n = numels[i]
@@ -233,10 +279,11 @@ def update(rule: PreparedRule, batch: Batch, todo: Sequence[int], chunk_size: in
         for s in range(0, n, step):
             e = min(n, s + step)
             _chunk_step(rule, w, buf, batch.g[i][s:e], batch.m[i][s:e], batch.v[i][s:e], batch.h[i][:, s:e],
-                        batch.c[i][:, s:e], batch.p[i][s:e], batch.ib1[i], batch.sib2[i], _biases_of(w, [i]))
+                        batch.c[i][:, s:e], batch.p[i][s:e], batch.ib1[i], batch.sib2[i], _biases_of(w, [i]),
+                        None if cscales is None else cscales[i : i + 1])
 
     for chunk in chunk_plan([numels[i] for i in small], chunk_size):
-        _packed_chunk(rule, w, buf, batch, [(small[j], s, e) for j, s, e in chunk], device)
+        _packed_chunk(rule, w, buf, batch, [(small[j], s, e) for j, s, e in chunk], device, cscales)
 
 
 def _biases_of(w: _Scaled, idx: Sequence[int], lens: Tensor | None = None):
@@ -252,7 +299,7 @@ def _biases_of(w: _Scaled, idx: Sequence[int], lens: Tensor | None = None):
             w.head_biases.index_select(1, sel).repeat_interleave(lens, dim=1))
 
 
-def _packed_chunk(rule: PreparedRule, w: _Scaled, buf: _Buffers, batch: Batch, segs, device) -> None:
+def _packed_chunk(rule: PreparedRule, w: _Scaled, buf: _Buffers, batch: Batch, segs, device, cscales=None) -> None:
     """Small tensors: gather their segments into the chunk buffers, step, scatter back."""
     cdt, hs = rule.dtype, rule.hidden_size
     ib1, sib2 = batch.ib1, batch.sib2
@@ -274,7 +321,12 @@ def _packed_chunk(rule: PreparedRule, w: _Scaled, buf: _Buffers, batch: Batch, s
     if w.gate_biases is not None:  # per-coordinate biases when tensors share the chunk
         biases = _biases_of(w, idx) if len(set(idx)) == 1 else _biases_of(
             w, idx, torch.tensor([e - s for _, s, e in segs], device=device))
-    u = _chunk_step(rule, w, buf, g, m, v, h, c, None, cb1, cb2, biases)
+    cscale = None
+    if cscales is not None:  # per coordinate: the multiplier of the tensor it belongs to
+        sel = torch.tensor(idx, device=cscales.device)
+        cscale = cscales.index_select(0, sel).repeat_interleave(
+            torch.tensor([e - s for _, s, e in segs], device=cscales.device))
+    u = _chunk_step(rule, w, buf, g, m, v, h, c, None, cb1, cb2, biases, cscale)
 
     offs, off = [], 0
     for _, s, e in segs:

@@ -79,6 +79,8 @@ class PreparedRule(NamedTuple):
     context_weight: Tensor | None = None  # [4H, K] gate weights of the per-tensor context (format 2)
     head_context_weight: Tensor | None = None  # [2, K] head weights of the context
     cautious_scale: float = 0.0  # > 0: the cautious mask (format 2), the kept steps times this
+    # and, with the rescale, times n / (k + 1) per tensor too: Batch.cautious holds the products
+    cautious_rescale: bool = False
 
     @property
     def v2(self) -> bool:
@@ -150,6 +152,7 @@ def prepare_rule(weights, config: LSTMOptimizerConfig, *, device: torch.device, 
         maximize=bool(maximize), feature_kinds=tuple(FEATURE_KINDS[f] for f in config.features),
         sign_equivariant=config.sign_equivariant, context_weight=w["context_weight"],
         head_context_weight=w["head_context_weight"], cautious_scale=float(config.cautious_scale),
+        cautious_rescale=bool(config.cautious_rescale and config.cautious_scale),
     )
 
 
@@ -176,6 +179,9 @@ class Batch:
     # [T, 2] = head_bias + W_yz z_i for tensor i's context z_i; None without context
     gate_bias: Tensor | None = None
     head_bias: Tensor | None = None
+    # rules with the cautious rescale: each tensor's multiplier of its kept steps, [T] fp64 on the
+    # device (update.cautious_scales, set by update.update_batch); None otherwise
+    cautious: Tensor | None = None
     _views: dict[int, list[Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     def _flat(self, k: int) -> list[Tensor]:
@@ -199,6 +205,17 @@ class Batch:
     def sources(self, idx: Sequence[int]) -> tuple[list[Tensor], ...]:
         """(p, g, m, v, h, c) of the tensors ``idx`` as they are (contiguous, not flattened)."""
         return tuple([lst[i] for i in idx] for lst in self.tensors)
+
+    def cautious_of(self, idx: Sequence[int], rule: PreparedRule) -> list[float] | Tensor:
+        """The kept steps' multipliers of the tensors ``idx``: the batch's per-tensor ones in the
+        compute dtype (a device gather unless ``idx`` is every tensor), else the rule's constant
+        ``cautious_scale`` for each."""
+        if self.cautious is None:
+            return [rule.cautious_scale] * len(idx)
+        if list(idx) == list(range(len(self.numels))):
+            return self.cautious.to(rule.dtype)
+        sel = host_to(torch.tensor(list(idx), dtype=torch.int64), self.cautious.device)
+        return self.cautious.index_select(0, sel).to(rule.dtype)
 
     def finish(self) -> None:
         for dst, src in self.writebacks:

@@ -84,8 +84,9 @@ def update(rule: PreparedRule, batch: Batch, idx: Sequence[int]) -> None:
     for sub in groups.values():
         flags = batch.finite_of(sub)
         gate_bias, head_bias = _biases_of(batch, sub)
+        cscales = None if batch.cautious is None else batch.cautious_of(sub, rule)
         mod.launch(rule, *batch.sources(sub), [batch.ib1[i] for i in sub], [batch.sib2[i] for i in sub], flags,
-                   gate_bias, head_bias)
+                   gate_bias, head_bias, cscales)
 
 
 def _biases_of(batch: Batch, idx: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

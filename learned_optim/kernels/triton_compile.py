@@ -58,14 +58,16 @@ def nvidia_tools() -> tuple[str, str] | None:
 
 def _signature(fn, cdt: str, constexprs: dict) -> dict[str, str]:
     ptr = {"ptrs": "*i64", "blocks": "*i64", "numels": "*i64", "flags": "*i32", "coefs": f"*{cdt}",
-           "w_ptr": f"*{cdt}", "b_ptr": f"*{cdt}", "hw_ptr": f"*{cdt}", "hb_ptr": f"*{cdt}", "T": "i32", "NB": "i32"}
+           "cscales": f"*{cdt}", "w_ptr": f"*{cdt}", "b_ptr": f"*{cdt}", "hw_ptr": f"*{cdt}", "hb_ptr": f"*{cdt}",
+           "T": "i32", "NB": "i32"}
     return {name: "constexpr" if name in constexprs else ptr.get(name, "fp64") for name in fn.arg_names}
 
 
 def compile_variant(cc: int, p_dtype: str, s_dtype: str, block: int, num_warps: int, v2: bool = False, *,
                     hidden: int = 4, features: int = 2) -> dict[str, Any]:
     """Compile the kernel for ``sm_<cc>``; registers per thread, local/stack bytes and the time taken.
-    ``v2``: the kernel of a format version 2 rule (sign equivariance and per-tensor biases on)."""
+    ``v2``: the kernel of a format version 2 rule (sign equivariance, per-tensor biases, the cautious mask
+    and its per-tensor rescale on)."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -85,7 +87,7 @@ def compile_variant(cc: int, p_dtype: str, s_dtype: str, block: int, num_warps: 
     constexprs = dict(P_DT=tlt[p_dtype], G_DT=tlt[p_dtype], M_DT=tlt[m_dt], S_DT=tlt[s_dtype],
                       CDT=tlt["float64" if cdt == "fp64" else "float32"], H=hidden,
                       HP=triton.next_power_of_2(hidden), F=features, KIND0=0, KIND1=1, MAXIMIZE=False, BLOCK=block,
-                      SIGN_EQ=bool(v2), PER_TENSOR_BIAS=bool(v2), CAUTIOUS=bool(v2))
+                      SIGN_EQ=bool(v2), PER_TENSOR_BIAS=bool(v2), CAUTIOUS=bool(v2), RESCALE=bool(v2))
     src = ASTSource(fn=fn, signature=_signature(fn, cdt, constexprs), constexprs=constexprs)
     t0 = time.perf_counter()
     compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": num_warps})

@@ -207,6 +207,9 @@ class MetaTrainConfig:
             momentum and gradient disagree in sign takes no step. Meta-training and its validation
             run without it (to train with the mask on, set ``network.cautious_scale`` instead).
             Default 0: none.
+        cautious_rescale: with ``cautious_mask``, the saved weights' mask also rescales each
+            tensor's kept steps by numel / (kept + 1) (``LSTMOptimizerConfig.cautious_rescale``).
+            Default False.
         prior_in_training: when True, ``size_prior``, ``vector_prior`` and ``ratio_prior`` are added to the network
             before meta-training instead of on saving, and the head weights they set are held fixed
             (their meta-gradient is zeroed), so the rest of the rule learns with them in place;
@@ -287,6 +290,7 @@ class MetaTrainConfig:
     vector_prior: float = 0.0
     ratio_prior: float = 0.0
     cautious_mask: float = 0.0
+    cautious_rescale: bool = False
     prior_in_training: bool = False
     objective_split: str = "train"
     train_tasks: str = "default"
@@ -321,8 +325,11 @@ class MetaTrainConfig:
         check_number(self, "ratio_prior")
         check_number(self, "cautious_mask", ge=0)
         check_choice(self, "size_prior_feature", SIZE_FEATURES)
-        for name in ("second_order", "slot_rng", "prior_in_training"):
+        for name in ("second_order", "slot_rng", "prior_in_training", "cautious_rescale"):
             check_bool(self, name)
+        if self.cautious_rescale and not self.cautious_mask:
+            config_error(self, "cautious_rescale", "True only with cautious_mask above 0 (the mask it rescales)",
+                         "set cautious_mask (e.g. 1.0) as well, or cautious_rescale=False")
         check_choice(self, "estimator", ESTIMATORS)
         if self.horizon_max < self.horizon_min:
             config_error(self, "horizon_max", f">= horizon_min ({self.horizon_min})",

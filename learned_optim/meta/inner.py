@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..kernels.rule import compute_dtype, prepare_batch, prepare_rule
 from ..network import CoordinatewiseLSTM, LSTMOptimizerConfig
-from ..update import flat_context, flat_tensor_context, lstm_rule, update_batch
+from ..update import flat_cautious_factor, flat_context, flat_tensor_context, lstm_rule, update_batch
 
 __all__ = ["InnerState", "init_inner", "inner_step", "decay_mask", "INNER_IMPLS"]
 
@@ -154,8 +154,9 @@ def inner_step(
         config: the rule's constants (normally ``weights.config``).
         lr: the learning rate :math:`\\eta`, a float or a scalar tensor (a learned step scale).
         shapes: the shapes of the tensors the flat parameters hold, in order. Needed (and only
-            used) when ``config.context_features`` is not empty: the per-tensor context comes
-            from them (``update.flat_context``). Default ``None``.
+            used) when ``config.context_features`` is not empty (the per-tensor context comes
+            from them, ``update.flat_context``) or with ``config.cautious_rescale`` (a count per
+            tensor, ``update.flat_cautious_factor``). Default ``None``.
         weight_decay: the decoupled weight decay :math:`\\lambda`: a float, or an ``[N]`` tensor of
             per-coordinate values (e.g. 0 on biases and norm gains, ``decay_mask``). Default 0.0.
         impl: ``"reference"`` (default: ``lstm_rule``, differentiable), or ``"auto"``, ``"fused"``,
@@ -184,12 +185,15 @@ def inner_step(
     if config.context_features and shapes is None:
         raise ValueError(f"this rule has context_features {config.context_features}: pass shapes, the shapes "
                          "of the tensors in the flat parameters")
+    if config.cautious_rescale and config.cautious_scale and shapes is None:
+        raise ValueError("this rule has cautious_rescale (a count per tensor): pass shapes, the shapes of the "
+                         "tensors in the flat parameters")
     if impl != "reference":
         return _batched_step(state, grads, weights, config, lr, shapes, weight_decay, impl)
     if config.context_features:
         context = flat_context(state.params, shapes, config, (state.exp_avg, state.exp_avg_sq, state.step), grads)
     out = lstm_rule(grads, state.exp_avg, state.exp_avg_sq, state.h, state.c, float(state.step + 1), weights, config,
-                    context)
+                    context, flat_cautious_factor(grads, state.exp_avg, shapes, config))
     params = state.params
     if isinstance(weight_decay, Tensor) or weight_decay != 0.0:  # no extra op (and rounding) without decay
         params = params * (1 - lr * weight_decay)
@@ -199,7 +203,8 @@ def inner_step(
 def _batched_step(state: InnerState, grads: Tensor, weights, config: LSTMOptimizerConfig, lr: float | Tensor,
                   shapes: Sequence[torch.Size] | None, weight_decay: float | Tensor, impl: str) -> InnerState:
     """``inner_step`` by ``update.update_batch``: copies of the state, updated in place. The
-    per-tensor context needs one segment per tensor; without context the flat vector is one."""
+    per-tensor context and the cautious rescale need one segment per tensor; without them the
+    flat vector is one."""
     if torch.is_grad_enabled():
         raise ValueError(f"inner_step(impl={impl!r}) runs without autograd: call it under torch.no_grad(), or "
                          "use impl='reference' to differentiate through the step")
@@ -208,12 +213,13 @@ def _batched_step(state: InnerState, grads: Tensor, weights, config: LSTMOptimiz
             raise ValueError(f"inner_step(impl={impl!r}) needs one learning rate, got lr of shape {tuple(lr.shape)}")
         lr = float(lr)
     p = state.params.detach()
-    if shapes is not None and config.context_features:
+    if shapes is not None and (config.context_features or config.cautious_rescale):
         numels = [math.prod(s) for s in shapes]
         if sum(numels) != p.numel():
             raise ValueError(f"shapes {list(shapes)} hold {sum(numels)} values, params has {p.numel()}")
         # of the parameters (and moments) before this step
-        context = flat_tensor_context(p, shapes, config, (state.exp_avg, state.exp_avg_sq, state.step), grads)
+        context = None if not config.context_features else flat_tensor_context(
+            p, shapes, config, (state.exp_avg, state.exp_avg_sq, state.step), grads)
     else:
         numels, context = [p.numel()], None
     wd = 0.0

@@ -373,7 +373,8 @@ class MetaTrainer:
         then ``config.vector_prior`` on ``"is_vector_large"``, then ``config.ratio_prior`` on
         ``"grad_log_ratio_large"`` (no change where they are 0). With
         ``config.prior_in_training`` they are in ``net`` already: only its provenance records them.
-        Then ``config.cautious_mask``, when above 0, turns the cautious mask on."""
+        Then ``config.cautious_mask``, when above 0, turns the cautious mask on (with
+        ``config.cautious_rescale``, its per-tensor rescale too)."""
         if not self.config.prior_in_training:
             net = self._add_priors(net)
         else:
@@ -384,7 +385,7 @@ class MetaTrainer:
                 key = PRIOR_KEYS[feature]
                 net.provenance[key] = float(net.provenance.get(key, 0.0)) + slope
         if self.config.cautious_mask:
-            net = net.with_cautious_mask(self.config.cautious_mask)
+            net = net.with_cautious_mask(self.config.cautious_mask, rescale=self.config.cautious_rescale)
         return net
 
     def _hold_priors(self) -> None:

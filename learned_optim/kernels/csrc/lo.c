@@ -17,7 +17,9 @@
    Built with -DLO_V2=1 (a separate library, built only when a format version 2 rule runs), the
    same loops are exported as lo_f32_v2, ..., lo_f32_bf16_simd_v2 instead: the rule of format
    version 2 (sign equivariance and per-tensor biases, switched by the lo_rule fields of the same
-   names). The version 1 loops are then the unchanged code of the version 1 rule, not a branch. */
+   names). The version 1 loops are then the unchanged code of the version 1 rule, not a branch.
+   That library also exports lo_count_agree_f32 and lo_count_agree_f64 (lo_agree.h), the cautious
+   rescale's per-tensor count before the update. */
 #if !defined(HIDDEN) || !defined(FEATURES)
 #error "build with -DHIDDEN=<hidden size> -DFEATURES=<feature count>"
 #endif
@@ -84,4 +86,14 @@
 #define LO_LDS ld_bf16
 #define LO_STS st_bf16
 #include "lo_simd_loop.h"
+#endif
+
+#if LO_V2
+#define LO_NAME lo_count_agree_f32
+#define LO_CT float
+#include "lo_agree.h"
+
+#define LO_NAME lo_count_agree_f64
+#define LO_CT double
+#include "lo_agree.h"
 #endif

@@ -21,7 +21,8 @@ typedef struct lo_rule {
        per_tensor_bias: bias is [T][4H] and hb [T][2], one row per tensor of the call (the
        context's biases), instead of the rule's shared [4H] and [2];
        cautious_scale: above 0, the cautious mask: no step where sign(m_t) sign(g_t) <= 0, the
-       other steps times cautious_scale */
+       other steps of tensor tid times coefs[2T + tid] (the constant cautious_scale, or with the
+       rescale the tensor's own multiplier, computed on the host from lo_count_agree's counts) */
     int32_t sign_equivariant, per_tensor_bias;
     double cautious_scale;
 } lo_rule;

@@ -15,7 +15,8 @@
    With LO_V2 (lo.c) the loop is format version 2's: sigma = sign(m_t) (0 where m_t = 0, 1 when
    k->sign_equivariant is off) multiplies the features before the clip and the additive
    direction, and with k->per_tensor_bias the gate and head biases are tensor tid's rows of bias
-   [T][4H] and hb [T][2]; with k->cautious_scale above 0 the cautious mask (lo_common.h). Without
+   [T][4H] and hb [T][2]; with k->cautious_scale above 0 the cautious mask (lo_common.h), its
+   multipliers coefs[2T + tid] after the bias corrections coefs[tid], coefs[T + tid]. Without
    LO_V2 none of this is compiled. */
 void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int64_t* numels, int64_t T,
              const LO_CT* coefs, const LO_CT* w, const LO_CT* bias, const LO_CT* hw, const LO_CT* hb,
@@ -36,7 +37,6 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
     const LO_CT se = k->sign_equivariant ? (LO_CT)1 : (LO_CT)0, nse = (LO_CT)1 - se;
     const int per_tensor = k->per_tensor_bias != 0;
     const int cautious = k->cautious_scale > 0.0;
-    const LO_CT ck = (LO_CT)k->cautious_scale;
     int64_t bias_tid = -1;
     LO_CT hb0 = hb[0], hb1 = hb[1];
 #define LO_SG(x) (sg * (x))
@@ -56,6 +56,9 @@ void LO_NAME(int64_t ntask, const int64_t* tasks, const int64_t* ptrs, const int
 #endif
         const int64_t n = numels[tid];
         const LO_CT ib1 = coefs[tid], sib2 = coefs[T + tid];
+#if LO_V2
+        const LO_CT ck = cautious ? coefs[2 * T + tid] : (LO_CT)0; /* the kept steps' multiplier */
+#endif
         LO_CT* restrict p = (LO_CT*)ptrs[tid];
         const LO_CT* restrict g = (const LO_CT*)ptrs[T + tid];
         LO_CT* restrict m = (LO_CT*)ptrs[2 * T + tid];

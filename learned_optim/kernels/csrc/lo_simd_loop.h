@@ -38,7 +38,6 @@ static inline __attribute__((always_inline)) void LO_CAT(LO_NAME, _body)(
     const V se = SET1(k->sign_equivariant ? 1.0f : 0.0f);
     const int per_tensor = k->per_tensor_bias != 0;
     const int cautious = k->cautious_scale > 0.0;
-    const V ck = SET1((float)k->cautious_scale);
     int64_t bias_tid = -1;
     V hb0 = SET1(-2.0f * l2e * hb[0]), hb1 = SET1(-2.0f * l2e * hb[1]);
 #define LO_SG(u, x) v_mul(sg[u], x)
@@ -61,6 +60,9 @@ static inline __attribute__((always_inline)) void LO_CAT(LO_NAME, _body)(
 #endif
         const int64_t n = numels[tid];
         const V ib1 = SET1(coefs[tid]), sib2 = SET1(coefs[T + tid]);
+#if LO_V2
+        const V ck = SET1(cautious ? coefs[2 * T + tid] : 0.0f); /* the kept steps' multiplier */
+#endif
         float* p = (float*)ptrs[tid];
         const float* g = (const float*)ptrs[T + tid];
         float* m = (float*)ptrs[2 * T + tid];
