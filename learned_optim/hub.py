@@ -176,8 +176,8 @@ def _read_config(path: Path) -> tuple[LSTMOptimizerConfig, dict[str, Any]]:
         raise WeightsError(f"{path}: invalid config: {e}") from None
     if config.format_version > version:
         raise WeightsError(f"{path}: the config uses format version {config.format_version} fields "
-                           f"(sign_equivariant / context_features / cautious_scale) but declares format_version "
-                           f"{version}; set format_version to {config.format_version}")
+                           f"(sign_equivariant / context_features / cautious_scale / cautious_rescale) but declares "
+                           f"format_version {version}; set format_version to {config.format_version}")
     provenance = raw.get("provenance", {})
     if not isinstance(provenance, dict):
         raise WeightsError(f"{path}: field 'provenance' must be an object")

@@ -13,7 +13,8 @@ from learned_optim.network import PRIOR_KEYS
 # Each meta-trained shipped name and the preset its model card documents.
 SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32"),
            ("lstm-h4-v2-size", "lstm-h4-v2-size"), ("lstm-h4-v2-vec", "lstm-h4-v2-vec"),
-           ("lstm-h4-v2-cautious", "default"), ("lstm-h4-v2-cautious", "lstm-h4-v2-cautious")]
+           ("lstm-h4-v2-cautious", "default"), ("lstm-h4-v2-cautious", "lstm-h4-v2-cautious"),
+           ("lstm-h4-v2-rescale", "lstm-h4-v2-rescale")]
 
 
 def test_the_default_preset_makes_the_default_weights():
@@ -46,6 +47,9 @@ def test_shipped_weights_come_from_their_preset(name, preset):
     if config.cautious_mask:  # then the cautious mask (MetaTrainConfig.cautious_mask)
         network["cautious_scale"] = config.cautious_mask
         assert prov["cautious_mask"] == config.cautious_mask
+        if config.cautious_rescale:  # and its per-tensor rescale (MetaTrainConfig.cautious_rescale)
+            network["cautious_rescale"] = True
+            assert prov["cautious_rescale"] is True
     assert net.config.to_dict() == network
     card = (resolve(name) / "README.md").read_text(encoding="utf-8")
     assert f"learned-optim meta-train --config {preset}" in card

@@ -442,9 +442,14 @@ _LSTM_H4_V2_VEC = {**_LSTM_H4_V2_SIZE, "vector_prior": 0.35}
 # priors are lstm-h4-v2-vec's, bit for bit (benchmarks/results/cautious/README.md).
 _LSTM_H4_V2_CAUTIOUS = {**_LSTM_H4_V2_VEC, "cautious_mask": 1.0}
 
+# lstm-h4-v2-cautious with the mask's per-tensor rescale (each tensor's kept steps times numel / (kept + 1)), the
+# same weights and priors (pretrained/lstm-h4-v2-rescale; benchmarks/results/cautious/rescale/README.md).
+_LSTM_H4_V2_RESCALE = {**_LSTM_H4_V2_CAUTIOUS, "cautious_rescale": True}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": _LSTM_H4_V2_CAUTIOUS,
     "lstm-h4-v2-cautious": _LSTM_H4_V2_CAUTIOUS,
+    "lstm-h4-v2-rescale": _LSTM_H4_V2_RESCALE,
     "lstm-h4-v2-vec": _LSTM_H4_V2_VEC,
     "lstm-h4-v2-size": _LSTM_H4_V2_SIZE,
     "lstm-h4-v1": _LSTM_H4_V1,
