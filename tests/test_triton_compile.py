@@ -55,6 +55,15 @@ def test_kernel_compiles_for_sm80_and_sm90_without_spills():
     _check(_compiled(_variants([("float32", "float32"), ("float16", "float32"), ("float32", "bfloat16")])))
 
 
+def test_format_2_kernel_compiles_without_spills():
+    """Every format-2 switch on (sign equivariance, per-tensor biases, the cautious mask and its
+    per-tensor rescale): fp32 and bf16 LSTM state at their chosen launches, on both targets."""
+    variants = tuple((*v, True) for v in _variants([("float32", "float32"), ("float32", "bfloat16")]))
+    rows = _compiled(variants)
+    assert all(r["v2"] for r in rows)
+    _check(rows)
+
+
 @pytest.mark.slow
 def test_kernel_compiles_for_every_dtype_pair():
     pairs = [(p, s) for p in ("float32", "bfloat16", "float16") for s in ("float32", "bfloat16")] + [
