@@ -136,6 +136,18 @@ def test_adam_method_matches_learned_optimizer():
     torch.testing.assert_close(p.detach(), theta, rtol=0, atol=1e-12)
 
 
+def test_adam_method_is_plain_adam_for_a_rule_with_the_cautious_mask():
+    """The Adam baseline of a rule whose config has the cautious mask (and its rescale) is plain Adam,
+    not Adam with the mask: the same steps as for the rule without it."""
+    support, _, theta0, net = _tiny_problem()
+    masked = net.with_cautious_mask(1.0, rescale=True)
+    plain, _ = adapt("adam", theta0, support, steps=3, lr=0.1, hidden=3, n_way=2, network=net)
+    got, _ = adapt("adam", theta0, support, steps=3, lr=0.1, hidden=3, n_way=2, network=masked)
+    assert torch.equal(got, plain)
+    learned, _ = adapt("learned", theta0, support, steps=3, lr=0.1, hidden=3, n_way=2, network=masked)
+    assert not torch.equal(learned, plain)  # the rule itself keeps its mask
+
+
 def test_tiny_training_run_saves_loadable_weights(tmp_path):
     cfg = FewShotConfig(meta_steps=3, meta_batch=2, tune_episodes=3, inner_steps=3, hidden=8)
     net, prov = train_few_shot(cfg, out=tmp_path, progress=False)

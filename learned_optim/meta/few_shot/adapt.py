@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -48,7 +49,9 @@ def adapt(
         if network is None:
             raise ValueError(f"method={method!r} needs network=")
         cfg = network.config
-        rule = network if method == "learned" else CoordinatewiseLSTM(cfg)  # zero head: exactly Adam
+        if method == "adam":  # a zero head: exactly Adam, without a cautious mask the network's config may have
+            cfg = dataclasses.replace(cfg, cautious_scale=0.0, cautious_rescale=False)
+        rule = network if method == "learned" else CoordinatewiseLSTM(cfg)
         weights = {k: getattr(rule, k).to(theta0.dtype) for k in rule.expected_shapes()}
         if method == "adam":
             weights = {k: w.detach() for k, w in weights.items()}
