@@ -222,8 +222,8 @@ class LSTMOptimizerConfig:
     @property
     def format_version(self) -> int:
         """The oldest format version that can hold this config: 1 unless it uses a version-2 field."""
-        v2 = self.sign_equivariant or self.context_features or self.cautious_scale or self.cautious_rescale
-        return 2 if v2 else 1
+        # cautious_rescale needs cautious_scale (checked above), so it is covered by it
+        return 2 if self.sign_equivariant or self.context_features or self.cautious_scale else 1
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-able values; the version-2 fields only when they differ from their

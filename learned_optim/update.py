@@ -212,7 +212,7 @@ def flat_cautious_factor(grads: Tensor, exp_avg: Tensor, shapes: Sequence[torch.
     """``lstm_rule``'s ``cautious_factor`` for a flat vector of the tensors of ``shapes``: ``[N]``,
     n / (k + 1) of the tensor that holds each coordinate, from this step's flat ``grads`` and
     the moment ``exp_avg`` before it; ``None`` for a rule without the rescale. No autograd."""
-    if not (config.cautious_scale and config.cautious_rescale):
+    if not config.cautious_rescale:
         return None
     key = tuple(tuple(s) for s in shapes)
     seg, numels = _segments(key, str(grads.device))
@@ -586,7 +586,7 @@ def learned_update(
         torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
             factors = None
-            if config.cautious_scale and config.cautious_rescale and sharding is not None:
+            if config.cautious_rescale and sharding is not None:
                 # the rescale counts over the whole tensor, every rank's shard (lstm_rule alone sees one)
                 counts = kernels.eager.count_agree_lists(grads, exp_avgs, rule_betas(config, betas)[0], maximize)
                 factors = _rescale_factors(counts, [p.numel() for p in params], sharding).unbind()

@@ -152,7 +152,7 @@ def prepare_rule(weights, config: LSTMOptimizerConfig, *, device: torch.device, 
         maximize=bool(maximize), feature_kinds=tuple(FEATURE_KINDS[f] for f in config.features),
         sign_equivariant=config.sign_equivariant, context_weight=w["context_weight"],
         head_context_weight=w["head_context_weight"], cautious_scale=float(config.cautious_scale),
-        cautious_rescale=bool(config.cautious_rescale and config.cautious_scale),
+        cautious_rescale=config.cautious_rescale,
     )
 
 
@@ -196,11 +196,16 @@ class Batch:
     h = property(lambda self: self._flat(4))
     c = property(lambda self: self._flat(5))
 
+    def rows_of(self, table: Tensor, idx: Sequence[int]) -> Tensor:
+        """The rows of a per-tensor ``table`` (``[T, ...]`` on any device) for the tensors ``idx``:
+        the table itself when ``idx`` is every tensor, else a gather on the table's device."""
+        if list(idx) == list(range(len(self.numels))):
+            return table
+        return table.index_select(0, host_to(torch.tensor(list(idx), dtype=torch.int64), table.device))
+
     def finite_of(self, idx: Sequence[int]) -> Tensor | None:
-        """The flags of the tensors ``idx`` (a device gather unless ``idx`` is every tensor)."""
-        if self.finite is None or list(idx) == list(range(len(self.numels))):
-            return self.finite
-        return self.finite.index_select(0, host_to(torch.tensor(list(idx), dtype=torch.int64), self.finite.device))
+        """The flags of the tensors ``idx`` (``rows_of``), or ``None`` without flags."""
+        return None if self.finite is None else self.rows_of(self.finite, idx)
 
     def sources(self, idx: Sequence[int]) -> tuple[list[Tensor], ...]:
         """(p, g, m, v, h, c) of the tensors ``idx`` as they are (contiguous, not flattened)."""
@@ -208,14 +213,10 @@ class Batch:
 
     def cautious_of(self, idx: Sequence[int], rule: PreparedRule) -> list[float] | Tensor:
         """The kept steps' multipliers of the tensors ``idx``: the batch's per-tensor ones in the
-        compute dtype (a device gather unless ``idx`` is every tensor), else the rule's constant
-        ``cautious_scale`` for each."""
+        compute dtype (``rows_of``), else the rule's constant ``cautious_scale`` for each."""
         if self.cautious is None:
             return [rule.cautious_scale] * len(idx)
-        if list(idx) == list(range(len(self.numels))):
-            return self.cautious.to(rule.dtype)
-        sel = host_to(torch.tensor(list(idx), dtype=torch.int64), self.cautious.device)
-        return self.cautious.index_select(0, sel).to(rule.dtype)
+        return self.rows_of(self.cautious, idx).to(rule.dtype)
 
     def finish(self) -> None:
         for dst, src in self.writebacks:

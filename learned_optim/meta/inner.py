@@ -185,7 +185,7 @@ def inner_step(
     if config.context_features and shapes is None:
         raise ValueError(f"this rule has context_features {config.context_features}: pass shapes, the shapes "
                          "of the tensors in the flat parameters")
-    if config.cautious_rescale and config.cautious_scale and shapes is None:
+    if config.cautious_rescale and shapes is None:
         raise ValueError("this rule has cautious_rescale (a count per tensor): pass shapes, the shapes of the "
                          "tensors in the flat parameters")
     if impl != "reference":
