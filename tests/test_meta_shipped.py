@@ -14,7 +14,7 @@ from learned_optim.network import PRIOR_KEYS
 SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32"),
            ("lstm-h4-v2-size", "lstm-h4-v2-size"), ("lstm-h4-v2-vec", "lstm-h4-v2-vec"),
            ("lstm-h4-v2-cautious", "default"), ("lstm-h4-v2-cautious", "lstm-h4-v2-cautious"),
-           ("lstm-h4-v2-rescale", "lstm-h4-v2-rescale")]
+           ("lstm-h4-v2-rescale", "lstm-h4-v2-rescale"), ("lstm-h4-v2-rescale-0.7", "lstm-h4-v2-rescale-0.7")]
 
 
 def test_the_default_preset_makes_the_default_weights():

@@ -446,10 +446,15 @@ _LSTM_H4_V2_CAUTIOUS = {**_LSTM_H4_V2_VEC, "cautious_mask": 1.0}
 # same weights and priors (pretrained/lstm-h4-v2-rescale; benchmarks/results/cautious/rescale/README.md).
 _LSTM_H4_V2_RESCALE = {**_LSTM_H4_V2_CAUTIOUS, "cautious_rescale": True}
 
+# lstm-h4-v2-rescale with the mask at scale 0.7 (the kept steps times 0.7 numel / (kept + 1)), the same weights and
+# priors (pretrained/lstm-h4-v2-rescale-0.7; benchmarks/results/cautious/rescale-0.7/README.md).
+_LSTM_H4_V2_RESCALE_07 = {**_LSTM_H4_V2_RESCALE, "cautious_mask": 0.7}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": _LSTM_H4_V2_CAUTIOUS,
     "lstm-h4-v2-cautious": _LSTM_H4_V2_CAUTIOUS,
     "lstm-h4-v2-rescale": _LSTM_H4_V2_RESCALE,
+    "lstm-h4-v2-rescale-0.7": _LSTM_H4_V2_RESCALE_07,
     "lstm-h4-v2-vec": _LSTM_H4_V2_VEC,
     "lstm-h4-v2-size": _LSTM_H4_V2_SIZE,
     "lstm-h4-v1": _LSTM_H4_V1,
