@@ -28,7 +28,7 @@ from .update import (
     Sharding,
     all_ranks_min,
     check_chunk_size,
-    finite_flags,
+    finite_flags_and_norms,
     finite_flags_on_device,
     learned_update,
     skips_on_device,
@@ -407,24 +407,27 @@ class LearnedOptimizer(Optimizer):
                     # The CPU loops read the flags on the host: there is no launch queue to stall,
                     # and the host check (an L2 norm, rechecked exactly where it is not finite) is
                     # cheaper on CPU than the fp64-accumulated one the device path needs.
-                    lists, n_bad, keep = self._drop_nonfinite(lists, mesh)
+                    lists, n_bad, keep, norms = self._drop_nonfinite(lists, mesh)
                     skipped += n_bad
                     if n_bad and sharding is not None:
                         kw["sharding"] = sharding.select(keep)
-                    learned_update(*lists, **kw)
+                    learned_update(*lists, grad_norms=norms, **kw)
         self._skips.record(deferred)
         if skipped:
             warn_skipped(skipped, "")
         return loss
 
     @staticmethod
-    def _drop_nonfinite(lists: list[list], mesh=None) -> tuple[list[list], int, list[bool]]:
-        ok = all_ranks_min(finite_flags(lists[1]).to(torch.int32), mesh)
+    def _drop_nonfinite(lists: list[list], mesh=None) -> tuple[list[list], int, list[bool], list[torch.Tensor]]:
+        # the check's gradient norms go on to the context inputs that read them (one pass, not two)
+        flags, norms = finite_flags_and_norms(lists[1])
+        ok = all_ranks_min(flags.to(torch.int32), mesh)
         finite = ok.bool().tolist()
         n_bad = finite.count(False)
         if n_bad:
             lists = [[t for t, ok in zip(lst, finite) if ok] for lst in lists]
-        return lists, n_bad, finite
+            norms = [n for n, ok in zip(norms, finite) if ok]
+        return lists, n_bad, finite, norms
 
     def weights_identity(self) -> dict[str, Any]:
         """``{"name": ..., "sha256": ...}`` of the weights in use (what ``state_dict()`` records)."""

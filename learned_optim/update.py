@@ -94,7 +94,7 @@ from .network import STATIC_FEATURES, LSTMOptimizerConfig, lstm_cell
 
 __all__ = ["RuleOutput", "Sharding", "lstm_rule", "tensor_context", "flat_tensor_context", "flat_context",
            "cautious_agree", "cautious_scales", "flat_cautious_factor",
-           "learned_update", "update_batch", "finite_flags",
+           "learned_update", "update_batch", "finite_flags", "finite_flags_and_norms",
            "finite_flags_on_device", "skips_on_device",
            "DeferredSkips", "all_ranks_min", "warn_skipped", "IMPLS", "DEFAULT_CHUNK_SIZE"]
 
@@ -286,7 +286,7 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
                    exp_avgs: Sequence[Tensor] | None = None, exp_avg_sqs: Sequence[Tensor] | None = None,
                    state_steps: Sequence[Tensor | float] | None = None,
                    betas: tuple[float, float] | None = None, sharding: Sharding | None = None,
-                   grads: Sequence[Tensor] | None = None) -> Tensor:
+                   grads: Sequence[Tensor] | None = None, grad_norms: Sequence[Tensor] | None = None) -> Tensor:
     """The per-tensor context inputs of ``config.context_features`` (see ``network.CONTEXT_FEATURES``)
     for each tensor of ``params``: ``[len(params), K]``, computed without autograd in ``dtype``
     (default ``None``: fp64) on the tensors' device, with one foreach norm for all of them (in
@@ -295,7 +295,8 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
     (default ``None``: the number of values in ``params``). ``exp_avgs``, ``exp_avg_sqs`` and
     ``state_steps`` (the moments and step counts before this step) and ``betas`` (default
     ``None``: the config's) are read by the ``MOMENT_FEATURES`` only, and needed by them;
-    ``grads`` (default ``None``), this step's gradients, by the ``GRAD_FEATURES`` only.
+    ``grads`` (default ``None``), this step's gradients, by the ``GRAD_FEATURES`` only, which then
+    take the gradients' L2 norms from ``grad_norms`` (default ``None``: computed here) where given.
     ``sharding`` (default ``None``: the tensors are whole): the tensors are shards, and the
     statistics are summed over all of them (``Sharding``)."""
     params = list(params)
@@ -320,7 +321,9 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
             if grads is None or len(grads) != len(params):
                 raise ValueError(f"context_features {config.context_features} read this step's gradients: pass "
                                  f"grads to tensor_context, one per parameter")
-            sums += [_stacked_norms(grads, 2, dtype) ** 2, _stacked_norms(exp_avg_sqs, 1, dtype)]
+            g_norms = (_stack_norms(list(grad_norms), dtype) if grad_norms is not None
+                       else _stacked_norms(grads, 2, dtype))
+            sums += [g_norms ** 2, _stacked_sums(exp_avg_sqs, dtype)]
             steps = torch.stack([torch.as_tensor(s, dtype=torch.float64).to(norms.device) for s in state_steps])
         if sharding is not None:  # sums of squares over every rank's shard, then the global sizes
             key = tuple(tuple(s) for s in sharding.shapes)
@@ -339,8 +342,40 @@ def tensor_context(params: Sequence[Tensor], config: LSTMOptimizerConfig, *,
 
 def _stacked_norms(tensors: Sequence[Tensor], order: int, dtype: torch.dtype) -> Tensor:
     """One foreach norm of every tensor (each in its own dtype), stacked in ``dtype``."""
-    norms = torch._foreach_norm(list(tensors), order)
+    return _stack_norms(torch._foreach_norm(list(tensors), order), dtype)
+
+
+def _stack_norms(norms: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """Scalar norms (each in its tensor's dtype) stacked in ``dtype``."""
     return torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms]).to(dtype)
+
+
+# A tensor this large or larger is summed on its own by ``_stacked_sums`` on CPU, where torch's foreach L1
+# norm is not vectorized: 0.85 ms for 1e6 fp32 values on one thread against 0.06 ms for per-tensor sums,
+# while for many small tensors one foreach call beats a call each
+# (benchmarks/results/cautious/rescale-ratio/README.md, "Cost").
+SUM_ONE_BY_ONE = 2**12
+
+
+def _stacked_sums(tensors: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """The sum of each tensor of non-negative values (its L1 norm), stacked in ``dtype``: each summed
+    in its own dtype, at least fp32. On CPU the tensors of ``SUM_ONE_BY_ONE`` values or more are
+    summed one by one, the others by one foreach norm per dtype; on other devices all by one foreach
+    norm, each in its own dtype."""
+    tensors = list(tensors)
+    if not tensors or tensors[0].device.type != "cpu":
+        return _stacked_norms(tensors, 1, dtype) if tensors else torch.zeros(0, dtype=dtype)
+    sums: list[Tensor | None] = [None] * len(tensors)
+    for dt in {t.dtype for t in tensors}:  # one foreach call per dtype for the small tensors
+        small = [i for i, t in enumerate(tensors) if t.numel() < SUM_ONE_BY_ONE and t.dtype == dt]
+        if small:
+            norms = torch._foreach_norm([tensors[i] for i in small], 1, dtype=torch.promote_types(dt, torch.float32))
+            for i, n in zip(small, norms):
+                sums[i] = n.double()
+    for i, t in enumerate(tensors):
+        if sums[i] is None:
+            sums[i] = t.sum(dtype=torch.promote_types(t.dtype, torch.float32)).double()
+    return torch.stack(sums).to(dtype)
 
 
 def _grad_log_ratio(g_sq: Tensor, v_sum: Tensor, steps: Tensor, beta2: float, clip: float) -> Tensor:
@@ -452,7 +487,7 @@ def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LS
                 # one foreach norm per sum, as tensor_context: a third of the time of index_add's scatter
                 sizes = [math.prod(s) for s in key]
                 g_sq = _stacked_norms(grads.detach().split(sizes), 2, grads.dtype) ** 2
-                v_sum = _stacked_norms(v.split(sizes), 1, v.dtype)
+                v_sum = _stacked_sums(v.split(sizes), v.dtype)
                 steps = torch.full((len(key),), float(step), dtype=torch.float64, device=params.device)
                 grad_ratio = _grad_log_ratio(g_sq, v_sum, steps, config.beta2, config.feature_clip).to(params.dtype)
     return _context_columns(rms, key, config, params.numel(), adam_rms, grad_ratio)
@@ -520,6 +555,7 @@ def learned_update(
     finite: Tensor | None = None,
     num_params: int | None = None,
     sharding: Sharding | None = None,
+    grad_norms: Sequence[Tensor] | None = None,
 ) -> None:
     """Apply the learned rule in place to every tensor of the lists (see the module docstring).
 
@@ -546,13 +582,20 @@ def learned_update(
     passes the count over all its param groups, so the rule does not change with how the tensors
     are split between calls. ``sharding`` (default ``None``): the tensors are local shards of
     FSDP2 parameters (``Sharding``); the per-tensor context is then computed over the whole
-    tensors, one all-reduce per step.
+    tensors, one all-reduce per step. ``grad_norms`` (default ``None``: computed where needed) are
+    the L2 norms of ``grads``, one scalar tensor each, when the caller already has them
+    (``finite_flags_and_norms``, ``LearnedOptimizer``'s non-finite check): the context inputs that
+    read this step's gradients (``network.GRAD_FEATURES``) take them instead of a second pass over
+    the gradients.
     """
     if not params:
         return
     if impl not in IMPLS and impl not in LEGACY_IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     lists = (grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps)
+    if grad_norms is not None and len(grad_norms) != len(params):
+        raise ValueError(f"grad_norms needs one norm per parameter: got {len(grad_norms)} for {len(params)} "
+                         f"parameters (pass None to compute them)")
     if any(len(lst) != len(params) for lst in lists):
         raise ValueError(
             "learned_update needs one entry per parameter in every list: got lengths "
@@ -572,6 +615,7 @@ def learned_update(
             params, grads, exp_avgs, exp_avg_sqs, lstm_hs, lstm_cs, state_steps = (
                 [t for t, ok in zip(lst, keep) if ok] for lst in (params, *lists))
             sharding = sharding.select(keep) if sharding is not None else None
+            grad_norms = [n for n, ok in zip(grad_norms, keep) if ok] if grad_norms is not None else None
             if not params:
                 return
         finite = None
@@ -582,7 +626,7 @@ def learned_update(
         if config.context_features:
             context = tensor_context(params, config, num_params=num_params, exp_avgs=exp_avgs,
                                      exp_avg_sqs=exp_avg_sqs, state_steps=state_steps, betas=betas,
-                                     sharding=sharding, grads=grads)
+                                     sharding=sharding, grads=grads, grad_norms=grad_norms)
         torch._foreach_add_(list(state_steps), 1)
         if impl == "reference":
             factors = None
@@ -694,12 +738,18 @@ def finite_flags(grads: Sequence[Tensor]) -> Tensor:
     finite one has a finite norm unless its sum of squares overflows, so every non-finite norm
     is re-checked exactly with ``isfinite`` (only for those tensors: normally none).
     """
+    return finite_flags_and_norms(grads)[0]
+
+
+def finite_flags_and_norms(grads: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """``finite_flags(grads)`` and the L2 norms it read, one scalar tensor per gradient in its dtype
+    (what ``learned_update``'s ``grad_norms`` takes)."""
     norms = torch._foreach_norm(list(grads), 2)
     ok = torch.isfinite(torch.stack([n.float() for n in norms]))
     if not bool(ok.all()):
         for i in (~ok).nonzero().flatten().tolist():
             ok[i] = bool(torch.isfinite(grads[i]).all())
-    return ok
+    return ok, list(norms)
 
 
 def finite_flags_on_device(grads: Sequence[Tensor]) -> Tensor:

@@ -1286,7 +1286,7 @@ def test_memoryless_weights_cut_the_head_off_the_lstm_state(tmp_path):
             opt.step()
         return [p.detach().clone() for p in ps]
 
-    src = from_pretrained(None)
+    src = from_pretrained("lstm-h4-v2-vec")
     h = src.config.hidden_size
     for rows, drop, memoryless in (("0,1", None, True), ("0", None, False), ("0", "1", True)):
         out = tmp_path / f"{rows}-{drop}"

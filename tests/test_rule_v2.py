@@ -268,6 +268,56 @@ def test_adam_log_rms_is_zero_before_the_first_step_and_needs_the_moments():
         flat_context(flat, [p.shape for p in params], cfg)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_second_moment_sums_are_each_tensors_sum_in_order(dtype):
+    """The sums of v that grad_log_ratio reads: tensors above and below SUM_ONE_BY_ONE mixed, each
+    one's own sum (at least fp32 accumulation), in the tensors' order; none gives an empty result."""
+    from learned_optim.update import SUM_ONE_BY_ONE, _stacked_sums
+    gen = torch.Generator().manual_seed(3)
+    sizes = [5, SUM_ONE_BY_ONE, 1, 3 * SUM_ONE_BY_ONE + 7, 0, SUM_ONE_BY_ONE - 1]
+    vs = [(torch.rand(n, generator=gen) * 10.0 ** (i - 3)).to(dtype) for i, n in enumerate(sizes)]
+    want = torch.stack([v.double().sum() for v in vs])
+    got = _stacked_sums(vs, torch.float64)
+    assert got.dtype == torch.float64 and got.shape == (len(sizes),)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    assert _stacked_sums([], torch.float32).shape == (0,)
+
+
+@pytest.mark.parametrize("impl", ["reference", "eager", "auto"])
+def test_gradient_norms_passed_in_give_the_same_step(impl):
+    """learned_update with the non-finite check's gradient norms (grad_norms, what LearnedOptimizer
+    passes) updates bit for bit as computing them itself, a skipped tensor's norm dropped with it;
+    a wrong count of norms is an error naming the argument."""
+    from learned_optim.update import finite_flags_and_norms
+    cfg = LSTMOptimizerConfig(sign_equivariant=True, context_features=("p_log_rms", "grad_log_ratio"),
+                              cautious_scale=1.0, cautious_rescale=True)
+    net = random_net(cfg)
+    outs = []
+    for reuse in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen) for s in SHAPES]
+        state = [dict(m=torch.zeros_like(p), v=torch.zeros_like(p), h=torch.zeros(4, *p.shape),
+                      c=torch.zeros(4, *p.shape), step=torch.tensor(0.0)) for p in params]
+        for t in range(3):
+            grads = [torch.randn(p.shape, generator=gen) for p in params]
+            finite = torch.ones(len(params), dtype=torch.bool)
+            if t == 1:
+                grads[2][0] = float("nan")
+                finite[2] = False
+            flags, norms = finite_flags_and_norms(grads)
+            assert flags.tolist() == finite.tolist()
+            learned_update(params, grads, *([s[k] for s in state] for k in ("m", "v", "h", "c", "step")),
+                           weights=net, config=cfg, lr=1e-2, weight_decay=0.0, maximize=False, impl=impl,
+                           finite=finite, grad_norms=norms if reuse else None)
+        outs.append([p.clone() for p in params] + [s["h"] for s in state])
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="grad_norms needs one norm per parameter"):
+        learned_update(params, grads, *([s[k] for s in state] for k in ("m", "v", "h", "c", "step")),
+                       weights=net, config=cfg, lr=1e-2, weight_decay=0.0, maximize=False, impl=impl,
+                       grad_norms=norms[:2])
+
+
 def test_grad_log_ratio_reads_the_gradient_against_the_second_moment():
     """0 before the first step; log10 of rms(g) / rms(sqrt(v_hat)) after it, by hand; a constant
     gradient reads 0 at every step (its v_hat is g^2); clipped; the same from the flat vector;
