@@ -13,13 +13,13 @@ from learned_optim.network import PRIOR_KEYS
 # Each meta-trained shipped name and the preset its model card documents.
 SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32"),
            ("lstm-h4-v2-size", "lstm-h4-v2-size"), ("lstm-h4-v2-vec", "lstm-h4-v2-vec"),
-           ("lstm-h4-v2-cautious", "lstm-h4-v2-cautious"), ("lstm-h4-v2-rescale", "lstm-h4-v2-rescale"),
-           ("lstm-h4-v2-rescale-0.7", "lstm-h4-v2-rescale-0.7"), ("lstm-h4-v2-rescale-ratio", "default"),
+           ("lstm-h4-v2-cautious", "default"), ("lstm-h4-v2-cautious", "lstm-h4-v2-cautious"),
+           ("lstm-h4-v2-rescale", "lstm-h4-v2-rescale"), ("lstm-h4-v2-rescale-0.7", "lstm-h4-v2-rescale-0.7"),
            ("lstm-h4-v2-rescale-ratio", "lstm-h4-v2-rescale-ratio")]
 
 
 def test_the_default_preset_makes_the_default_weights():
-    assert DEFAULT_WEIGHTS == "lstm-h4-v2-rescale-ratio"
+    assert DEFAULT_WEIGHTS == "lstm-h4-v2-cautious"
     assert get_preset("default") == get_preset(DEFAULT_WEIGHTS)
 
 

@@ -436,7 +436,7 @@ _LSTM_H4_V2_SIZE = {**_LSTM_H4_V2_T32, "num_trajectories": 64, "inner_impl": "au
 # chosen on the validation tasks (benchmarks/results/vector-prior/README.md).
 _LSTM_H4_V2_VEC = {**_LSTM_H4_V2_SIZE, "vector_prior": 0.35}
 
-# The previous default (pretrained/lstm-h4-v2-cautious), measured in its model card: lstm-h4-v2-vec
+# The shipped default (pretrained/lstm-h4-v2-cautious), measured in its model card: lstm-h4-v2-vec
 # with the cautious mask on the written weights (scale 1: a coordinate whose momentum and gradient
 # disagree in sign takes no step, the others the rule's own step); the meta-trained weights and the
 # priors are lstm-h4-v2-vec's, bit for bit (benchmarks/results/cautious/README.md).
@@ -450,17 +450,16 @@ _LSTM_H4_V2_RESCALE = {**_LSTM_H4_V2_CAUTIOUS, "cautious_rescale": True}
 # priors (pretrained/lstm-h4-v2-rescale-0.7; benchmarks/results/cautious/rescale-0.7/README.md).
 _LSTM_H4_V2_RESCALE_07 = {**_LSTM_H4_V2_RESCALE, "cautious_mask": 0.7}
 
-# The shipped default (pretrained/lstm-h4-v2-rescale-ratio), measured in its model card: lstm-h4-v2-rescale
-# with a prior of 0.5757 on the "grad_log_ratio_large" input added to the written weights (after the size and
-# vector priors, before the mask): a large model's tensors whose gradients fall against their own history
-# take smaller steps, models of 1e4 values or fewer keep lstm-h4-v2-rescale's steps. The slope was chosen
-# on the validation tasks (benchmarks/results/cautious/rescale-ratio/README.md).
+# lstm-h4-v2-rescale with a prior of 0.5757 on the "grad_log_ratio_large" input added to the written weights (after
+# the size and vector priors, before the mask): a large model's tensors whose gradients fall against their own
+# history take smaller steps, models of 1e4 values or fewer keep lstm-h4-v2-rescale's steps. The slope was chosen on
+# the validation tasks (pretrained/lstm-h4-v2-rescale-ratio; benchmarks/results/cautious/rescale-ratio/README.md).
 _LSTM_H4_V2_RESCALE_RATIO = {**_LSTM_H4_V2_RESCALE, "ratio_prior": 0.5757}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": _LSTM_H4_V2_RESCALE_RATIO,
-    "lstm-h4-v2-rescale-ratio": _LSTM_H4_V2_RESCALE_RATIO,
+    "default": _LSTM_H4_V2_CAUTIOUS,
     "lstm-h4-v2-cautious": _LSTM_H4_V2_CAUTIOUS,
+    "lstm-h4-v2-rescale-ratio": _LSTM_H4_V2_RESCALE_RATIO,
     "lstm-h4-v2-rescale": _LSTM_H4_V2_RESCALE,
     "lstm-h4-v2-rescale-0.7": _LSTM_H4_V2_RESCALE_07,
     "lstm-h4-v2-vec": _LSTM_H4_V2_VEC,
