@@ -484,7 +484,7 @@ def flat_tensor_context(params: Tensor, shapes: Sequence[torch.Size], config: LS
                 if grads is None or grads.shape != params.shape:
                     raise ValueError(f"context_features {config.context_features} read this step's gradient: pass "
                                      f"grads, the flat gradient of params' shape {tuple(params.shape)}")
-                # one foreach norm per sum, as tensor_context: a third of the time of index_add's scatter
+                # per-tensor norms and sums, as tensor_context: a third of the time of index_add's scatter
                 sizes = [math.prod(s) for s in key]
                 g_sq = _stacked_norms(grads.detach().split(sizes), 2, grads.dtype) ** 2
                 v_sum = _stacked_sums(v.split(sizes), v.dtype)
