@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for hf_trainer_gpt2.json/.md/.png")
     ap.add_argument("--adamw-lrs", default="1e-3,3e-3,1e-2", help="AdamW learning rates (comma-separated)")
-    ap.add_argument("--weights", default="lstm-h4-v2-cautious,lstm-h4-v2-vec,lstm-h4-v1",
+    ap.add_argument("--weights", default="lstm-h4-v2-cautious-size,lstm-h4-v2-rescale-ratio,lstm-h4-v1",
                     help="LearnedOptimizer weights (comma-separated)")
     ap.add_argument("--learned-lrs", default="1e-3", help="LearnedOptimizer learning rates (comma-separated)")
     ap.add_argument("--extra", default="lstm-h4-v1@1e-4", help="further WEIGHTS@LR runs (comma-separated, or empty)")

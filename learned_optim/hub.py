@@ -47,7 +47,7 @@ WEIGHTS_NAME = "model.safetensors"
 ARCHITECTURE = "CoordinatewiseLSTM"
 
 # The weights `LearnedOptimizer(params)` uses when `weights=None`.
-DEFAULT_WEIGHTS = "lstm-h4-v2-cautious"
+DEFAULT_WEIGHTS = "lstm-h4-v2-cautious-size"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -13,14 +13,43 @@ from learned_optim.network import PRIOR_KEYS
 # Each meta-trained shipped name and the preset its model card documents.
 SHIPPED = [("lstm-h4-v1", "lstm-h4-v1"), ("lstm-h4-v2-t32", "lstm-h4-v2-t32"),
            ("lstm-h4-v2-size", "lstm-h4-v2-size"), ("lstm-h4-v2-vec", "lstm-h4-v2-vec"),
-           ("lstm-h4-v2-cautious", "default"), ("lstm-h4-v2-cautious", "lstm-h4-v2-cautious"),
+           ("lstm-h4-v2-cautious", "lstm-h4-v2-cautious"), ("lstm-h4-v2-cautious-size", "default"),
+           ("lstm-h4-v2-cautious-size", "lstm-h4-v2-cautious-size"),
            ("lstm-h4-v2-rescale", "lstm-h4-v2-rescale"), ("lstm-h4-v2-rescale-0.7", "lstm-h4-v2-rescale-0.7"),
            ("lstm-h4-v2-rescale-ratio", "lstm-h4-v2-rescale-ratio")]
 
 
 def test_the_default_preset_makes_the_default_weights():
-    assert DEFAULT_WEIGHTS == "lstm-h4-v2-cautious"
+    assert DEFAULT_WEIGHTS == "lstm-h4-v2-cautious-size"
     assert get_preset("default") == get_preset(DEFAULT_WEIGHTS)
+
+
+def test_the_default_differs_from_lstm_h4_v2_cautious_only_below_1e5_parameters():
+    """The default is lstm-h4-v2-cautious with a steeper capped size prior: one head weight differs,
+    so a model of 1e5 parameters or more (the benchmark transformers) takes the same steps bit for
+    bit, and a smaller one takes larger steps."""
+    new, old = from_pretrained(DEFAULT_WEIGHTS), from_pretrained("lstm-h4-v2-cautious")
+    differ = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
+    assert differ == {"head_weight"}
+    assert new.provenance["size_prior_capped"] == -1.0 and old.provenance["size_prior_capped"] == -0.5
+
+    def moved(weights, widths, steps):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:])])
+        start = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+        opt = LearnedOptimizer(model.parameters(), weights=weights)
+        x = torch.randn(64, widths[0])
+        for _ in range(steps):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - start
+
+    big = (300, 300, 40)  # 102,340 parameters: the capped size input is 0
+    assert sum(a * b + b for a, b in zip(big, big[1:])) >= 100_000
+    assert torch.equal(moved(DEFAULT_WEIGHTS, big, 5), moved("lstm-h4-v2-cautious", big, 5))
+    small = (20, 30, 4)  # 754 parameters: the first step is about 1.35x lstm-h4-v2-cautious's
+    assert moved(DEFAULT_WEIGHTS, small, 1).norm() > 1.2 * moved("lstm-h4-v2-cautious", small, 1).norm()
 
 
 @pytest.mark.parametrize("name,preset", SHIPPED)
