@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{s:>6} " + " ".join(f"{v:>10.4f}" for v in row))
     for key, label in (("final_train_loss", "train loss (full set)"), ("test_accuracy", "test accuracy")):
         print(f"{label:>22}: " + ", ".join(f"{k} {r[key]:.4f}" for k, r in results.items()))
-    print("Note: digits MLPs are among the tasks the shipped weights were meta-trained on; for tasks it never saw,\n"
-          "see benchmarks/results/quality.md (held-out suite against Adam, including tuned Adam).")
+    print("Note: digits MLPs are among the tasks the shipped weights were meta-trained on; for tasks they never saw,\n"
+          "see the README's \"How good is it?\" section (held-out suite against Adam, including tuned Adam).")
     if args.plot:
         import matplotlib
 
