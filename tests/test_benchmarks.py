@@ -1439,3 +1439,38 @@ def test_cautious_probe_masks_the_step_and_matches_the_rules_mask(tmp_path):
     assert (tmp_path / "q" / "quality.json").is_file() and made.count("learned-cm1") > 1
     with pytest.raises(SystemExit, match="learned"):
         probe.quality(["adamw-cautious"])
+
+
+def test_paired_seeds_pairs_runs_gathered_from_json_lines_and_a_transformer_result(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("paired_seeds", ROOT / "benchmarks" / "paired_seeds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tr = tmp_path / "transformer.json"
+    tr.write_text(json.dumps({"workloads": {"gpt-byte": {"runs": {
+        "learned_lr=0.001": {"seeds": [0, 1], "final": [1.0, 2.0]},
+        "adamw_lr=0.003": {"seeds": [0, 1], "final": [1.5, 2.5]}}}}}))
+    lines = tmp_path / "more.jsonl"
+    lines.write_text("\n".join(json.dumps(r) for r in (
+        {"workload": "gpt-byte", "method": "learned", "seed": 2, "final": 3.0},
+        {"workload": "gpt-byte", "method": "adamw", "seed": 2, "final": 2.0},
+        {"workload": "gpt-byte", "method": "adamw", "seed": 3, "final": 9.0},  # no learned run: not paired
+        {"workload": "vit-digits", "method": "learned", "seed": 3, "final": 0.1})) + "\n")
+    mod.main(["--workload", "gpt-byte", "--out", str(tmp_path / "out"),
+              "--reference", f"{tr}@adamw_lr=0.003", "--reference", f"{lines}@adamw",
+              "--candidate", f"{tr}@learned_lr=0.001", "--candidate", f"{lines}@learned"])
+    res = json.loads((tmp_path / "out" / "paired.json").read_text())
+    assert res["seeds"] == [0, 1, 2]
+    assert res["reference"] == [1.5, 2.5, 2.0] and res["candidate"] == [1.0, 2.0, 3.0]
+    assert res["paired"]["lower"] == 2 and res["paired"]["higher"] == 1
+    assert abs(res["paired"]["mean"] - (-0.5 - 0.5 + 1.0) / 3) < 1e-12
+    assert "lower on 2 of 3 seeds" in (tmp_path / "out" / "paired.md").read_text()
+    # the same seed with two different losses is two different runs: an error, not a silent choice
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text(json.dumps({"workload": "gpt-byte", "method": "adamw", "seed": 0, "final": 1.6}) + "\n")
+    with pytest.raises(ValueError, match="seed 0 has two different final losses"):
+        mod.main(["--workload", "gpt-byte", "--out", str(tmp_path / "o2"), "--reference", f"{tr}@adamw_lr=0.003",
+                  "--reference", f"{clash}@adamw", "--candidate", f"{tr}@learned_lr=0.001"])
+    with pytest.raises(ValueError, match="no run 'sgd'"):
+        mod.main(["--workload", "gpt-byte", "--out", str(tmp_path / "o3"), "--reference", f"{tr}@sgd",
+                  "--candidate", f"{tr}@learned_lr=0.001"])
