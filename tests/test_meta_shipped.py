@@ -48,6 +48,27 @@ def test_the_default_differs_from_lstm_h4_v2_cautious_only_below_1e5_parameters(
     big = (300, 300, 40)  # 102,340 parameters: the capped size input is 0
     assert sum(a * b + b for a, b in zip(big, big[1:])) >= 100_000
     assert torch.equal(moved(DEFAULT_WEIGHTS, big, 5), moved("lstm-h4-v2-cautious", big, 5))
+
+    # The transformer benchmark's own models (202k and 834k parameters) under its recipe's param groups.
+    from learned_optim.benchmarking.transformer_models import GPT, ViT, param_groups
+
+    def trained(weights, make, batch):
+        torch.manual_seed(0)
+        model = make()
+        opt = LearnedOptimizer(param_groups(model, 0.1), weights=weights)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x, y = batch(gen)
+            opt.zero_grad()
+            out = model(x)
+            torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
+            opt.step()
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    for make, batch in ((ViT, lambda g: (torch.rand(8, 64, generator=g), torch.randint(10, (8,), generator=g))),
+                        (GPT, lambda g: (torch.randint(256, (2, 64), generator=g),
+                                         torch.randint(256, (2, 64), generator=g)))):
+        assert torch.equal(trained(DEFAULT_WEIGHTS, make, batch), trained("lstm-h4-v2-cautious", make, batch))
     small = (20, 30, 4)  # 754 parameters: the first step is about 1.35x lstm-h4-v2-cautious's
     assert moved(DEFAULT_WEIGHTS, small, 1).norm() > 1.2 * moved("lstm-h4-v2-cautious", small, 1).norm()
 
